@@ -1,0 +1,1 @@
+"""nemotron-assets: the Nemotron customization step catalog as Dagster software-defined assets."""

@@ -1,0 +1,60 @@
+"""Artifact contracts: one validator per artifact family, used by blocking asset checks, steps and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from nemotron_assets.artifacts.binidx import validate_binidx
+from nemotron_assets.artifacts.checkpoints import validate_checkpoint_hf, validate_checkpoint_lora
+from nemotron_assets.artifacts.files import sniff_type
+from nemotron_assets.artifacts.jsonl import CORPUS_SHAPES, TRAINING_SHAPES, validate_jsonl
+from nemotron_assets.artifacts.packed_parquet import validate_packed_parquet
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.errors import contract_error
+
+Contract = Callable[[Path], dict[str, Any]]
+
+_CORPUS = partial(validate_jsonl, shapes=CORPUS_SHAPES)
+CONTRACTS: dict[str, Contract] = {
+    "training_jsonl": partial(validate_jsonl, shapes=TRAINING_SHAPES),
+    "raw_jsonl": _CORPUS,
+    "filtered_jsonl": _CORPUS,
+    "translated_jsonl": _CORPUS,
+    "synthetic_jsonl": _CORPUS,
+    "packed_parquet": validate_packed_parquet,
+    "binidx": validate_binidx,
+    "checkpoint_hf": validate_checkpoint_hf,
+    "checkpoint_lora": validate_checkpoint_lora,
+}
+
+
+def has_contract(type_name: str) -> bool:
+    return type_name in CONTRACTS
+
+
+def check_type(path: Path, expected: str) -> None:
+    """artifact_type_mismatch when `path` holds another artifact type than `expected`, naming the fix."""
+    found = sniff_type(path)
+    if found is None or found not in CATALOG.types:
+        return
+    recorded = (path / "provenance.json").exists()
+    compatible = CATALOG.is_a(found, expected) if recorded else CONTRACTS.get(found) is CONTRACTS.get(expected)
+    if not compatible:
+        fixes = [s.id for s in CATALOG.find_steps(consumes=found, produces=expected)]
+        hint = f"; convert with {' or '.join(fixes)}" if fixes else ""
+        raise contract_error("artifact_type_mismatch", f"{path} holds {found}, the consumer needs {expected}{hint}")
+
+
+def validate(path: Path, type_name: str) -> dict[str, Any]:
+    """Validate `path` as `type_name`; return its stats or raise the contract's named error."""
+    if type_name not in CATALOG.types:
+        raise KeyError(f"unknown artifact type {type_name!r}; known: {sorted(CATALOG.types)}")
+    if not has_contract(type_name):
+        raise NotImplementedError(f"no contract for {type_name} yet; contracts exist for {sorted(CONTRACTS)}")
+    if not Path(path).exists() and "*" not in str(path):
+        raise contract_error("artifact_missing", f"{path}: does not exist")
+    check_type(Path(path), type_name)
+    return {"type": type_name} | CONTRACTS[type_name](Path(path))

@@ -1,0 +1,64 @@
+"""Locating an artifact's files and recognising what kind of artifact a path holds."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Any
+
+from nemotron_assets.errors import contract_error
+
+PROVENANCE_FILE = "provenance.json"
+
+# File signatures of the artifact families, for telling a user what they passed instead.
+_SIGNATURES: tuple[tuple[str, str], ...] = (
+    ("adapter_config.json", "checkpoint_lora"),
+    ("config.json", "checkpoint_hf"),
+    ("blend.json", "binidx"),
+    ("*.idx", "binidx"),
+    ("*.parquet", "packed_parquet"),
+    ("*.jsonl", "training_jsonl"),
+)
+
+
+def read_provenance(path: Path) -> dict[str, Any] | None:
+    candidate = path / PROVENANCE_FILE if path.is_dir() else None
+    if candidate is None or not candidate.exists():
+        return None
+    return json.loads(candidate.read_text())
+
+
+def sniff_type(path: Path) -> str | None:
+    """The artifact type a path looks like: its recorded provenance type, else file signatures."""
+    provenance = read_provenance(path)
+    if provenance:
+        return provenance["type"]
+    if path.is_file():
+        return next((t for pattern, t in _SIGNATURES if path.match(pattern)), None)
+    if path.is_dir():
+        for pattern, type_name in _SIGNATURES:
+            if next(path.rglob(pattern), None) is not None:
+                return type_name
+    return None
+
+
+def data_files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """An artifact's data files: the file itself, a directory's matching files (recursive, sorted), or a glob's."""
+    if path.is_file():
+        candidates = [path]
+    elif path.is_dir():
+        candidates = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        candidates = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if not candidates:
+            raise contract_error("artifact_missing", f"{path}: no such file, directory or glob match")
+    matching = [p for p in candidates if p.suffix in suffixes and p.name != PROVENANCE_FILE]
+    if not matching:
+        found = sniff_type(path) if path.exists() else None
+        if found:
+            raise contract_error(
+                "artifact_type_mismatch", f"{path}: holds {found}, not files with suffix {'/'.join(suffixes)}"
+            )
+        raise contract_error("empty_artifact", f"{path}: no {'/'.join(suffixes)} files")
+    return matching

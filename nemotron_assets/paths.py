@@ -1,0 +1,41 @@
+"""Where the project keeps things, and `${VAR}` expansion in pipeline and preset values."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").exists() else Path.cwd()
+STATE_DIR = PROJECT_ROOT / ".nemotron"
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def project_defaults() -> dict[str, str]:
+    """Variables every pipeline value may use, each overridable from the environment."""
+    return {
+        "NEMOTRON_ARTIFACT_ROOT": str(STATE_DIR / "artifacts"),
+        "NEMOTRON_FIXTURES": str(STATE_DIR / "fixtures"),
+        "NEMOTRON_DATA": str(PACKAGE_DIR / "fixtures" / "data"),
+    }
+
+
+def setting(name: str) -> str:
+    return os.environ.get(name) or project_defaults()[name]
+
+
+def expand(value: str) -> str:
+    """Expand `${VAR}` from the environment, then the project defaults; unknown variables are an error."""
+
+    def _sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in os.environ:
+            return os.environ[name]
+        defaults = project_defaults()
+        if name not in defaults:
+            raise KeyError(f"undefined variable ${{{name}}} in {value!r}")
+        return defaults[name]
+
+    return _VAR.sub(_sub, value)

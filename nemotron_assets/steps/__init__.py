@@ -1,0 +1,59 @@
+"""Step implementations. Each step is `run(StepRun) -> StepResult`, free of Dagster, writing into `output_dir`."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nemotron_assets.catalog import StepSpec
+from nemotron_assets.errors import NamedError, step_error
+
+
+@dataclass(frozen=True)
+class InputArtifact:
+    """An artifact a stage consumes: its pipeline name, type, location and data version."""
+
+    name: str
+    type: str
+    path: Path
+    version: str
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """Everything a step needs: resolved parameters, inputs by consumed type, and where to write."""
+
+    step: StepSpec
+    params: dict[str, Any]
+    inputs: dict[str, InputArtifact]
+    output_dir: Path
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("nemotron_assets.steps"))
+
+    def error(self, name: str, detail: str) -> NamedError:
+        return step_error(self.step.id, name, detail)
+
+    def input(self, port_type: str) -> InputArtifact:
+        return self.inputs[port_type]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a step reports: stats for metadata, and extra provenance (e.g. tokenizer fingerprints)."""
+
+    stats: dict[str, Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+StepFunction = Callable[[StepRun], StepResult]
+
+
+def step_function(step: StepSpec) -> StepFunction:
+    """Import a step's `entry` ('module:function') on demand, so loading definitions stays light."""
+    if step.entry is None:
+        raise NotImplementedError(f"step {step.id} has no implementation in this project yet")
+    module, _, name = step.entry.partition(":")
+    return getattr(importlib.import_module(module), name)

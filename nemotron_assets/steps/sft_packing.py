@@ -1,0 +1,207 @@
+"""data_prep/sft_packing: chat JSONL -> assistant-masked, packed Parquet bins for Megatron-Bridge.
+
+Per conversation: render with the chat template, split into context and assistant segments, encode the
+segments in parallel batches, mask = 1 on assistant tokens, truncate, then shift the mask one left so
+`loss_mask[j]` says whether the label `input_ids[j + 1]` is trained (Megatron-Bridge's packed loader takes
+tokens = ids[s:e-1], labels = ids[s+1:e], mask = loss_mask[s:e-1]). Sequences are packed in bounded
+windows per contiguous row shard, so memory stays flat however large the corpus is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nemotron_assets.artifacts.files import data_files
+from nemotron_assets.artifacts.jsonl import RecordStream
+from nemotron_assets.artifacts.packed_parquet import SPLITS, arrow_schema
+from nemotron_assets.steps import StepResult, StepRun
+from nemotron_assets.steps.chat_template import ChatTemplate, TemplateError, resolve_template_source
+from nemotron_assets.steps.packing import gather_ranges, pack
+from nemotron_assets.steps.sharding import (
+    assign_splits,
+    batched,
+    count_rows,
+    held_out_counts,
+    shard_sizes,
+    take_shards,
+)
+from nemotron_assets.steps.tokenizer import step_tokenizer, tokenizer_provenance
+
+BATCH_ROWS = 256
+WINDOW_TOKENS = 1 << 22  # pack at most ~4M tokens at a time (tens of MB), whatever the shard size
+
+
+@dataclass
+class Sequences:
+    """Tokenized, masked, truncated conversations of one batch, concatenated."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    lengths: np.ndarray
+
+
+@dataclass
+class Counters:
+    rows: int = 0
+    sequences: int = 0
+    dropped_rows: int = 0
+    truncated: int = 0
+    bins: int = 0
+    tokens: int = 0
+    trainable_tokens: int = 0
+    shard_bins: list[int] = field(default_factory=list)
+
+
+def encode_conversations(
+    records: list[dict[str, Any]], field_name: str, template: ChatTemplate, encode, max_len: int, counters: Counters
+) -> Sequences:
+    """Render, encode, mask, truncate and label-align one batch; drop rows with nothing to train."""
+    segments = [template.segments(record[field_name]) for record in records]
+    texts = [text for row in segments for text, _ in row]
+    ids_per_segment = encode(texts)
+    seg_lengths = np.fromiter(map(len, ids_per_segment), np.int64, len(texts))
+    seg_trainable = np.fromiter((t for row in segments for _, t in row), np.uint8, len(texts))
+    ids = np.fromiter(chain.from_iterable(ids_per_segment), np.int32, int(seg_lengths.sum()))
+    mask = np.repeat(seg_trainable, seg_lengths)
+
+    seg_counts = np.fromiter(map(len, segments), np.int64, len(segments))
+    row_ends = np.cumsum(seg_lengths)[np.cumsum(seg_counts) - 1]
+    row_lengths = np.diff(row_ends, prepend=0)
+    kept = np.minimum(row_lengths, max_len)
+    keep = gather_ranges(row_ends - row_lengths, kept)
+    ids, mask = ids[keep], mask[keep]
+    aligned = np.zeros_like(mask)
+    aligned[:-1] = mask[1:]
+    ends = np.cumsum(kept)
+    aligned[ends - 1] = 0
+    trainable = np.add.reduceat(aligned, ends - kept, dtype=np.int64)
+
+    counters.rows += len(records)
+    counters.truncated += int((row_lengths > max_len).sum())
+    good = trainable > 0
+    counters.dropped_rows += int((~good).sum())
+    if not good.all():
+        keep = gather_ranges(ends[good] - kept[good], kept[good])
+        ids, aligned, kept = ids[keep], aligned[keep], kept[good]
+    return Sequences(ids, aligned, kept)
+
+
+def write_bins(writer, sequences: Sequences, run: StepRun, counters: Counters) -> None:
+    """Pack one window of sequences and append its bins to the shard's Parquet file."""
+    import pyarrow as pa
+
+    params = run.params
+    if not len(sequences.lengths):
+        return
+    bins = pack(sequences.lengths, params["pack_size"], params["algorithm"], params["seed"])
+    order = np.fromiter(chain.from_iterable(bins), np.int64, len(sequences.lengths))
+    lengths = sequences.lengths[order]
+    starts = (np.cumsum(sequences.lengths) - sequences.lengths)[order]
+    take = gather_ranges(starts, lengths)
+    per_bin = np.fromiter(map(len, bins), np.int64, len(bins))
+    bin_seq_offsets = np.concatenate([[0], np.cumsum(per_bin)])
+    seq_offsets = np.cumsum(lengths) - lengths
+    bin_token_offsets = np.concatenate([[0], np.cumsum(lengths)])[bin_seq_offsets]
+    seq_start_id = (seq_offsets - np.repeat(bin_token_offsets[:-1], per_bin)).astype(np.int32)
+
+    token_offsets = pa.array(bin_token_offsets.astype(np.int32))
+    table = pa.Table.from_arrays(
+        [
+            pa.ListArray.from_arrays(token_offsets, pa.array(sequences.ids[take])),
+            pa.ListArray.from_arrays(token_offsets, pa.array(sequences.mask[take])),
+            pa.ListArray.from_arrays(pa.array(bin_seq_offsets.astype(np.int32)), pa.array(seq_start_id)),
+        ],
+        schema=arrow_schema(),
+    )
+    writer.write_table(table, row_group_size=params["parquet_row_group_size"])
+    counters.bins += len(bins)
+    counters.sequences += len(lengths)
+    counters.tokens += int(lengths.sum())
+    counters.trainable_tokens += int(sequences.mask.sum(dtype=np.int64))
+
+
+def pack_shard(path: Path, records, run: StepRun, template: ChatTemplate, encode, counters: Counters) -> None:
+    import pyarrow.parquet as pq
+
+    params = run.params
+    max_len = min(params["max_doc_tokens"] or params["pack_size"], params["pack_size"])
+    compression = None if params["parquet_compression"] == "none" else params["parquet_compression"]
+    bins_before = counters.bins
+    window: list[Sequences] = []
+    with pq.ParquetWriter(path, arrow_schema(), compression=compression) as writer:
+        for batch in batched(records, BATCH_ROWS):
+            try:
+                window.append(encode_conversations(batch, params["messages_field"], template, encode, max_len, counters))
+            except TemplateError as e:
+                raise run.error("bad_loss_masks", f"chat template rejected a conversation: {e}") from None
+            if sum(len(s.ids) for s in window) >= WINDOW_TOKENS:
+                write_bins(writer, _concat(window), run, counters)
+                window = []
+        if window:
+            write_bins(writer, _concat(window), run, counters)
+    counters.shard_bins.append(counters.bins - bins_before)
+
+
+def _concat(window: list[Sequences]) -> Sequences:
+    return Sequences(*(np.concatenate([getattr(s, f) for s in window]) for f in ("ids", "mask", "lengths")))
+
+
+def link_splits(output: Path, dataset: str, splits: dict[str, list[int]]) -> None:
+    """splits/<split>/<pos>__<dataset>__shard_<k>.parquet -> ../../shards/shard_<k>.parquet (relative links)."""
+    for split in SPLITS:
+        directory = output / "splits" / split
+        directory.mkdir(parents=True)
+        for position, shard in enumerate(splits[split]):
+            name = f"shard_{shard:06d}.parquet"
+            os.symlink(Path("..", "..", "shards", name), directory / f"{position:06d}__{dataset}__{name}")
+
+
+def run(run: StepRun) -> StepResult:
+    params = run.params
+    ratios = (params["train_ratio"], params["valid_ratio"], params["test_ratio"])
+    if abs(sum(ratios) - 1) > 1e-6 or not all(0 <= r <= 1 for r in ratios):
+        raise run.error("invalid_split_ratios", f"train/valid/test = {ratios}")
+    tokenizer = step_tokenizer(run)
+    source = resolve_template_source(params["chat_template"], tokenizer.chat_template)
+    if source is None:
+        raise run.error("chat_template_missing", f"tokenizer {params['tokenizer']!r}, chat_template={params['chat_template']!r}")
+    template = ChatTemplate(source, tokenizer.special_tokens)
+
+    data = run.input("training_jsonl")
+    files = data_files(data.path, (".jsonl",))
+    rows, shards = count_rows(files, params["max_rows"]), params["num_shards"]
+    if rows < shards:
+        raise run.error("too_many_tiny_shards", f"{rows} rows cannot fill {shards} shards")
+    stream = RecordStream(files, frozenset({"chat"}), max_rows=params["max_rows"])
+    counters = Counters()
+    (run.output_dir / "shards").mkdir()
+    for k, records in enumerate(take_shards(stream, shard_sizes(rows, shards))):
+        pack_shard(run.output_dir / "shards" / f"shard_{k:06d}.parquet", records, run, template, tokenizer.encode, counters)
+    if counters.trainable_tokens == 0:
+        raise run.error("bad_loss_masks", f"{counters.rows} rows, none with a trainable assistant token")
+
+    valid, test = held_out_counts(shards, params["valid_ratio"], params["test_ratio"])
+    splits = assign_splits(shards, valid, test, params["seed"])
+    link_splits(run.output_dir, data.name, splits)
+    pack_size = params["pack_size"]
+    stats = {
+        "rows": counters.rows,
+        "sequences": counters.sequences,
+        "dropped_rows": counters.dropped_rows,
+        "truncated": counters.truncated,
+        "bins": counters.bins,
+        "tokens": counters.tokens,
+        "trainable_tokens": counters.trainable_tokens,
+        "packing_efficiency": round(100 * counters.tokens / (counters.bins * pack_size), 3),
+        "packing_lower_bound_efficiency": round(100 * counters.tokens / (-(-counters.tokens // pack_size) * pack_size), 3),
+        "packing_factor": round(counters.sequences / counters.bins, 3),
+        "shards": shards,
+        "empty_shards": counters.shard_bins.count(0),
+    } | {f"{split}_shards": len(ids) for split, ids in splits.items()}
+    return StepResult(stats, tokenizer_provenance(tokenizer, template))

@@ -1,0 +1,67 @@
+"""Row counting, contiguous row shards, and the assignment of whole shards to train/valid/test."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+
+SPLITS = ("train", "valid", "test")
+
+
+def count_rows(files: Iterable[Path], limit: int | None = None) -> int:
+    """Non-blank lines across files, stopping at `limit`."""
+    rows = 0
+    for path in files:
+        with path.open("rb") as f:
+            for line in f:
+                if line.strip():
+                    rows += 1
+                    if limit is not None and rows >= limit:
+                        return rows
+    return rows
+
+
+def shard_sizes(rows: int, shards: int) -> list[int]:
+    """Rows per contiguous shard, as even as possible."""
+    return [rows * (k + 1) // shards - rows * k // shards for k in range(shards)]
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def take_shards(items: Iterable, sizes: list[int]) -> Iterator[Iterator]:
+    """Cut one stream into consecutive shards of the given sizes."""
+    iterator = iter(items)
+    for size in sizes:
+        yield islice(iterator, size)
+
+
+def held_out_counts(shards: int, valid_ratio: float, test_ratio: float) -> tuple[int, int]:
+    """Validation and test shard counts from ratios: at least one when asked for, none with <= 2 shards."""
+    if shards <= 2:
+        return 0, 0
+    valid = max(1, round(shards * valid_ratio)) if valid_ratio > 0 else 0
+    test = max(1, round(shards * test_ratio)) if test_ratio > 0 else 0
+    while valid + test >= shards:
+        if valid >= test and valid:
+            valid -= 1
+        else:
+            test -= 1
+    return valid, test
+
+
+def assign_splits(shards: int, valid: int, test: int, seed: int) -> dict[str, list[int]]:
+    """Seeded shuffle of shard indices: the first `test` go to test, the next `valid` to valid, the rest train."""
+    order = list(range(shards))
+    random.Random(seed).shuffle(order)
+    return {
+        "train": sorted(order[test + valid :]),
+        "valid": sorted(order[test : test + valid]),
+        "test": sorted(order[:test]),
+    }
