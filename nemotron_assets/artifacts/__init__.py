@@ -17,13 +17,10 @@ from nemotron_assets.errors import contract_error
 
 Contract = Callable[[Path], dict[str, Any]]
 
-_CORPUS = partial(validate_jsonl, shapes=CORPUS_SHAPES)
+JSONL_TYPES = ("raw_jsonl", "filtered_jsonl", "translated_jsonl", "synthetic_jsonl")
 CONTRACTS: dict[str, Contract] = {
     "training_jsonl": partial(validate_jsonl, shapes=TRAINING_SHAPES),
-    "raw_jsonl": _CORPUS,
-    "filtered_jsonl": _CORPUS,
-    "translated_jsonl": _CORPUS,
-    "synthetic_jsonl": _CORPUS,
+    **{t: partial(validate_jsonl, shapes=CORPUS_SHAPES) for t in JSONL_TYPES},
     "packed_parquet": validate_packed_parquet,
     "binidx": validate_binidx,
     "checkpoint_hf": validate_checkpoint_hf,
@@ -35,13 +32,18 @@ def has_contract(type_name: str) -> bool:
     return type_name in CONTRACTS
 
 
+def family(type_name: str) -> str:
+    """The on-disk family of a type: all JSONL types look alike without provenance."""
+    return "jsonl" if type_name in (*JSONL_TYPES, "training_jsonl") else type_name
+
+
 def check_type(path: Path, expected: str) -> None:
     """artifact_type_mismatch when `path` holds another artifact type than `expected`, naming the fix."""
     found = sniff_type(path)
     if found is None or found not in CATALOG.types:
         return
     recorded = (path / "provenance.json").exists()
-    compatible = CATALOG.is_a(found, expected) if recorded else CONTRACTS.get(found) is CONTRACTS.get(expected)
+    compatible = CATALOG.is_a(found, expected) if recorded else family(found) == family(expected)
     if not compatible:
         fixes = [s.id for s in CATALOG.find_steps(consumes=found, produces=expected)]
         hint = f"; convert with {' or '.join(fixes)}" if fixes else ""

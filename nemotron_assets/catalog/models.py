@@ -53,11 +53,11 @@ class Parameter(_Strict):
     @model_validator(mode="after")
     def _default_fits(self) -> Parameter:
         if self.default is not None:
-            _check_value(self, self.default)
+            check_value(self, self.default)
         return self
 
 
-def _check_value(param: Parameter, value: Any) -> None:
+def check_value(param: Parameter, value: Any) -> None:
     ok = isinstance(value, _PYTHON_TYPES[param.type]) and not (
         param.type in ("int", "float") and isinstance(value, bool)
     )
@@ -113,7 +113,7 @@ class StepSpec(_Strict):
                 if key not in by_name:
                     raise ValueError(f"step {self.id}: preset {preset!r} sets unknown parameter {key!r}")
                 if value is not None:
-                    _check_value(by_name[key], value)
+                    check_value(by_name[key], value)
         errors = [e.name for e in self.errors]
         if len(set(errors)) != len(errors):
             raise ValueError(f"step {self.id}: duplicate error names")

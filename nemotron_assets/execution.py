@@ -1,0 +1,153 @@
+"""Running one pipeline stage: resolve inputs, version, reuse or build, validate, seal, publish.
+
+The data version of an artifact is a content hash of everything that determines it: the step and its code
+version, the resolved parameters, the data versions of its inputs, and the content of every local path a
+parameter names (a tokenizer or base-model directory). An artifact with that version already in the store
+is reused, so an unchanged input is never recomputed, and a tokenizer change makes packed data stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+from nemotron_assets.artifacts import check_type, validate
+from nemotron_assets.artifacts.files import read_provenance
+from nemotron_assets.catalog import CATALOG, StepSpec
+from nemotron_assets.digests import content_digest, json_digest
+from nemotron_assets.paths import PROJECT_ROOT, expand
+from nemotron_assets.pipelines import PipelineSpec, Stage
+from nemotron_assets.errors import contract_error
+from nemotron_assets.steps import InputArtifact, StepRun, step_function
+from resources.artifact_store import ArtifactStore, seal, write_provenance
+
+
+@dataclass(frozen=True)
+class Materialization:
+    path: Path
+    version: str
+    reused: bool
+    provenance: dict[str, Any]
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.provenance["stats"]
+
+
+def expand_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: expand(v) if isinstance(v, str) else v for k, v in params.items()}
+
+
+def resolve_input(pipeline: PipelineSpec, name: str, store: ArtifactStore) -> InputArtifact:
+    """A source's path and content digest, or a stage output's current published version."""
+    type_name = pipeline.artifact_type(name)
+    source = pipeline.source(name)
+    if source is not None:
+        path = Path(expand(source.path))
+        if not path.exists() and not any(ch in str(path) for ch in "*?["):
+            raise contract_error("artifact_missing", f"source {pipeline.name}/{name}: {path} does not exist")
+        return InputArtifact(name, type_name, path, content_digest(path))
+    current = store.current((pipeline.name, name))
+    if current is None:
+        raise contract_error("artifact_missing", f"{pipeline.name}/{name} has not been materialized yet")
+    version, path = current
+    return InputArtifact(name, type_name, path, version)
+
+
+def local_path_digests(params: dict[str, Any]) -> dict[str, str]:
+    """Content digests of parameters that name local files or directories."""
+    return {
+        k: content_digest(Path(v))
+        for k, v in params.items()
+        if isinstance(v, str) and os.sep in v and Path(v).exists()
+    }
+
+
+def data_version(step: StepSpec, params: dict[str, Any], inputs: dict[str, InputArtifact]) -> str:
+    return json_digest(
+        {
+            "step": step.id,
+            "code_version": step.code_version,
+            "params": params,
+            "inputs": {port: artifact.version for port, artifact in sorted(inputs.items())},
+            "paths": local_path_digests(params),
+        }
+    )[:16]
+
+
+def code_identity() -> dict[str, Any]:
+    """Package version and, in a git checkout, the commit and whether the tree is dirty."""
+    identity: dict[str, Any] = {"package": package_version("nemotron-assets")}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        identity["commit"] = git("rev-parse", "HEAD")
+        identity["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return identity
+
+
+def run_stage(
+    pipeline: PipelineSpec,
+    stage: Stage,
+    params: dict[str, Any],
+    store: ArtifactStore,
+    profile: str,
+    run_id: str | None = None,
+    log: logging.Logger | None = None,
+) -> Materialization:
+    """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
+    step = CATALOG.step(stage.step)
+    params = expand_params(params)
+    inputs = {port: resolve_input(pipeline, name, store) for port, name in stage.consumes.items()}
+    for port, artifact in inputs.items():
+        check_type(artifact.path, port)
+    key = (pipeline.name, stage.name)
+    version = data_version(step, params, inputs)
+    existing = store.version_dir(key, version)
+    if (existing / "provenance.json").exists():
+        store.set_current(key, version)
+        return Materialization(existing, version, True, read_provenance(existing))
+
+    def build(staging: Path) -> dict[str, Any]:
+        started = time.time()
+        result = step_function(step)(StepRun(step, params, inputs, staging, log or logging.getLogger(step.id)))
+        provenance = {
+            "type": step.primary_output,
+            "asset_key": "/".join(key),
+            "version": version,
+            "step": {"id": step.id, "code_version": step.code_version, "preset": stage.preset},
+            "params": params,
+            "inputs": [
+                {"port": port, "name": a.name, "type": a.type, "path": str(a.path), "version": a.version}
+                for port, a in sorted(inputs.items())
+            ],
+            "code": code_identity(),
+            "profile": profile,
+            "run_id": run_id,
+            **result.provenance,
+        }
+        write_provenance(staging, provenance)
+        checked = time.time()
+        provenance["stats"] = result.stats
+        provenance["contract"] = validate(staging, step.primary_output)
+        provenance["timings"] = {
+            "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
+            "step_seconds": round(checked - started, 3),
+            "validate_seconds": round(time.time() - checked, 3),
+        }
+        seal(staging, provenance)
+        return provenance
+
+    path, provenance = store.publish(key, version, build)
+    return Materialization(path, version, False, provenance)

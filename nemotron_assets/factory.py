@@ -1,0 +1,189 @@
+"""Pipeline specs -> Dagster assets keyed `<pipeline>/<artifact>`, with Launchpad config and blocking contract checks.
+
+Descriptions, kinds and config come from the catalog, so the UI, the CLI and the steps share one source.
+Nothing heavy is imported here: a stage's step module is imported only when it runs. Annotations stay
+evaluated (no `from __future__ import annotations`): Dagster reads each asset's generated config class from them.
+"""
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import dagster as dg
+from pydantic import Field, create_model
+
+from nemotron_assets.artifacts import has_contract
+from nemotron_assets.catalog import CATALOG, Parameter, StepSpec
+from nemotron_assets.errors import NamedError
+from nemotron_assets.paths import expand
+from nemotron_assets.pipelines import PipelineSpec, Source, Stage
+from resources.artifact_store import ArtifactStore
+from resources.profile import HardwareProfile
+
+_PYTHON_TYPES: dict[str, Any] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "str_list": list[str],
+    "float_list": list[float],
+    "dict": dict[str, Any],
+}
+
+
+def _annotation(param: Parameter, default: Any) -> Any:
+    annotation = Literal[param.choices] if param.choices else _PYTHON_TYPES[param.type]
+    return Optional[annotation] if default is None else annotation  # noqa: UP045 (pydantic needs the runtime form)
+
+
+def config_class(name: str, step: StepSpec, defaults: dict[str, Any]) -> type[dg.Config]:
+    """A dg.Config for a step's parameters with the stage's defaults; dotted names become nested configs."""
+    tree: dict[str, Any] = {}
+    for param in step.parameters:
+        *parents, leaf = param.name.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = param
+
+    def build(class_name: str, node: dict[str, Any]) -> type[dg.Config]:
+        fields: dict[str, Any] = {}
+        for field_name, child in node.items():
+            if isinstance(child, Parameter):
+                default = defaults[child.name]
+                fields[field_name] = (_annotation(child, default), Field(default, description=child.description))
+            else:
+                nested = build(f"{class_name}_{field_name}", child)
+                fields[field_name] = (nested, Field(default_factory=nested))
+        return create_model(class_name, __base__=dg.Config, **fields)
+
+    return build(name, tree)
+
+
+def flat_params(step: StepSpec, config: dg.Config) -> dict[str, Any]:
+    """Config values back under the catalog's dotted parameter names."""
+    dumped = config.model_dump()
+    params = {}
+    for param in step.parameters:
+        value: Any = dumped
+        for part in param.name.split("."):
+            value = value[part]
+        params[param.name] = value
+    return params
+
+
+def _metadata(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v if isinstance(v, (bool, int, float, str)) else dg.MetadataValue.json(v)
+        for k, v in values.items()
+        if v is not None
+    }
+
+
+def _contract_result(path_text: str, type_name: str, verify_digests: bool) -> dg.AssetCheckResult:
+    from nemotron_assets.artifacts import validate
+    from resources.artifact_store import verify
+
+    try:
+        stats = validate(Path(path_text), type_name)
+        if verify_digests:
+            verify(Path(path_text))
+    except NamedError as e:
+        return dg.AssetCheckResult(passed=False, description=str(e), metadata=_metadata(e.to_json() | {"path": path_text}))
+    return dg.AssetCheckResult(passed=True, metadata=_metadata(stats | {"path": path_text}))
+
+
+def contract_check(key: dg.AssetKey, type_name: str, source: Source | None) -> dg.AssetChecksDefinition:
+    """Blocking check: the artifact satisfies its type's contract (and, once published, its recorded digests)."""
+
+    @dg.asset_check(
+        asset=key,
+        name="contract",
+        blocking=True,
+        description=f"The {type_name} contract: {CATALOG.types[type_name].description}",
+    )
+    def _check(artifact_store: ArtifactStore) -> dg.AssetCheckResult:
+        if source is not None:
+            return _contract_result(expand(source.path), type_name, verify_digests=False)
+        current = artifact_store.current(key.path)
+        if current is None:
+            return dg.AssetCheckResult(passed=False, description=f"{key.to_user_string()} has no published artifact")
+        return _contract_result(str(current[1]), type_name, verify_digests=True)
+
+    return _check
+
+
+def source_spec(pipeline: PipelineSpec, source: Source) -> dg.AssetSpec:
+    artifact = CATALOG.types[source.type]
+    return dg.AssetSpec(
+        key=[pipeline.name, source.name],
+        description=source.description or artifact.description,
+        group_name=pipeline.name,
+        kinds={artifact.kind},
+        metadata={"artifact_type": source.type, "path": source.path},
+    )
+
+
+def stage_asset(pipeline: PipelineSpec, stage: Stage) -> dg.AssetsDefinition:
+    step = CATALOG.step(stage.step)
+    artifact = CATALOG.types[step.primary_output]
+    Config = config_class(f"{pipeline.name}__{stage.name}__config", step, pipeline.params(stage))
+
+    @dg.asset(
+        key=[pipeline.name, stage.name],
+        deps=[dg.AssetKey([pipeline.name, name]) for name in stage.consumes.values()],
+        group_name=pipeline.name,
+        kinds={artifact.kind, step.kind},
+        description=f"{stage.description or step.description}\n\nStep `{step.id}` (preset `{stage.preset}`) -> {artifact.name}.",
+        code_version=step.code_version,
+        metadata={"step": step.id, "artifact_type": artifact.name, "preset": stage.preset},
+        tags={"nemotron/category": step.category},
+    )
+    def _asset(
+        context: dg.AssetExecutionContext, config: Config, artifact_store: ArtifactStore, hardware: HardwareProfile
+    ) -> dg.MaterializeResult:
+        from nemotron_assets.execution import run_stage
+
+        profile = hardware.load()
+        try:
+            result = run_stage(
+                pipeline, stage, flat_params(step, config), artifact_store, profile.name, context.run.run_id, context.log
+            )
+        except NamedError as e:
+            raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e
+        return dg.MaterializeResult(
+            metadata=_metadata(result.stats)
+            | {
+                "path": dg.MetadataValue.path(str(result.path)),
+                "dagster/uri": dg.MetadataValue.path(str(result.path)),
+                "data_version": result.version,
+                "reused": result.reused,
+                "profile": profile.name,
+                "launcher": "in_process",
+                "step_seconds": result.provenance["timings"]["step_seconds"],
+            },
+            data_version=dg.DataVersion(result.version),
+        )
+
+    return _asset
+
+
+def build_definitions(pipelines: list[PipelineSpec]) -> dg.Definitions:
+    assets: list[Any] = []
+    checks: list[dg.AssetChecksDefinition] = []
+    for pipeline in pipelines:
+        for source in pipeline.sources:
+            spec = source_spec(pipeline, source)
+            assets.append(spec)
+            if has_contract(source.type):
+                checks.append(contract_check(spec.key, source.type, source))
+        for stage in pipeline.stages:
+            asset = stage_asset(pipeline, stage)
+            assets.append(asset)
+            output = CATALOG.step(stage.step).primary_output
+            if has_contract(output):
+                checks.append(contract_check(asset.key, output, None))
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        resources={"artifact_store": ArtifactStore(), "hardware": HardwareProfile()},
+    )

@@ -1,0 +1,139 @@
+"""Pipeline specs (YAML in this folder): external sources plus stages, each stage one catalog step.
+
+Every edge is type-checked at load against the artifact lattice, so an ill-typed pipeline fails when the
+code location loads, naming the edge, both types, and the step that would bridge them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.catalog.models import check_value
+
+PIPELINE_DIR = Path(__file__).resolve().parent
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class PipelineError(ValueError):
+    """A pipeline spec does not type-check against the catalog."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Spec):
+    """An external input the pipeline does not produce: a corpus, a base model, a dataset."""
+
+    name: str
+    type: str
+    path: str = Field(description="File, directory or glob; may use ${VAR} (e.g. ${NEMOTRON_DATA}).")
+    description: str = ""
+
+
+class Stage(_Spec):
+    """One catalog step producing the artifact `name` from the artifacts it consumes."""
+
+    name: str
+    step: str
+    consumes: dict[str, str] = Field(default_factory=dict, description="consumed type -> artifact name")
+    preset: str = "default"
+    config: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+
+class PipelineSpec(_Spec):
+    name: str
+    description: str
+    sources: tuple[Source, ...] = ()
+    stages: tuple[Stage, ...]
+
+    @model_validator(mode="after")
+    def _type_check(self) -> PipelineSpec:
+        seen: dict[str, str] = {}
+        for source in self.sources:
+            self._declare(seen, source.name, source.type)
+        for stage in self.stages:
+            self._check_stage(stage, seen)
+            self._declare(seen, stage.name, CATALOG.step(stage.step).primary_output)
+        return self
+
+    def _fail(self, message: str) -> PipelineError:
+        return PipelineError(f"pipeline {self.name}: {message}")
+
+    def _declare(self, seen: dict[str, str], name: str, type_name: str) -> None:
+        if not _NAME.match(name):
+            raise self._fail(f"artifact name {name!r} must match {_NAME.pattern}")
+        if name in seen:
+            raise self._fail(f"artifact {name!r} is defined twice")
+        if type_name not in CATALOG.types:
+            raise self._fail(f"artifact {name!r} has unknown type {type_name!r}")
+        seen[name] = type_name
+
+    def _check_stage(self, stage: Stage, seen: dict[str, str]) -> None:
+        try:
+            step = CATALOG.step(stage.step)
+        except KeyError as e:
+            raise self._fail(f"stage {stage.name}: {e.args[0]}") from None
+        if step.entry is None:
+            raise self._fail(f"stage {stage.name}: step {step.id} is not runnable in this project yet")
+        if stage.preset not in step.presets:
+            raise self._fail(f"stage {stage.name}: step {step.id} has no preset {stage.preset!r}")
+        for key, value in stage.config.items():
+            if key not in {p.name for p in step.parameters}:
+                raise self._fail(f"stage {stage.name}: {step.id} has no parameter {key!r}")
+            if value is not None:
+                try:
+                    check_value(step.parameter(key), value)
+                except ValueError as e:
+                    raise self._fail(f"stage {stage.name}: {e}") from None
+        ports = {p.type: p for p in step.consumes}
+        for port_type, artifact in stage.consumes.items():
+            if port_type not in ports:
+                raise self._fail(f"stage {stage.name}: {step.id} consumes no {port_type}")
+            if artifact not in seen:
+                raise self._fail(f"stage {stage.name}: artifact {artifact!r} is not defined before it")
+            have = seen[artifact]
+            if not CATALOG.is_a(have, port_type):
+                fixes = [s.id for s in CATALOG.find_steps(consumes=have, produces=port_type)]
+                hint = f"; insert {' or '.join(fixes)} between them" if fixes else ""
+                raise self._fail(
+                    f"edge {artifact} -> {stage.name}: {artifact} is {have}, {step.id} consumes {port_type}{hint}"
+                )
+        missing = [p.type for p in step.consumes if p.required and p.type not in stage.consumes]
+        if missing:
+            raise self._fail(f"stage {stage.name}: {step.id} needs {missing}")
+
+    def artifact_type(self, name: str) -> str:
+        for source in self.sources:
+            if source.name == name:
+                return source.type
+        return CATALOG.step(self.stage(name).step).primary_output
+
+    def source(self, name: str) -> Source | None:
+        return next((s for s in self.sources if s.name == name), None)
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def params(self, stage: Stage) -> dict[str, Any]:
+        """The stage's parameters: step defaults, then its preset, then the pipeline's config."""
+        return CATALOG.step(stage.step).preset_values(stage.preset) | stage.config
+
+
+def load_pipeline(path: Path) -> PipelineSpec:
+    return PipelineSpec(**yaml.safe_load(path.read_text()))
+
+
+def load_pipelines(directory: Path = PIPELINE_DIR) -> list[PipelineSpec]:
+    pipelines = [load_pipeline(p) for p in sorted(directory.glob("*.yaml"))]
+    names = [p.name for p in pipelines]
+    if len(set(names)) != len(names):
+        raise PipelineError(f"duplicate pipeline names in {directory}: {names}")
+    return pipelines
