@@ -1,0 +1,38 @@
+# The two setup commands: `make demo` (run the tiny pipeline) and `make test`. Both build .venv/ when needed.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.nemotron/dagster_home
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export DAGSTER_DISABLE_TELEMETRY := 1
+
+.PHONY: demo test ui fixtures
+
+# torch first, from the local CPU wheel; every later install is constrained to it (constraints.txt).
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
+fixtures: $(STAMP)
+	$(BIN)/nemotron-assets fixtures build
+
+demo: fixtures $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster asset materialize -m nemotron_assets.definitions --select 'group:tiny'
+	$(BIN)/nemotron-assets demo summary --pipeline tiny
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+ui: fixtures $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml

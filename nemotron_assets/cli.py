@@ -1,0 +1,141 @@
+"""nemotron-assets: query the catalog, validate artifacts, build fixtures, summarize a demo run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.errors import NamedError
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_steps_list(args: argparse.Namespace) -> int:
+    for type_name in filter(None, (args.consumes, args.produces)):
+        if type_name not in CATALOG.types:
+            print(f"unknown artifact type {type_name!r}; known: {', '.join(CATALOG.types)}", file=sys.stderr)
+            return 2
+    steps = CATALOG.find_steps(args.category, args.consumes, args.produces)
+    if args.json:
+        _print_json([s.to_json() for s in steps])
+        return 0
+    for s in steps:
+        consumes = ", ".join(p.type + ("" if p.required else "?") for p in s.consumes) or "-"
+        produces = ", ".join(p.type + ("" if p.required else "?") for p in s.produces)
+        print(f"{s.id:28} {consumes} -> {produces}{'' if s.entry else '   (not runnable here yet)'}")
+    return 0
+
+
+def cmd_steps_show(args: argparse.Namespace) -> int:
+    try:
+        step = CATALOG.step(args.id)
+    except KeyError as e:
+        print(e.args[0], file=sys.stderr)
+        return 2
+    shown = step.to_json() | {"presets": step.presets}
+    if args.json:
+        _print_json(shown)
+    else:
+        print(f"{step.id}: {step.name}\n  {step.description}")
+        for p in step.parameters:
+            choices = f" {list(p.choices)}" if p.choices else ""
+            print(f"  {p.name} = {p.default!r}{choices}  # {p.description}")
+        for e in step.errors:
+            print(f"  error {e.name}: {e.recovery}")
+    return 0
+
+
+def cmd_types(args: argparse.Namespace) -> int:
+    types = CATALOG.types_json()
+    if args.json:
+        _print_json(types)
+    else:
+        for name, t in types.items():
+            relations = [f"-> {target} via {step}" for target, step in t["convert_to"].items()]
+            if t["is_a"]:
+                relations.insert(0, f"is_a {', '.join(t['is_a'])}")
+            print(f"{name:34} {'; '.join(relations)}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from nemotron_assets.artifacts import validate
+
+    try:
+        _print_json(validate(Path(args.path), args.type))
+    except NamedError as e:
+        _print_json(e.to_json())
+        return 1
+    except (KeyError, NotImplementedError) as e:
+        print(e.args[0], file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_fixtures_build(args: argparse.Namespace) -> int:
+    from nemotron_assets.fixtures import FIXTURES
+
+    for name in args.names:
+        print(f"{name}: {FIXTURES[name]()}")
+    return 0
+
+
+def cmd_demo_summary(args: argparse.Namespace) -> int:
+    from nemotron_assets.demo import summary
+
+    print(summary(args.pipeline))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="nemotron-assets", description=__doc__)
+    commands = root.add_subparsers(required=True, metavar="COMMAND")
+
+    steps = commands.add_parser("steps", help="the step catalog").add_subparsers(required=True, metavar="ACTION")
+    listing = steps.add_parser("list", help="list steps, optionally filtered (is_a-aware)")
+    listing.add_argument("--category")
+    listing.add_argument("--consumes", metavar="TYPE", help="steps that accept this artifact type")
+    listing.add_argument("--produces", metavar="TYPE", help="steps whose output is (a kind of) this type")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_steps_list)
+    show = steps.add_parser("show", help="one step in full")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_steps_show)
+
+    types = commands.add_parser("types", help="the artifact types and their is_a / convert_to relations")
+    types.add_argument("--json", action="store_true")
+    types.set_defaults(func=cmd_types)
+
+    check = commands.add_parser("validate", help="check an artifact against its type's contract")
+    check.add_argument("path")
+    check.add_argument("--type", required=True, choices=sorted(CATALOG.types))
+    check.set_defaults(func=cmd_validate)
+
+    fixtures = commands.add_parser("fixtures", help="offline fixtures").add_subparsers(required=True, metavar="ACTION")
+    build = fixtures.add_parser("build", help="build fixtures into $NEMOTRON_FIXTURES (skips built ones)")
+    build.add_argument("names", nargs="*", default=["tiny-bpe", "tiny-llama"], choices=["tiny-bpe", "tiny-llama", "smollm2"])
+    build.set_defaults(func=cmd_fixtures_build)
+
+    demo = commands.add_parser("demo", help="demo helpers").add_subparsers(required=True, metavar="ACTION")
+    summary = demo.add_parser("summary", help="summarize the latest materializations of a pipeline in $DAGSTER_HOME")
+    summary.add_argument("--pipeline", default="tiny")
+    summary.set_defaults(func=cmd_demo_summary)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `nemotron-assets steps list | head` ends quietly
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

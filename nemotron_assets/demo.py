@@ -1,0 +1,45 @@
+"""The demo's closing summary: what the tiny pipeline materialized, read back from the Dagster instance."""
+
+from __future__ import annotations
+
+import os
+
+from nemotron_assets.pipelines import load_pipelines
+from resources.artifact_store import ArtifactStore
+
+HEADLINE = (
+    ("rows", "{:,} rows"),
+    ("documents", "{:,} documents"),
+    ("bins", "{:,} bins"),
+    ("tokens", "{:,} tokens"),
+    ("packing_efficiency", "packing efficiency {:.1f}%"),
+    ("train_rows", "train {:,}"),
+    ("val_rows", "val {:,}"),
+)
+
+
+def summary(pipeline_name: str) -> str:
+    import dagster as dg
+
+    pipeline = next(p for p in load_pipelines() if p.name == pipeline_name)
+    instance = dg.DagsterInstance.get()
+    lines = [f"Pipeline `{pipeline.name}` ({len(pipeline.stages)} assets):"]
+    for stage in pipeline.stages:
+        key = dg.AssetKey([pipeline.name, stage.name])
+        event = instance.get_latest_materialization_event(key)
+        if event is None or event.asset_materialization is None:
+            lines.append(f"  {key.to_user_string():26} not materialized")
+            continue
+        metadata = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+        facts = [fmt.format(metadata[k]) for k, fmt in HEADLINE if k in metadata]
+        check = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(key, "contract"))
+        status = check.status.value.lower() if check else "not run"
+        reused = " (reused: inputs unchanged)" if metadata.get("reused") else ""
+        lines.append(f"  {key.to_user_string():26} {', '.join(facts)}; contract check {status}{reused}")
+        lines.append(f"  {'':26} {metadata['path']}")
+    lines += [
+        f"Artifacts: {ArtifactStore().base}",
+        f"Open the UI: make ui   (= DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '')} .venv/bin/dagster dev -w workspace.yaml)",
+        "            then http://127.0.0.1:3000 -> Assets -> group `tiny` for the lineage.",
+    ]
+    return "\n".join(lines)
