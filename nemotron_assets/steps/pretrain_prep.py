@@ -15,6 +15,7 @@ import numpy as np
 from nemotron_assets.artifacts.binidx import BLEND_FILE, SPLITS, BinIdxWriter
 from nemotron_assets.artifacts.files import data_files
 from nemotron_assets.artifacts.jsonl import RecordStream
+from nemotron_assets.errors import contract_error
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.packing import gather_ranges
 from nemotron_assets.steps.sharding import assign_splits, batched, count_rows, shard_sizes, take_shards
@@ -60,6 +61,8 @@ def run(run: StepRun) -> StepResult:
 
     files = data_files(run.input("filtered_jsonl").path, (".jsonl",))
     rows = count_rows(files, params["max_rows"])
+    if rows == 0:
+        raise contract_error("empty_artifact", f"{files}: no records")
     if rows < shards:
         raise run.error("too_many_tiny_shards", f"{rows} documents cannot fill {shards} shards")
     stream = RecordStream(files, frozenset({"text"}), params["text_field"], params["max_rows"])

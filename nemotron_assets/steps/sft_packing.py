@@ -19,6 +19,7 @@ import numpy as np
 
 from nemotron_assets.artifacts.files import data_files
 from nemotron_assets.artifacts.jsonl import RecordStream
+from nemotron_assets.errors import contract_error
 from nemotron_assets.artifacts.packed_parquet import SPLITS, arrow_schema
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.chat_template import ChatTemplate, TemplateError, resolve_template_source
@@ -176,6 +177,8 @@ def run(run: StepRun) -> StepResult:
     data = run.input("training_jsonl")
     files = data_files(data.path, (".jsonl",))
     rows, shards = count_rows(files, params["max_rows"]), params["num_shards"]
+    if rows == 0:
+        raise contract_error("empty_artifact", f"{files}: no records")
     if rows < shards:
         raise run.error("too_many_tiny_shards", f"{rows} rows cannot fill {shards} shards")
     stream = RecordStream(files, frozenset({"chat"}), max_rows=params["max_rows"])

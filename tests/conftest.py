@@ -1,0 +1,36 @@
+"""Shared fixtures: offline settings, the tiny tokenizer/model built once per session, a fresh artifact root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", DAGSTER_DISABLE_TELEMETRY="1")
+
+DATA = Path(__file__).resolve().parents[1] / "nemotron_assets" / "fixtures" / "data"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny tokenizer and tiny Llama, built once into a session directory."""
+    from nemotron_assets.fixtures import tiny_llama, tiny_tokenizer
+
+    directory = tmp_path_factory.mktemp("fixtures")
+    os.environ["NEMOTRON_FIXTURES"] = str(directory)
+    tiny_tokenizer()
+    tiny_llama()
+    return directory
+
+
+@pytest.fixture
+def artifact_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "artifacts"
+    monkeypatch.setenv("NEMOTRON_ARTIFACT_ROOT", str(root))
+    return root
+
+
+@pytest.fixture
+def tokenizer_dir(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "tiny-bpe"

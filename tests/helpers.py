@@ -1,0 +1,38 @@
+"""Test helpers: small pipelines over the shipped fixtures, run through the real stage runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nemotron_assets.execution import Materialization, run_stage
+from nemotron_assets.pipelines import PipelineSpec
+from resources.artifact_store import ArtifactStore
+
+STEP_INPUT = {
+    "data_prep/sft_packing": "training_jsonl",
+    "data_prep/pretrain_prep": "filtered_jsonl",
+    "data_prep/rl_prep": "training_jsonl",
+}
+
+
+def one_stage_pipeline(step: str, source: Path | str, source_type: str | None = None, **config: Any) -> PipelineSpec:
+    """A pipeline `t`: one source `data` feeding one stage `out` of `step` (tiny preset)."""
+    port = STEP_INPUT[step]
+    return PipelineSpec(
+        name="t",
+        description="test",
+        sources=[{"name": "data", "type": source_type or port, "path": str(source)}],
+        stages=[{"name": "out", "step": step, "consumes": {port: "data"}, "preset": "tiny", "config": config}],
+    )
+
+
+def materialize(pipeline: PipelineSpec, store: ArtifactStore, stage: str = "out", **overrides: Any) -> Materialization:
+    spec = pipeline.stage(stage)
+    return run_stage(pipeline, spec, pipeline.params(spec) | overrides, store, "local_cpu")
+
+
+def published(store: ArtifactStore, key: tuple[str, ...] = ("t", "out")) -> list[str]:
+    """Everything in an asset's store directory: versions, staging leftovers, the CURRENT pointer."""
+    directory = store.artifact_dir(key)
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []

@@ -1,0 +1,89 @@
+"""The catalog loads, is consistent, and its loader rejects inconsistent files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nemotron_assets.catalog import CATALOG, CATALOG_DIR, CatalogError, load_catalog
+
+SEED_STEPS = {
+    "byob/mcq", "curate/nemo_curator", "translate/nemo_curator", "sdg/data_designer", "data_prep/sft_packing",
+    "data_prep/pretrain_prep", "data_prep/rl_prep", "sft/automodel", "sft/megatron_bridge", "peft/automodel",
+    "peft/megatron_bridge", "pretrain/automodel", "pretrain/megatron_bridge", "rl/nemo_rl/dpo", "rl/nemo_rl/rlvr",
+    "rl/nemo_rl/rlhf", "convert/hf_to_megatron", "convert/megatron_to_hf", "convert/merge_lora",
+    "optimize/modelopt/quantize", "optimize/modelopt/prune", "optimize/modelopt/distill", "eval/model_eval",
+    "env/env_toml",
+}  # fmt: skip
+
+
+def test_all_seed_steps_and_types():
+    assert set(CATALOG.steps) == SEED_STEPS
+    assert len(CATALOG.types) == 16
+
+
+def test_is_a_is_transitive():
+    assert CATALOG.ancestors("translated_mcq_benchmark_parquet") == ["mcq_benchmark_parquet", "benchmark_parquet"]
+    assert CATALOG.is_a("translated_mcq_benchmark_parquet", "benchmark_parquet")
+    assert not CATALOG.is_a("benchmark_parquet", "mcq_benchmark_parquet")
+
+
+def test_converters_bridge_their_types():
+    assert CATALOG.types["checkpoint_lora"].convert_to == {"checkpoint_hf": "convert/merge_lora"}
+    assert CATALOG.types["checkpoint_megatron"].convert_to == {"checkpoint_hf": "convert/megatron_to_hf"}
+
+
+def test_every_step_has_errors_and_a_default_or_named_preset():
+    for step in CATALOG.steps.values():
+        assert step.errors, step.id
+        assert step.presets, step.id
+        assert all(e.recovery.strip() for e in step.errors), step.id
+
+
+def test_find_steps_is_is_a_aware():
+    # filtered_jsonl is_a training_jsonl, so every training_jsonl consumer accepts it
+    accepting = {s.id for s in CATALOG.find_steps(consumes="filtered_jsonl")}
+    assert {"data_prep/sft_packing", "sft/automodel", "data_prep/pretrain_prep", "translate/nemo_curator"} <= accepting
+    assert "data_prep/pretrain_prep" not in {s.id for s in CATALOG.find_steps(consumes="training_jsonl")}
+    producing = {s.id for s in CATALOG.find_steps(produces="training_jsonl")}
+    assert {"curate/nemo_curator", "translate/nemo_curator", "sdg/data_designer", "data_prep/rl_prep"} <= producing
+    assert {s.id for s in CATALOG.find_steps(category="convert")} == {
+        "convert/hf_to_megatron", "convert/megatron_to_hf", "convert/merge_lora"
+    }  # fmt: skip
+
+
+def test_unknown_step_suggests_close_ids():
+    with pytest.raises(KeyError, match="sft_packing"):
+        CATALOG.step("data_prep/sft_pack")
+
+
+@pytest.fixture
+def catalog_copy(tmp_path: Path) -> Path:
+    shutil.copytree(CATALOG_DIR, tmp_path / "catalog", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return tmp_path / "catalog"
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "message"),
+    [
+        ("types.toml", 'kind = "json"\n', 'kind = "json"\nis_a = ["raw_jsonl"]\n', "cycle"),
+        ("types.toml", '"convert/merge_lora"', '"convert/nope"', "does not exist"),
+        ("types.toml", 'is_a = ["benchmark_parquet"]', 'is_a = ["nonexistent"]', "unknown type"),
+        ("steps/data_prep/rl_prep.toml", 'type = "training_jsonl"', 'type = "jsonl_of_doom"', "unknown artifact type"),
+        ("steps/data_prep/rl_prep.toml", 'id = "data_prep/rl_prep"', 'id = "data_prep/sft_packing"', "duplicate step id"),
+        ("steps/data_prep/rl_prep.toml", "[presets.tiny]\n", "[presets.tiny]\nnot_a_param = 1\n", "unknown parameter"),
+        ("steps/data_prep/rl_prep.toml", 'default = "auto"', 'default = "sometimes"', "not in choices"),
+    ],
+)
+def test_loader_rejects_inconsistent_catalogs(catalog_copy: Path, file: str, old: str, new: str, message: str):
+    _edit(catalog_copy / file, old, new)
+    with pytest.raises((CatalogError, ValueError), match=message):
+        load_catalog(catalog_copy)

@@ -1,0 +1,69 @@
+"""The CLI's JSON surface: steps list/show, types, validate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import DATA
+
+STEP_KEYS = {"id", "category", "description", "consumes", "produces", "parameters", "errors", "presets", "min_gpus"}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nemotron_assets.cli", *args], capture_output=True, text=True)
+
+
+def cli_json(*args: str):
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_steps_list_json_shape():
+    steps = cli_json("steps", "list", "--json")
+    assert len(steps) == 24
+    for step in steps:
+        assert STEP_KEYS <= step.keys()
+        assert all(p.keys() >= {"type", "required"} for p in step["consumes"] + step["produces"])
+        assert all(p.keys() >= {"name", "default", "choices", "description"} for p in step["parameters"])
+        assert all(e.keys() == {"name", "recovery"} for e in step["errors"])
+    packing = next(s for s in steps if s["id"] == "data_prep/sft_packing")
+    assert packing["produces"] == [{"type": "packed_parquet", "required": True}]
+    assert packing["presets"] == ["default", "tiny"]
+    algorithm = next(p for p in packing["parameters"] if p["name"] == "algorithm")
+    assert algorithm["choices"] == ["first_fit_decreasing", "first_fit_shuffle", "concatenative"]
+
+
+def test_steps_list_filters():
+    ids = lambda *args: {s["id"] for s in cli_json("steps", "list", "--json", *args)}  # noqa: E731
+    assert ids("--category", "rl") == {"rl/nemo_rl/dpo", "rl/nemo_rl/rlvr", "rl/nemo_rl/rlhf"}
+    assert ids("--produces", "packed_parquet") == {"data_prep/sft_packing"}
+    assert "sft/automodel" in ids("--consumes", "synthetic_jsonl")  # synthetic_jsonl is_a training_jsonl
+    assert ids("--produces", "benchmark_parquet") == {"byob/mcq"}  # mcq_benchmark_parquet is_a benchmark_parquet
+    assert cli("steps", "list", "--consumes", "nope").returncode == 2
+
+
+def test_steps_show_and_types():
+    shown = cli_json("steps", "show", "data_prep/pretrain_prep", "--json")
+    assert shown["id"] == "data_prep/pretrain_prep"
+    assert shown["presets"]["tiny"]["num_shards"] == 4
+    assert cli("steps", "show", "no/such").returncode == 2
+    types = cli_json("types", "--json")
+    assert types["translated_mcq_benchmark_parquet"]["is_a"] == ["mcq_benchmark_parquet", "benchmark_parquet"]
+    assert types["checkpoint_hf"]["convert_to"] == {"checkpoint_megatron": "convert/hf_to_megatron"}
+
+
+def test_validate_prints_stats_or_the_named_error(tmp_path: Path):
+    assert cli_json("validate", str(DATA / "tiny_chat.jsonl"), "--type", "training_jsonl") == {
+        "type": "training_jsonl", "files": 1, "records": 48, "shape": "chat"
+    }  # fmt: skip
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "human", "content": "hi"}]}\n')
+    result = cli("validate", str(bad), "--type", "training_jsonl")
+    assert result.returncode == 1
+    error = json.loads(result.stdout)
+    assert error["error"] == "invalid_role" and "map ShareGPT" in error["recovery"]
+    assert cli("validate", str(bad), "--type", "eval_results").returncode == 2  # no contract yet
