@@ -146,8 +146,7 @@ def run_stage(
             "step_seconds": round(checked - started, 3),
             "validate_seconds": round(time.time() - checked, 3),
         }
-        seal(staging, provenance)
-        return provenance
+        return seal(staging, provenance)
 
     path, provenance = store.publish(key, version, build)
     return Materialization(path, version, False, provenance)

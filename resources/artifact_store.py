@@ -85,9 +85,11 @@ def write_provenance(directory: Path, provenance: dict[str, Any]) -> None:
     (directory / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1, sort_keys=True, default=str))
 
 
-def seal(directory: Path, provenance: dict[str, Any]) -> None:
-    """Write provenance.json with the digest of every other file in the artifact."""
-    write_provenance(directory, provenance | {"files": tree_digests(directory, frozenset({PROVENANCE_FILE}))})
+def seal(directory: Path, provenance: dict[str, Any]) -> dict[str, Any]:
+    """Write provenance.json with the digest of every other file in the artifact; return what was written."""
+    sealed = provenance | {"files": tree_digests(directory, frozenset({PROVENANCE_FILE}))}
+    write_provenance(directory, sealed)
+    return sealed
 
 
 def verify(directory: Path) -> None:

@@ -19,11 +19,13 @@ STEP_INPUT = {
 def one_stage_pipeline(step: str, source: Path | str, source_type: str | None = None, **config: Any) -> PipelineSpec:
     """A pipeline `t`: one source `data` feeding one stage `out` of `step` (tiny preset)."""
     port = STEP_INPUT[step]
-    return PipelineSpec(
-        name="t",
-        description="test",
-        sources=[{"name": "data", "type": source_type or port, "path": str(source)}],
-        stages=[{"name": "out", "step": step, "consumes": {port: "data"}, "preset": "tiny", "config": config}],
+    return PipelineSpec.parse(
+        {
+            "name": "t",
+            "description": "test",
+            "sources": [{"name": "data", "type": source_type or port, "path": str(source)}],
+            "stages": [{"name": "out", "step": step, "consumes": {port: "data"}, "preset": "tiny", "config": config}],
+        }
     )
 
 

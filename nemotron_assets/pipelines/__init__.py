@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.catalog.models import check_value
@@ -54,15 +54,17 @@ class PipelineSpec(_Spec):
     sources: tuple[Source, ...] = ()
     stages: tuple[Stage, ...]
 
-    @model_validator(mode="after")
-    def _type_check(self) -> PipelineSpec:
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> PipelineSpec:
+        """Build a spec and type-check it; every pipeline enters the project through here."""
+        spec = cls.model_validate(data)
         seen: dict[str, str] = {}
-        for source in self.sources:
-            self._declare(seen, source.name, source.type)
-        for stage in self.stages:
-            self._check_stage(stage, seen)
-            self._declare(seen, stage.name, CATALOG.step(stage.step).primary_output)
-        return self
+        for source in spec.sources:
+            spec._declare(seen, source.name, source.type)
+        for stage in spec.stages:
+            spec._check_stage(stage, seen)
+            spec._declare(seen, stage.name, CATALOG.step(stage.step).primary_output)
+        return spec
 
     def _fail(self, message: str) -> PipelineError:
         return PipelineError(f"pipeline {self.name}: {message}")
@@ -128,7 +130,7 @@ class PipelineSpec(_Spec):
 
 
 def load_pipeline(path: Path) -> PipelineSpec:
-    return PipelineSpec(**yaml.safe_load(path.read_text()))
+    return PipelineSpec.parse(yaml.safe_load(path.read_text()))
 
 
 def load_pipelines(directory: Path = PIPELINE_DIR) -> list[PipelineSpec]:

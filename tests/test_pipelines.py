@@ -1,0 +1,55 @@
+"""Pipeline specs type-check every edge at load."""
+
+from __future__ import annotations
+
+import pytest
+
+from nemotron_assets.pipelines import PipelineError, PipelineSpec, load_pipelines
+
+
+def spec(stages, sources=None) -> dict:
+    sources = sources or [{"name": "chat", "type": "training_jsonl", "path": "/x.jsonl"}]
+    return {"name": "p", "description": "d", "sources": sources, "stages": stages}
+
+
+def test_shipped_pipelines_load():
+    tiny = next(p for p in load_pipelines() if p.name == "tiny")
+    assert [s.name for s in tiny.stages] == ["packed_parquet", "binidx", "dpo_data", "rlvr_data"]
+    assert tiny.params(tiny.stage("packed_parquet"))["pack_size"] == 256  # tiny preset
+    assert tiny.params(tiny.stage("packed_parquet"))["algorithm"] == "first_fit_decreasing"  # pipeline config
+
+
+def test_ill_typed_edge_names_both_types_and_the_fix():
+    stages = [
+        {"name": "packed", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}},
+        {"name": "again", "step": "data_prep/rl_prep", "consumes": {"training_jsonl": "packed"}},
+    ]
+    with pytest.raises(PipelineError, match="edge packed -> again: packed is packed_parquet, data_prep/rl_prep consumes training_jsonl"):
+        PipelineSpec.parse(spec(stages))
+
+
+def test_edge_error_suggests_the_converter():
+    sources = [{"name": "text", "type": "raw_jsonl", "path": "/x.jsonl"}]
+    stages = [{"name": "bins", "step": "data_prep/pretrain_prep", "consumes": {"filtered_jsonl": "text"}}]
+    with pytest.raises(PipelineError, match="text is raw_jsonl, data_prep/pretrain_prep consumes filtered_jsonl; insert curate/nemo_curator"):
+        PipelineSpec.parse(spec(stages, sources))
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        ({"name": "a", "step": "data_prep/sft_pack", "consumes": {"training_jsonl": "chat"}}, "did you mean"),
+        ({"name": "a", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "nope"}}, "not defined"),
+        ({"name": "a", "step": "data_prep/sft_packing", "consumes": {}}, "needs \\['training_jsonl'\\]"),
+        ({"name": "a", "step": "data_prep/sft_packing", "consumes": {"binidx": "chat"}}, "consumes no binidx"),
+        ({"name": "a", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}, "preset": "huge"}, "no preset"),
+        ({"name": "a", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}, "config": {"pack": 1}}, "no parameter"),
+        ({"name": "a", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}, "config": {"algorithm": "best"}}, "not in choices"),
+        ({"name": "a", "step": "sft/automodel", "consumes": {"training_jsonl": "chat"}}, "not runnable"),
+        ({"name": "chat", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}}, "defined twice"),
+        ({"name": "Bad-Name", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}}, "must match"),
+    ],
+)  # fmt: skip
+def test_bad_stages(stage: dict, message: str):
+    with pytest.raises(PipelineError, match=message):
+        PipelineSpec.parse(spec([stage]))

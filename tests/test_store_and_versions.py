@@ -1,0 +1,100 @@
+"""Atomic publication, content-hash data versions, and reuse of unchanged artifacts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import DATA
+from helpers import materialize, one_stage_pipeline, published
+
+from nemotron_assets.steps import sft_packing
+from resources.artifact_store import ArtifactStore
+
+
+@pytest.fixture
+def store(artifact_root: Path) -> ArtifactStore:
+    return ArtifactStore(root=str(artifact_root))
+
+
+def test_failed_build_leaves_nothing(store: ArtifactStore):
+    def build(staging: Path):
+        (staging / "half.parquet").write_text("partial")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        store.publish(("t", "out"), "v1", build)
+    assert published(store) == []
+    assert store.current(("t", "out")) is None
+
+
+def test_publish_is_first_writer_wins(store: ArtifactStore):
+    path, _ = store.publish(("t", "out"), "v1", lambda d: (d / "a").write_text("first"))
+    store.publish(("t", "out"), "v1", lambda d: (d / "a").write_text("second"))
+    assert (path / "a").read_text() == "first"
+    assert published(store) == ["CURRENT", "v1"]
+
+
+def test_default_root_follows_the_environment(artifact_root: Path):
+    assert ArtifactStore().base == artifact_root
+
+
+def test_unchanged_inputs_are_reused(fixtures_dir: Path, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch):
+    pipeline = one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl")
+    first = materialize(pipeline, store)
+    monkeypatch.setattr(sft_packing, "run", lambda run: pytest.fail("recomputed an unchanged artifact"))
+    second = materialize(pipeline, store)
+    assert (second.version, second.reused, first.reused) == (first.version, True, False)
+    assert second.stats == first.stats
+
+
+def test_a_crashed_run_rebuilds_to_the_same_version(fixtures_dir: Path, store: ArtifactStore, monkeypatch):
+    pipeline = one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl")
+    real = sft_packing.run
+
+    def crash(run):
+        real(run)
+        raise KeyboardInterrupt  # killed after writing everything, before publication
+
+    monkeypatch.setattr(sft_packing, "run", crash)
+    with pytest.raises(KeyboardInterrupt):
+        materialize(pipeline, store)
+    assert published(store) == []
+    monkeypatch.setattr(sft_packing, "run", real)
+    version = materialize(pipeline, store).version
+    clean = materialize(pipeline, ArtifactStore(root=str(store.base / "clean"))).version
+    assert version == clean
+
+
+def test_versions_follow_inputs_params_and_tokenizer(fixtures_dir: Path, store: ArtifactStore, tmp_path: Path):
+    base = materialize(one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl"), store).version
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text((DATA / "tiny_chat.jsonl").read_text() + (DATA / "tiny_chat.jsonl").read_text().splitlines()[0] + "\n")
+    changed_input = materialize(one_stage_pipeline("data_prep/sft_packing", data), store).version
+
+    changed_param = materialize(one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl", seed=1), store).version
+
+    tokenizer = Path(shutil.copytree(fixtures_dir / "tiny-bpe", tmp_path / "tok"))
+    template = tokenizer / "chat_template.jinja"
+    template.write_text(template.read_text().replace("<|im_start|>", "<|im_start|> "))
+    pipeline = one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl", tokenizer=str(tokenizer))
+    changed_template = materialize(pipeline, store)
+    assert len({base, changed_input, changed_param, changed_template.version}) == 4
+    assert changed_template.provenance["tokenizer"]["chat_template_fingerprint"] != (
+        materialize(one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl"), store).provenance["tokenizer"][
+            "chat_template_fingerprint"
+        ]
+    )
+
+
+def test_provenance_records_what_made_the_artifact(fixtures_dir: Path, store: ArtifactStore):
+    result = materialize(one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl"), store)
+    p = result.provenance
+    assert p["type"] == "packed_parquet" and p["step"]["id"] == "data_prep/sft_packing"
+    assert p["params"]["tokenizer"] == str(fixtures_dir / "tiny-bpe")  # ${NEMOTRON_FIXTURES} expanded
+    assert p["inputs"][0]["name"] == "data" and len(p["inputs"][0]["version"]) == 64
+    assert p["tokenizer"]["fingerprint"] and p["tokenizer"]["vocab_size"] == 512
+    assert p["profile"] == "local_cpu" and p["code"]["package"]
+    assert p["timings"]["step_seconds"] >= 0 and "shards/shard_000000.parquet" in p["files"]
