@@ -167,23 +167,27 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage) -> dg.AssetsDefinition:
     return _asset
 
 
+def pipeline_assets(pipeline: PipelineSpec) -> list[Any]:
+    """A pipeline's source specs, stage assets and contract checks."""
+    defs: list[Any] = []
+    for source in pipeline.sources:
+        spec = source_spec(pipeline, source)
+        defs.append(spec)
+        if has_contract(source.type):
+            defs.append(contract_check(spec.key, source.type, source))
+    for stage in pipeline.stages:
+        asset = stage_asset(pipeline, stage)
+        defs.append(asset)
+        output = CATALOG.step(stage.step).primary_output
+        if has_contract(output):
+            defs.append(contract_check(asset.key, output, None))
+    return defs
+
+
 def build_definitions(pipelines: list[PipelineSpec]) -> dg.Definitions:
-    assets: list[Any] = []
-    checks: list[dg.AssetChecksDefinition] = []
-    for pipeline in pipelines:
-        for source in pipeline.sources:
-            spec = source_spec(pipeline, source)
-            assets.append(spec)
-            if has_contract(source.type):
-                checks.append(contract_check(spec.key, source.type, source))
-        for stage in pipeline.stages:
-            asset = stage_asset(pipeline, stage)
-            assets.append(asset)
-            output = CATALOG.step(stage.step).primary_output
-            if has_contract(output):
-                checks.append(contract_check(asset.key, output, None))
+    defs = [d for pipeline in pipelines for d in pipeline_assets(pipeline)]
     return dg.Definitions(
-        assets=assets,
-        asset_checks=checks,
+        assets=[d for d in defs if not isinstance(d, dg.AssetChecksDefinition)],
+        asset_checks=[d for d in defs if isinstance(d, dg.AssetChecksDefinition)],
         resources={"artifact_store": ArtifactStore(), "hardware": HardwareProfile()},
     )

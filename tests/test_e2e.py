@@ -1,0 +1,115 @@
+"""End to end: the tiny pipeline through `dagster asset materialize`, and gating through blocking checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from conftest import DATA
+from helpers import published
+
+from nemotron_assets.factory import pipeline_assets
+from nemotron_assets.pipelines import PipelineSpec
+from resources.artifact_store import ArtifactStore
+from resources.profile import HardwareProfile
+
+BIN = Path(sys.executable).parent
+TINY = [dg.AssetKey(["tiny", name]) for name in ("packed_parquet", "binidx", "dpo_data", "rlvr_data")]
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def materialize_tiny() -> subprocess.CompletedProcess[str]:
+    command = [str(BIN / "dagster"), "asset", "materialize", "-m", "nemotron_assets.definitions", "--select", "group:tiny"]
+    return subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+
+
+def test_tiny_pipeline_through_the_dagster_cli(fixtures_dir: Path, artifact_root: Path, dagster_home: Path):
+    first = materialize_tiny()
+    assert first.returncode == 0, first.stderr[-3000:]
+    with dg.DagsterInstance.get() as instance:
+        for key in TINY:
+            metadata = instance.get_latest_materialization_event(key).asset_materialization.metadata
+            assert Path(metadata["path"].value).is_relative_to(artifact_root)
+            assert metadata["profile"].value == "local_cpu" and metadata["reused"].value is False
+            check = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(key, "contract"))
+            assert check.status.value == "SUCCEEDED"
+        packed = instance.get_latest_materialization_event(TINY[0]).asset_materialization.metadata
+        assert packed["bins"].value > 0 and 0 < packed["packing_efficiency"].value <= 100
+
+    second = materialize_tiny()
+    assert second.returncode == 0, second.stderr[-3000:]
+    with dg.DagsterInstance.get() as instance:
+        metadata = instance.get_latest_materialization_event(TINY[0]).asset_materialization.metadata
+        assert metadata["reused"].value is True
+        assert metadata["data_version"].value == packed["data_version"].value
+
+    summary = subprocess.run([str(BIN / "nemotron-assets"), "demo", "summary"], capture_output=True, text=True, check=True)
+    assert "tiny/packed_parquet" in summary.stdout and "packing efficiency" in summary.stdout
+    assert "contract check succeeded" in summary.stdout and "dagster dev -w workspace.yaml" in summary.stdout
+
+
+def chain(source: Path) -> PipelineSpec:
+    return PipelineSpec.parse(
+        {
+            "name": "chain",
+            "description": "two stages, the second consuming the first",
+            "sources": [{"name": "pairs", "type": "training_jsonl", "path": str(source)}],
+            "stages": [
+                {"name": "first", "step": "data_prep/rl_prep", "consumes": {"training_jsonl": "pairs"}, "preset": "tiny"},
+                {"name": "second", "step": "data_prep/rl_prep", "consumes": {"training_jsonl": "first"}, "preset": "tiny"},
+            ],
+        }
+    )
+
+
+def run_in_process(pipeline: PipelineSpec, root: Path) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        pipeline_assets(pipeline),
+        resources={"artifact_store": ArtifactStore(root=str(root)), "hardware": HardwareProfile(name="local_cpu")},
+        raise_on_error=False,
+        selection=dg.AssetSelection.groups("chain"),
+    )
+
+
+def test_failing_blocking_check_stops_downstream(fixtures_dir: Path, tmp_path: Path):
+    pipeline = chain(DATA / "tiny_dpo.jsonl")
+    assert run_in_process(pipeline, tmp_path).success
+    first = ArtifactStore(root=str(tmp_path)).current(("chain", "first"))[1]
+    shard = next(first.rglob("*.jsonl"))
+    shard.write_text(shard.read_text() + shard.read_text().splitlines()[0] + "\n")  # edited after publication
+
+    result = run_in_process(pipeline, tmp_path)
+    assert not result.success
+    evaluation = next(e for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey(["chain", "first"]))
+    assert not evaluation.passed and evaluation.metadata["error"].value == "artifact_digest_mismatch"
+    done = {e.asset_key for e in result.get_asset_materialization_events() if e.asset_key}
+    assert dg.AssetKey(["chain", "second"]) not in done
+
+
+def test_named_error_fails_the_step_without_retries(fixtures_dir: Path, tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "same", "rejected": "same"}\n')
+    result = run_in_process(chain(bad), tmp_path / "store")
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "invalid_dpo_preference_schema" in failure.event_specific_data.error.message
+    assert published(ArtifactStore(root=str(tmp_path / "store")), ("chain", "first")) == []
+
+
+def test_profile_choice_reaches_metadata(fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NEMOTRON_PROFILE", "local_cpu")
+    assert HardwareProfile().load().gpus == 0
+    with pytest.raises(ValueError, match="unknown hardware profile 'dgx_superpod'"):
+        HardwareProfile(name="dgx_superpod").load()
