@@ -19,11 +19,13 @@ _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Immutable, and unknown fields are errors (a typo in a catalog or pipeline file must not pass silently)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ArtifactType(_Strict):
+class ArtifactType(StrictModel):
     """One node of the artifact lattice."""
 
     name: str
@@ -33,7 +35,7 @@ class ArtifactType(_Strict):
     convert_to: dict[str, str] = Field(default_factory=dict, description="target type -> converter step id")
 
 
-class Port(_Strict):
+class Port(StrictModel):
     """An artifact a step consumes or produces."""
 
     type: str
@@ -41,7 +43,7 @@ class Port(_Strict):
     description: str = ""
 
 
-class Parameter(_Strict):
+class Parameter(StrictModel):
     """A step parameter; dotted names (``peft.dim``) nest in the Launchpad config."""
 
     name: str
@@ -67,12 +69,12 @@ def check_value(param: Parameter, value: Any) -> None:
         raise ValueError(f"parameter {param.name!r}: {value!r} not in choices {list(param.choices)}")
 
 
-class NamedErrorSpec(_Strict):
+class NamedErrorSpec(StrictModel):
     name: str
     recovery: str
 
 
-class ModelOption(_Strict):
+class ModelOption(StrictModel):
     """A model the step is known to run, with its minimum GPU count."""
 
     name: str
@@ -81,7 +83,7 @@ class ModelOption(_Strict):
     description: str = ""
 
 
-class StepSpec(_Strict):
+class StepSpec(StrictModel):
     """A catalog step: its artifact contract, parameters, presets and named errors."""
 
     id: str

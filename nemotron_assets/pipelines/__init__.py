@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from nemotron_assets.catalog import CATALOG
-from nemotron_assets.catalog.models import check_value
+from nemotron_assets.catalog.models import StrictModel, check_value
 
 PIPELINE_DIR = Path(__file__).resolve().parent
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -24,11 +24,7 @@ class PipelineError(ValueError):
     """A pipeline spec does not type-check against the catalog."""
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Source(_Spec):
+class Source(StrictModel):
     """An external input the pipeline does not produce: a corpus, a base model, a dataset."""
 
     name: str
@@ -37,7 +33,7 @@ class Source(_Spec):
     description: str = ""
 
 
-class Stage(_Spec):
+class Stage(StrictModel):
     """One catalog step producing the artifact `name` from the artifacts it consumes."""
 
     name: str
@@ -48,7 +44,7 @@ class Stage(_Spec):
     description: str = ""
 
 
-class PipelineSpec(_Spec):
+class PipelineSpec(StrictModel):
     name: str
     description: str
     sources: tuple[Source, ...] = ()
