@@ -5,12 +5,12 @@
 
 One process run measures, for each corpus (bench/corpus.py, cached in bench/.cache/):
 
-* ceiling: the tokenizer alone, texts pre-loaded in memory (json.loads of every line, not timed): chat
-  conversations rendered with ChatTemplate(tok.chat_template) then encode_batch_fast in batches of 1024,
-  reading `.ids` of every encoding; plain text encoded the same way without a template. Only render + encode
-  is timed. tokens/s = tokens / seconds.
+* ceiling: the tokenizer alone, in a fresh subprocess (bench/child.py), texts pre-loaded in memory (json.loads
+  of every line, not timed): chat conversations rendered with ChatTemplate(tok.chat_template) then
+  encode_batch_fast in batches of 1024, reading `.ids` of every encoding; plain text encoded the same way
+  without a template. Only render + encode is timed. tokens/s = tokens / seconds.
 * step end to end: step_function(step)(run) from the JSONL on disk into a fresh output dir, each run in a
-  fresh subprocess (bench/step_child.py) that also reports its RSS high-water mark. tokens/s = stats tokens /
+  fresh subprocess (bench/child.py) that also reports its RSS high-water mark. tokens/s = stats tokens /
   wall seconds.
 * ceiling and step runs are interleaved, repeated --repeats times; medians are reported.
 * memory flatness: sft_packing and pretrain_prep on half / full / double corpora (one run each at half and
@@ -69,60 +69,40 @@ def pretrain_params() -> dict:
     return {"tokenizer": TOKENIZER, "num_shards": 4, "valid_shards": 1, "test_shards": 1}
 
 
-# --------------------------------------------------------------------------------------------- ceilings
+# ------------------------------------------------------------------------------------- measurements
 
 
-def load_chat(path: str) -> list[list[dict]]:
-    with open(path, "rb") as f:
-        return [json.loads(line)["messages"] for line in f if line.strip()]
-
-
-def load_plain(path: str) -> list[str]:
-    with open(path, "rb") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
-
-
-def ceiling(tok, items: list, template=None) -> dict:
-    """Render (chat only) + encode_batch_fast in batches; only this is timed.
-
-    `tok` is freshly loaded for every call (untimed), so its BPE word cache starts cold, as in a step run."""
-    backend = tok.backend
-    tokens = 0
-    render_s = encode_s = 0.0
+def run_child(label: str, spec: dict) -> dict:
+    """One measurement in a fresh interpreter (bench/child.py); returns its JSON result or an error."""
     t0 = time.perf_counter()
-    for i in range(0, len(items), CEILING_BATCH):
-        batch = items[i : i + CEILING_BATCH]
-        t = time.perf_counter()
-        texts = [template.render(m) for m in batch] if template is not None else batch
-        t1 = time.perf_counter()
-        for encoding in backend.encode_batch_fast(texts, add_special_tokens=False):
-            tokens += len(encoding.ids)
-        t2 = time.perf_counter()
-        render_s += t1 - t
-        encode_s += t2 - t1
-    wall = time.perf_counter() - t0
-    return {"tokens": tokens, "wall_s": wall, "render_s": render_s, "encode_s": encode_s, "tok_s": tokens / wall}
+    proc = subprocess.run([sys.executable, str(BENCH / "child.py"), json.dumps(spec)], capture_output=True, text=True, cwd=ROOT)
+    process_s = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(f"  !! {label} failed (rc {proc.returncode})\n{proc.stderr[-4000:]}", flush=True)
+        return {"error": proc.stderr[-8000:], "returncode": proc.returncode, "process_s": process_s}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_s"] = process_s
+    return result
 
 
-# ------------------------------------------------------------------------------------------- step runs
+def run_ceiling(label: str, kind: str, jsonl: str, chat_template: str | None = None) -> dict:
+    result = run_child(label, {"mode": "ceiling", "kind": kind, "jsonl": jsonl, "tokenizer": TOKENIZER,
+                               "chat_template": chat_template, "batch": CEILING_BATCH})
+    if "error" not in result:
+        result["tok_s"] = result["tokens"] / result["wall_s"]
+    return result
 
 
 def run_step(label: str, step: str, port: str, jsonl: str, params: dict, profile: str | None = None) -> dict:
     out = OUT_ROOT / label
     shutil.rmtree(out, ignore_errors=True)
     OUT_ROOT.mkdir(parents=True, exist_ok=True)
-    spec = {"step": step, "port": port, "jsonl": jsonl, "output_dir": str(out), "params": params, "profile": profile}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(BENCH / "step_child.py"), json.dumps(spec)],
-                          capture_output=True, text=True, cwd=ROOT)
-    process_s = time.perf_counter() - t0
+    spec = {"mode": "step", "step": step, "port": port, "jsonl": jsonl, "output_dir": str(out), "params": params,
+            "profile": profile}
+    result = run_child(label, spec)
     shutil.rmtree(out, ignore_errors=True)
-    if proc.returncode != 0:
-        print(f"  !! {label} failed (rc {proc.returncode})\n{proc.stderr[-4000:]}", flush=True)
-        return {"error": proc.stderr[-8000:], "returncode": proc.returncode, "process_s": process_s}
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["process_s"] = process_s
-    result["tok_s"] = result["stats"]["tokens"] / result["wall_s"]
+    if "error" not in result:
+        result["tok_s"] = result["stats"]["tokens"] / result["wall_s"]
     return result
 
 
@@ -147,6 +127,7 @@ def summarize(repeats: list[dict]) -> dict:
             summary["median_vmhwm_mb"] = med([r["vmhwm_kb"] / 1024 for r in ok])
             summary["max_vmhwm_mb"] = max(r["vmhwm_kb"] / 1024 for r in ok)
             summary["median_rss_before_mb"] = med([r["rss_before_kb"] / 1024 for r in ok])
+        if "stats" in ok[0]:
             summary["stats"] = ok[0]["stats"]
     return summary
 
@@ -220,6 +201,33 @@ def markdown(res: dict) -> str:
     row("pretrain_prep, 4 shards (1 valid, 1 test)", "pretrain", plain_c, "plain_ceiling", ">= 0.80x",
         "Megatron preprocess_data.py, 2 workers ~213k")
 
+    rows.append(f"| reference: NVIDIA Nemotron packer (end to end) | chat | - | - | ~55k | - | "
+                f"{REFERENCE['nemotron_packer_tok_s'] / REFERENCE['chat_ceiling_tok_s']:.2f}x of ref. 565k | - | earlier measurement |")
+    rows.append(f"| reference: Megatron-LM tools/preprocess_data.py, 2 workers | plain | - | - | ~213k | - | "
+                f"{REFERENCE['megatron_preprocess_data_2_workers_tok_s'] / REFERENCE['plain_ceiling_tok_s']:.2f}x of ref. 691k | - | earlier measurement |")
+
+    rows += ["", "| target | measured | met |", "|---|---:|---|"]
+    for key, name, target in (("sft_default", "sft_packing (tokenizer template) >= 0.7x chat ceiling", 0.7),
+                              ("sft_chatml", "sft_packing (chatml) >= 0.7x chat ceiling", 0.7),
+                              ("sft_shards4", "sft_packing (4 shards) >= 0.7x chat ceiling", 0.7),
+                              ("pretrain", "pretrain_prep >= 0.8x plain ceiling", 0.8)):
+        r = res["ratios"].get(key, {}).get("median_over_median")
+        if r is not None:
+            rows.append(f"| {name} | {r:.2f}x | {'yes' if r >= target else 'no'} |")
+    for key, name in (("sft_default", "tokenizer template, 1 shard"), ("sft_chatml", "chatml, 1 shard"),
+                      ("sft_shards4", "tokenizer template, 4 shards")):
+        p = res["packing"].get(key)
+        if p:
+            rows.append(f"| FFD within 0.2 points of the lower bound ({name}) | {p['gap_points']:.3f} | "
+                        f"{'yes' if p['gap_points'] <= 0.2 else 'no'} |")
+    for name, entries in res.get("memory", {}).items():
+        ok = [e for e in entries if "error" not in e]
+        if len(ok) >= 2:
+            sizes = " / ".join(f"{e['corpus_mb']:.0f}" for e in ok)
+            peaks = " / ".join(f"{e['vmhwm_mb']:.0f}" for e in ok)
+            steps = ", ".join(f"{b['vmhwm_mb'] / a['vmhwm_mb'] - 1:+.0%}" for a, b in zip(ok, ok[1:]))
+            rows.append(f"| {name} peak memory flat as the corpus grows ({sizes} MB) | {peaks} MB (per step {steps}) | see table |")
+
     rows += ["", "| packing (first_fit_decreasing, pack 4096) | rows | sequences | bins | truncated | efficiency % | lower bound % | gap (points) | target |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for key, name in (("sft_default", "tokenizer template, 1 shard"), ("sft_chatml", "chatml, 1 shard"),
@@ -245,6 +253,29 @@ def markdown(res: dict) -> str:
     return "\n".join(rows)
 
 
+def run_profiles(mb: float) -> dict:
+    """cProfile each step variant on `mb`-MB corpora; top 15 by cumulative and by own time."""
+    print(f"== profile ({mb:g} MB corpora, cProfile)", flush=True)
+    prof_dir = BENCH / "results"
+    prof_dir.mkdir(parents=True, exist_ok=True)
+    small_chat, small_plain = corpus.chat_corpus(mb), corpus.plain_corpus(mb)
+    profiles = {}
+    for key, step, port, meta, params in (
+        ("sft_packing", SFT, "training_jsonl", small_chat, sft_params()),
+        ("sft_packing_chatml", SFT, "training_jsonl", small_chat, sft_params("chatml")),
+        ("pretrain_prep", PRETRAIN, "filtered_jsonl", small_plain, pretrain_params()),
+    ):
+        prof = BENCH / ".cache" / f"profile_{key}_{mb:g}mb.prof"
+        res = run_step(f"profile_{key}", step, port, meta["path"], params, profile=str(prof))
+        txt = prof.with_suffix(".txt")
+        if txt.exists():
+            shutil.copy(txt, prof_dir / txt.name)
+            profiles[key] = {"corpus_mb": meta["mb"], "wall_s_under_profiler": res.get("wall_s"),
+                             "top15": txt.read_text()}
+            print(f"  {key:20s} {res.get('wall_s', float('nan')):6.2f}s under cProfile -> {prof_dir / txt.name}", flush=True)
+    return profiles
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -255,7 +286,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-scales", default="0.5,2", help="extra corpus scales for the memory runs ('' = none)")
     ap.add_argument("--no-shards4", action="store_true", help="skip the sft_packing num_shards=4 variant")
-    ap.add_argument("--profile", action="store_true", help="also cProfile both steps on 2 MB corpora (top 15 cumulative)")
+    ap.add_argument("--profile", action="store_true", help="also cProfile the steps on small corpora (top 15 cumulative + tottime)")
+    ap.add_argument("--profile-mb", type=float, default=2.0, help="chat and plain corpus size for --profile")
+    ap.add_argument("--profile-only", action="store_true", help="only the --profile runs (writes bench/results/profile_*.txt)")
     ap.add_argument("--quick", action="store_true", help="2 MB corpora, 1 repeat, no memory scales")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -263,9 +296,11 @@ def main() -> None:
         args.chat_mb, args.plain_mb, args.repeats, args.memory_scales = 2.0, 2.0, 1, ""
     out = args.out or BENCH / "results" / ("data_prep_quick.json" if args.quick else "data_prep.json")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.profile_only:
+        run_profiles(args.profile_mb)
+        return
     started = time.perf_counter()
 
-    from nemotron_assets.steps.chat_template import ChatTemplate, resolve_template_source
     from nemotron_assets.steps.tokenizer import load_tokenizer
 
     print("== corpora", flush=True)
@@ -275,29 +310,19 @@ def main() -> None:
     extra = {s: (corpus.chat_corpus(args.chat_mb * s), corpus.plain_corpus(args.plain_mb * s)) for s in scales}
     print(f"  ready in {time.perf_counter() - t:.1f}s", flush=True)
 
-    tok = load_tokenizer(TOKENIZER)
-    tpl_default = ChatTemplate(tok.chat_template, tok.special_tokens)
-    tpl_chatml = ChatTemplate(resolve_template_source("chatml", tok.chat_template), tok.special_tokens)
-    t = time.perf_counter()
-    chats = load_chat(chat_meta["path"])
-    chat_load_s = time.perf_counter() - t
-    t = time.perf_counter()
-    texts = load_plain(plain_meta["path"])
-    plain_load_s = time.perf_counter() - t
-    loading = ("whole JSONL file read line by line, json.loads of every line into a Python list "
-               "(messages lists / text strings) before timing; not timed")
-    print(f"  loaded {len(chats):,} conversations in {chat_load_s:.1f}s, {len(texts):,} documents in {plain_load_s:.1f}s", flush=True)
-
+    tok = load_tokenizer(TOKENIZER)  # for the record (vocab size, fingerprint); every measurement loads its own
+    loading = ("in the ceiling's own fresh process: the whole JSONL file read line by line, json.loads of every line "
+               "into a Python list (messages lists / text strings), before timing; not timed (load_s)")
     plan = [
-        ("chat_ceiling", lambda: ceiling(load_tokenizer(TOKENIZER), chats, tpl_default)),
+        ("chat_ceiling", lambda: run_ceiling("chat_ceiling", "chat", chat_meta["path"])),
         ("sft_default", lambda: run_step("sft_default", SFT, "training_jsonl", chat_meta["path"], sft_params())),
-        ("chat_ceiling_chatml", lambda: ceiling(load_tokenizer(TOKENIZER), chats, tpl_chatml)),
+        ("chat_ceiling_chatml", lambda: run_ceiling("chat_ceiling_chatml", "chat", chat_meta["path"], "chatml")),
         ("sft_chatml", lambda: run_step("sft_chatml", SFT, "training_jsonl", chat_meta["path"], sft_params("chatml"))),
     ]
     if not args.no_shards4:
         plan.append(("sft_shards4", lambda: run_step("sft_shards4", SFT, "training_jsonl", chat_meta["path"], sft_params(num_shards=4))))
     plan += [
-        ("plain_ceiling", lambda: ceiling(load_tokenizer(TOKENIZER), texts)),
+        ("plain_ceiling", lambda: run_ceiling("plain_ceiling", "plain", plain_meta["path"])),
         ("pretrain", lambda: run_step("pretrain", PRETRAIN, "filtered_jsonl", plain_meta["path"], pretrain_params())),
     ]
     raw: dict[str, list[dict]] = {key: [] for key, _ in plan}
@@ -360,24 +385,10 @@ def main() -> None:
             if "error" not in e:
                 print(f"  {name:14s} {e['corpus_mb']:6.1f} MB  peak RSS {e['vmhwm_mb']:6.0f} MB  {e['wall_s']:6.1f}s", flush=True)
 
-    profiles = {}
-    if args.profile:
-        print("== profile (2 MB corpora, cProfile)", flush=True)
-        prof_dir = BENCH / "results"
-        prof_dir.mkdir(parents=True, exist_ok=True)
-        small_chat, small_plain = corpus.chat_corpus(2.0), corpus.plain_corpus(2.0)
-        for key, step, port, meta, params in (
-            ("sft_packing", SFT, "training_jsonl", small_chat, sft_params()),
-            ("sft_packing_chatml", SFT, "training_jsonl", small_chat, sft_params("chatml")),
-            ("pretrain_prep", PRETRAIN, "filtered_jsonl", small_plain, pretrain_params()),
-        ):
-            prof = str(BENCH / ".cache" / f"profile_{key}.prof")
-            res = run_step(f"profile_{key}", step, port, meta["path"], params, profile=prof)
-            txt = Path(prof).with_suffix(".txt")
-            if txt.exists():
-                shutil.copy(txt, prof_dir / f"profile_{key}.txt")
-                profiles[key] = {"wall_s_under_profiler": res.get("wall_s"), "top15_cumulative": txt.read_text()}
+    profiles = run_profiles(args.profile_mb) if args.profile else {}
 
+    plain_tokens = measurements["plain_ceiling"].get("tokens")
+    plain_chars = next((r["chars"] for r in raw["plain_ceiling"] if "chars" in r), None)
     results = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -386,17 +397,18 @@ def main() -> None:
         "corpora": {
             "chat": chat_meta | {"tokens_rendered_tokenizer_template": measurements["chat_ceiling"].get("tokens"),
                                   "tokens_rendered_chatml": measurements["chat_ceiling_chatml"].get("tokens"),
-                                  "load_s": chat_load_s},
-            "plain": plain_meta | {"tokens": measurements["plain_ceiling"].get("tokens"), "load_s": plain_load_s,
-                                    "chars_per_token": sum(map(len, texts)) / max(1, measurements["plain_ceiling"].get("tokens") or 1)},
+                                  "load_s": med([r.get("load_s") for r in raw["chat_ceiling"]])},
+            "plain": plain_meta | {"tokens": plain_tokens, "load_s": med([r.get("load_s") for r in raw["plain_ceiling"]]),
+                                    "chars": plain_chars, "chars_per_token": plain_chars / plain_tokens if plain_tokens else None},
             "memory_scales": {f"{s:g}": {"chat": c, "plain": p} for s, (c, p) in extra.items()},
         },
         "method": {
-            "ceiling": f"texts pre-loaded in memory ({loading}); tokenizer freshly loaded per repeat (cold BPE cache, untimed); timed: chat = ChatTemplate(tok.chat_template).render(messages) "
+            "ceiling": f"a fresh subprocess (bench/child.py) per repeat with its own freshly loaded tokenizer (cold BPE cache); "
+                       f"texts pre-loaded in memory ({loading}); timed: chat = ChatTemplate(tok.chat_template).render(messages) "
                        f"then tok.backend.encode_batch_fast(texts, add_special_tokens=False) in batches of {CEILING_BATCH}, "
                        "reading .ids of every encoding; plain = the same without a template. tokens/s = tokens / seconds.",
             "step": "step_function(step)(StepRun) from the JSONL on disk into a fresh output dir, in a fresh subprocess "
-                    "(bench/step_child.py); timed around the step call only. tokens/s = stats['tokens'] / wall seconds. "
+                    "(bench/child.py); timed around the step call only. tokens/s = stats['tokens'] / wall seconds. "
                     "Input files are in the page cache (the harness just read them).",
             "memory": "VmHWM from /proc/self/status (and ru_maxrss) read inside the step's subprocess after the step; "
                       "includes interpreter + libraries (rss_before_mb = RSS just before the step call).",
