@@ -88,3 +88,20 @@ def test_resolve_template_source(tmp_path: Path):
     assert resolve_template_source(str(path), None) == "{{ messages }}"
     assert resolve_template_source("{{ x }}", None) == "{{ x }}"
     assert resolve_template_source("no_such_template", None) is None
+
+
+def test_probe_layouts_give_the_prefix_spans():
+    template = ChatTemplate(PLAIN_CHATML)
+    with_system = [{"role": "system", "content": "Be brief."}, *conversations()[0]]
+    for messages in [*conversations(), with_system]:
+        full = template.render(messages)
+        assert template._layout_spans(messages, full) == template._prefix_spans(messages, full)
+    assert len(template._layouts) == len({tuple(m["role"] for m in c) for c in [*conversations(), with_system]})
+
+
+def test_content_dependent_templates_fall_back_to_prefix_renders():
+    trimming = ChatTemplate(PLAIN_CHATML.replace("message['content']", "message['content'] | trim"))
+    messages = [{"role": "user", "content": "  padded question  "}, {"role": "assistant", "content": " answer "}]
+    full = trimming.render(messages)
+    assert trimming._layout_spans(messages, full) is None  # the render does not contain the raw contents
+    assert [t for t, trainable in trimming.segments(messages) if trainable] == ["answer<|im_end|>\n"]

@@ -18,7 +18,7 @@ from nemotron_assets.artifacts.jsonl import RecordStream
 from nemotron_assets.errors import contract_error
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.packing import gather_ranges
-from nemotron_assets.steps.sharding import assign_splits, batched, count_rows, shard_sizes, take_shards
+from nemotron_assets.steps.sharding import assign_splits, batched, count_rows, map_ahead, shard_sizes, take_shards
 from nemotron_assets.steps.tokenizer import step_tokenizer, tokenizer_provenance
 
 BATCH_DOCS = 512
@@ -71,8 +71,8 @@ def run(run: StepRun) -> StepResult:
     documents = truncated = 0
     for k, docs in enumerate(take_shards(stream, shard_sizes(rows, shards))):
         writer = BinIdxWriter(run.output_dir / "shards" / f"shard_{k:06d}", dtype)
-        for batch in batched(docs, BATCH_DOCS):
-            ids = tokenizer.encode([doc[params["text_field"]] for doc in batch])
+        encode = lambda batch: tokenizer.encode([doc[params["text_field"]] for doc in batch])  # noqa: E731
+        for _, ids in map_ahead(encode, batched(docs, BATCH_DOCS)):
             tokens, lengths = with_specials(ids, bos, eos, params["max_doc_tokens"])
             if params["max_doc_tokens"] is not None:
                 truncated += sum(len(x) + (bos is not None) + (eos is not None) > params["max_doc_tokens"] for x in ids)

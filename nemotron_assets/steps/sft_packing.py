@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from nemotron_assets.steps.sharding import (
     batched,
     count_rows,
     held_out_counts,
+    map_ahead,
     shard_sizes,
     take_shards,
 )
@@ -59,15 +61,22 @@ class Counters:
     shard_bins: list[int] = field(default_factory=list)
 
 
-def encode_conversations(
-    records: list[dict[str, Any]], field_name: str, template: ChatTemplate, encode, max_len: int, counters: Counters
-) -> Sequences:
-    """Render, encode, mask, truncate and label-align one batch; drop rows with nothing to train."""
-    segments = [template.segments(record[field_name]) for record in records]
-    texts = [text for row in segments for text, _ in row]
-    ids_per_segment = encode(texts)
-    seg_lengths = np.fromiter(map(len, ids_per_segment), np.int64, len(texts))
-    seg_trainable = np.fromiter((t for row in segments for _, t in row), np.uint8, len(texts))
+Segments = list[list[tuple[str, bool]]]
+
+
+def render_batches(records, field_name: str, template: ChatTemplate, run: StepRun) -> Iterator[Segments]:
+    """Each batch of conversations as (text, is_assistant) segments per row."""
+    for batch in batched(records, BATCH_ROWS):
+        try:
+            yield [template.segments(record[field_name]) for record in batch]
+        except TemplateError as e:
+            raise run.error("bad_loss_masks", f"chat template rejected a conversation: {e}") from None
+
+
+def assemble(segments: Segments, ids_per_segment: list[list[int]], max_len: int, counters: Counters) -> Sequences:
+    """Concatenate a batch's encoded segments per row, mask, truncate, label-align; drop rows with nothing to train."""
+    seg_lengths = np.fromiter(map(len, ids_per_segment), np.int64, len(ids_per_segment))
+    seg_trainable = np.fromiter((t for row in segments for _, t in row), np.uint8, len(ids_per_segment))
     ids = np.fromiter(chain.from_iterable(ids_per_segment), np.int32, int(seg_lengths.sum()))
     mask = np.repeat(seg_trainable, seg_lengths)
 
@@ -75,15 +84,16 @@ def encode_conversations(
     row_ends = np.cumsum(seg_lengths)[np.cumsum(seg_counts) - 1]
     row_lengths = np.diff(row_ends, prepend=0)
     kept = np.minimum(row_lengths, max_len)
-    keep = gather_ranges(row_ends - row_lengths, kept)
-    ids, mask = ids[keep], mask[keep]
+    if (kept < row_lengths).any():
+        keep = gather_ranges(row_ends - row_lengths, kept)
+        ids, mask = ids[keep], mask[keep]
     aligned = np.zeros_like(mask)
     aligned[:-1] = mask[1:]
     ends = np.cumsum(kept)
     aligned[ends - 1] = 0
     trainable = np.add.reduceat(aligned, ends - kept, dtype=np.int64)
 
-    counters.rows += len(records)
+    counters.rows += len(segments)
     counters.truncated += int((row_lengths > max_len).sum())
     good = trainable > 0
     counters.dropped_rows += int((~good).sum())
@@ -135,12 +145,11 @@ def pack_shard(path: Path, records, run: StepRun, template: ChatTemplate, encode
     compression = None if params["parquet_compression"] == "none" else params["parquet_compression"]
     bins_before = counters.bins
     window: list[Sequences] = []
-    with pq.ParquetWriter(path, arrow_schema(), compression=compression) as writer:
-        for batch in batched(records, BATCH_ROWS):
-            try:
-                window.append(encode_conversations(batch, params["messages_field"], template, encode, max_len, counters))
-            except TemplateError as e:
-                raise run.error("bad_loss_masks", f"chat template rejected a conversation: {e}") from None
+    batches = render_batches(records, params["messages_field"], template, run)
+    # Dictionary-encoding token ids (tens of thousands of distinct values) costs more time than it saves space.
+    with pq.ParquetWriter(path, arrow_schema(), compression=compression, use_dictionary=False) as writer:
+        for segments, ids in map_ahead(lambda rows: encode([text for row in rows for text, _ in row]), batches):
+            window.append(assemble(segments, ids, max_len, counters))
             if sum(len(s.ids) for s in window) >= WINDOW_TOKENS:
                 write_bins(writer, _concat(window), run, counters)
                 window = []

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 SPLITS = ("train", "valid", "test")
 
@@ -33,6 +38,20 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
+
+
+def map_ahead(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R]]:
+    """(item, fn(item)) in order, with fn(item) running in a background thread while the caller consumes the
+    previous result and the next item is produced: overlaps GIL-free work (Rust encoding) with Python work."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for item in items:
+            future = pool.submit(fn, item)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (item, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()
 
 
 def take_shards(items: Iterable, sizes: list[int]) -> Iterator[Iterator]:
