@@ -76,7 +76,9 @@ def run_ceiling(spec: dict) -> dict:
     load_s = time.perf_counter() - t
     template = None
     if spec["kind"] == "chat":
-        template = ChatTemplate(resolve_template_source(spec.get("chat_template"), tok.chat_template), tok.special_tokens)
+        template = ChatTemplate(
+            resolve_template_source(spec.get("chat_template"), tok.chat_template), tok.special_tokens
+        )
     rss_before = proc_status_kb("VmRSS")
     out = ceiling(tok, items, template, spec.get("batch", 1024))
     out |= {"items": len(items), "load_s": load_s, "rss_before_kb": rss_before}

@@ -34,36 +34,107 @@ GENERATOR_VERSION = 2
 MADE_UP_WORDS = 20000
 
 COMMON = """
-the of and to a in is it you that he was for on are with as I his they be at one have this from or had by
-not word but what some we can out other were all there when up use your how said an each she which do
-their time if will way about many then them write would like so these her long make thing see him two has
-look more day could go come did number sound no most people my over know water than call first who may
-down side been now find any new work part take get place made live where after back little only round man
-year came show every good me give our under name very through just form sentence great think say help low
-line differ turn cause much mean before move right boy old too same tell does set three want air well also
-play small end put home read hand port large spell add even land here must big high such follow act why
-ask men change went light kind off need house picture try us again animal point mother world near build
-self earth father head stand own page should country found answer school grow study still learn plant
-cover food sun four between state keep eye never last let thought city tree cross farm hard start might
-story saw far sea draw left late run while press close night real life few north open seem together next
-white children begin got walk example ease paper group always music those both mark often letter until
-mile river car feet care second book carry took science eat room friend began idea fish mountain stop
-once base hear horse cut sure watch color face wood main enough plain girl usual young ready above ever
-red list though feel talk bird soon body dog family direct pose leave song measure door product black
-short numeral class wind question happen complete ship area half rock order fire south problem piece told
-knew pass since top whole king space heard best hour better true during hundred five remember step early
-hold west ground interest reach fast verb sing listen six table travel less morning ten simple several
-vowel toward war lay against pattern slow center love person money serve appear road map rain rule govern
-pull cold notice voice unit power town fine certain fly fall lead cry dark machine note wait plan figure
-star box noun field rest correct able pound done beauty drive stood contain front teach week final gave
-green quick develop ocean warm free minute strong special mind behind clear tail produce fact street inch
-multiply nothing course stay wheel full force blue object decide surface deep moon island foot system
-busy test record boat common gold possible plane stead dry wonder laugh thousand ago ran check game shape
-equate miss brought heat snow tire bring yes distant fill east paint language among
+    the of and to a in is it you that he was for on are with as I his they be at one have this from or had by
+    not word but what some we can out other were all there when up use your how said an each she which do their
+    time if will way about many then them write would like so these her long make thing see him two has look
+    more day could go come did number sound no most people my over know water than call first who may down side
+    been now find any new work part take get place made live where after back little only round man year came
+    show every good me give our under name very through just form sentence great think say help low line differ
+    turn cause much mean before move right boy old too same tell does set three want air well also play small
+    end put home read hand port large spell add even land here must big high such follow act why ask men change
+    went light kind off need house picture try us again animal point mother world near build self earth father
+    head stand own page should country found answer school grow study still learn plant cover food sun four
+    between state keep eye never last let thought city tree cross farm hard start might story saw far sea draw
+    left late run while press close night real life few north open seem together next white children begin got
+    walk example ease paper group always music those both mark often letter until mile river car feet care
+    second book carry took science eat room friend began idea fish mountain stop once base hear horse cut sure
+    watch color face wood main enough plain girl usual young ready above ever red list though feel talk bird
+    soon body dog family direct pose leave song measure door product black short numeral class wind question
+    happen complete ship area half rock order fire south problem piece told knew pass since top whole king space
+    heard best hour better true during hundred five remember step early hold west ground interest reach fast
+    verb sing listen six table travel less morning ten simple several vowel toward war lay against pattern slow
+    center love person money serve appear road map rain rule govern pull cold notice voice unit power town fine
+    certain fly fall lead cry dark machine note wait plan figure star box noun field rest correct able pound
+    done beauty drive stood contain front teach week final gave green quick develop ocean warm free minute
+    strong special mind behind clear tail produce fact street inch multiply nothing course stay wheel full force
+    blue object decide surface deep moon island foot system busy test record boat common gold possible plane
+    stead dry wonder laugh thousand ago ran check game shape equate miss brought heat snow tire bring yes
+    distant fill east paint language among
 """.split()
 
-ONSETS = "b c d f g h j k l m n p r s t v w b c d f g h l m n p r s t bl br ch cl cr dr fl fr gr pl pr sh sl sp st th tr".split()
-VOWELS = "a e i o u a e i o u a e i o ai ea ee oa ou io é ü".split()
+ONSETS = [
+    "b",
+    "c",
+    "d",
+    "f",
+    "g",
+    "h",
+    "j",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "w",
+    "b",
+    "c",
+    "d",
+    "f",
+    "g",
+    "h",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "bl",
+    "br",
+    "ch",
+    "cl",
+    "cr",
+    "dr",
+    "fl",
+    "fr",
+    "gr",
+    "pl",
+    "pr",
+    "sh",
+    "sl",
+    "sp",
+    "st",
+    "th",
+    "tr",
+]
+VOWELS = [
+    "a",
+    "e",
+    "i",
+    "o",
+    "u",
+    "a",
+    "e",
+    "i",
+    "o",
+    "u",
+    "a",
+    "e",
+    "i",
+    "o",
+    "ai",
+    "ea",
+    "ee",
+    "oa",
+    "ou",
+    "io",
+    "é",
+    "ü",
+]
 CODAS = ["", "", "", "", "n", "r", "s", "t", "l", "m", "nd", "rk", "st", "nt", "ng", "ck", "x"]
 SUFFIXES = ["", "", "", "", "", "", "", "", "ing", "ed", "er", "ly", "tion", "ness", "ity", "ous", "ize", "al"]
 
@@ -74,10 +145,13 @@ def word_list(seed: int = 1234, made_up: int = MADE_UP_WORDS) -> list[str]:
     seen, words = set(COMMON), list(dict.fromkeys(COMMON))
     while len(words) < len(COMMON) + made_up:
         syllables = int(rng.choice([1, 2, 3], p=[0.45, 0.4, 0.15]))
-        w = "".join(
-            ONSETS[rng.integers(len(ONSETS))] + VOWELS[rng.integers(len(VOWELS))] + CODAS[rng.integers(len(CODAS))]
-            for _ in range(syllables)
-        ) + SUFFIXES[rng.integers(len(SUFFIXES))]
+        w = (
+            "".join(
+                ONSETS[rng.integers(len(ONSETS))] + VOWELS[rng.integers(len(VOWELS))] + CODAS[rng.integers(len(CODAS))]
+                for _ in range(syllables)
+            )
+            + SUFFIXES[rng.integers(len(SUFFIXES))]
+        )
         if w not in seen:
             seen.add(w)
             words.append(w)
@@ -160,7 +234,9 @@ class TextGen:
 
 
 def _cache_path(kind: str, params) -> Path:
-    key = json.dumps({"kind": kind, "v": GENERATOR_VERSION, "made_up_words": MADE_UP_WORDS, **asdict(params)}, sort_keys=True)
+    key = json.dumps(
+        {"kind": kind, "v": GENERATOR_VERSION, "made_up_words": MADE_UP_WORDS, **asdict(params)}, sort_keys=True
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return CACHE / f"{kind}_{params.target_mb:g}mb_{digest}.jsonl"
 
@@ -184,8 +260,16 @@ def _write(kind: str, params, records) -> dict:
             if size >= target:
                 break
     os.replace(tmp, path)
-    meta = {"kind": kind, "path": str(path), "rows": rows, "bytes": size, "mb": round(size / 1e6, 3),
-            "generator_version": GENERATOR_VERSION, "made_up_words": MADE_UP_WORDS, "params": asdict(params)}
+    meta = {
+        "kind": kind,
+        "path": str(path),
+        "rows": rows,
+        "bytes": size,
+        "mb": round(size / 1e6, 3),
+        "generator_version": GENERATOR_VERSION,
+        "made_up_words": MADE_UP_WORDS,
+        "params": asdict(params),
+    }
     meta_path.write_text(json.dumps(meta, indent=1))
     return meta
 
@@ -197,9 +281,20 @@ def chat_records(p: ChatParams):
         if g.rng.random() < p.system_prob:
             messages.append({"role": "system", "content": TextGen.SYSTEM_PROMPTS[int(g.rng.integers(4))]})
         for _ in range(int(g.rng.integers(1, p.max_turns + 1))):
-            messages.append({"role": "user", "content": g.text(g.lognormal_int(p.user_median_words, p.user_sigma, p.max_turn_words, 2))})
-            messages.append({"role": "assistant", "content": g.text(
-                g.lognormal_int(p.assistant_median_words, p.assistant_sigma, p.max_turn_words, 2), lists=True)})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": g.text(g.lognormal_int(p.user_median_words, p.user_sigma, p.max_turn_words, 2)),
+                }
+            )
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": g.text(
+                        g.lognormal_int(p.assistant_median_words, p.assistant_sigma, p.max_turn_words, 2), lists=True
+                    ),
+                }
+            )
         yield {"messages": messages}
 
 

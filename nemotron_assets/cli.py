@@ -121,7 +121,9 @@ def parser() -> argparse.ArgumentParser:
 
     fixtures = commands.add_parser("fixtures", help="offline fixtures").add_subparsers(required=True, metavar="ACTION")
     build = fixtures.add_parser("build", help="build fixtures into $NEMOTRON_FIXTURES (skips built ones)")
-    build.add_argument("names", nargs="*", default=["tiny-bpe", "tiny-llama"], choices=["tiny-bpe", "tiny-llama", "smollm2"])
+    build.add_argument(
+        "names", nargs="*", default=["tiny-bpe", "tiny-llama"], choices=["tiny-bpe", "tiny-llama", "smollm2"]
+    )
     build.set_defaults(func=cmd_fixtures_build)
 
     demo = commands.add_parser("demo", help="demo helpers").add_subparsers(required=True, metavar="ACTION")

@@ -39,7 +39,8 @@ def summary(pipeline_name: str) -> str:
         lines.append(f"  {'':26} {metadata['path']}")
     lines += [
         f"Artifacts: {ArtifactStore().base}",
-        f"Open the UI: make ui   (= DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '')} .venv/bin/dagster dev -w workspace.yaml)",
+        f"Open the UI: make ui   (= DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '')} "
+        ".venv/bin/dagster dev -w workspace.yaml)",
         "            then http://127.0.0.1:3000 -> Assets -> group `tiny` for the lineage.",
     ]
     return "\n".join(lines)

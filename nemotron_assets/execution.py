@@ -22,9 +22,9 @@ from nemotron_assets.artifacts import check_type, validate
 from nemotron_assets.artifacts.files import read_provenance
 from nemotron_assets.catalog import CATALOG, StepSpec
 from nemotron_assets.digests import content_digest, json_digest
+from nemotron_assets.errors import contract_error
 from nemotron_assets.paths import PROJECT_ROOT, expand
 from nemotron_assets.pipelines import PipelineSpec, Stage
-from nemotron_assets.errors import contract_error
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
 from resources.artifact_store import ArtifactStore, seal, write_provenance
 
@@ -64,9 +64,7 @@ def resolve_input(pipeline: PipelineSpec, name: str, store: ArtifactStore) -> In
 def local_path_digests(params: dict[str, Any]) -> dict[str, str]:
     """Content digests of parameters that name local files or directories."""
     return {
-        k: content_digest(Path(v))
-        for k, v in params.items()
-        if isinstance(v, str) and os.sep in v and Path(v).exists()
+        k: content_digest(Path(v)) for k, v in params.items() if isinstance(v, str) and os.sep in v and Path(v).exists()
     }
 
 
@@ -87,7 +85,9 @@ def code_identity() -> dict[str, Any]:
     identity: dict[str, Any] = {"package": package_version("nemotron-assets")}
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     try:
         identity["commit"] = git("rev-parse", "HEAD")

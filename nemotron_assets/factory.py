@@ -88,7 +88,9 @@ def _contract_result(path_text: str, type_name: str, verify_digests: bool) -> dg
         if verify_digests:
             verify(Path(path_text))
     except NamedError as e:
-        return dg.AssetCheckResult(passed=False, description=str(e), metadata=_metadata(e.to_json() | {"path": path_text}))
+        return dg.AssetCheckResult(
+            passed=False, description=str(e), metadata=_metadata(e.to_json() | {"path": path_text})
+        )
     return dg.AssetCheckResult(passed=True, metadata=_metadata(stats | {"path": path_text}))
 
 
@@ -133,7 +135,8 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage) -> dg.AssetsDefinition:
         deps=[dg.AssetKey([pipeline.name, name]) for name in stage.consumes.values()],
         group_name=pipeline.name,
         kinds={artifact.kind, step.kind},
-        description=f"{stage.description or step.description}\n\nStep `{step.id}` (preset `{stage.preset}`) -> {artifact.name}.",
+        description=f"{stage.description or step.description}\n\n"
+        f"Step `{step.id}` (preset `{stage.preset}`) -> {artifact.name}.",
         code_version=step.code_version,
         metadata={"step": step.id, "artifact_type": artifact.name, "preset": stage.preset},
         tags={"nemotron/category": step.category},
@@ -146,7 +149,13 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage) -> dg.AssetsDefinition:
         profile = hardware.load()
         try:
             result = run_stage(
-                pipeline, stage, flat_params(step, config), artifact_store, profile.name, context.run.run_id, context.log
+                pipeline,
+                stage,
+                flat_params(step, config),
+                artifact_store,
+                profile.name,
+                context.run.run_id,
+                context.log,
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e

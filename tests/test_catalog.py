@@ -78,7 +78,12 @@ def _edit(path: Path, old: str, new: str) -> None:
         ("types.toml", '"convert/merge_lora"', '"convert/nope"', "does not exist"),
         ("types.toml", 'is_a = ["benchmark_parquet"]', 'is_a = ["nonexistent"]', "unknown type"),
         ("steps/data_prep/rl_prep.toml", 'type = "training_jsonl"', 'type = "jsonl_of_doom"', "unknown artifact type"),
-        ("steps/data_prep/rl_prep.toml", 'id = "data_prep/rl_prep"', 'id = "data_prep/sft_packing"', "duplicate step id"),
+        (
+            "steps/data_prep/rl_prep.toml",
+            'id = "data_prep/rl_prep"',
+            'id = "data_prep/sft_packing"',
+            "duplicate step id",
+        ),
         ("steps/data_prep/rl_prep.toml", "[presets.tiny]\n", "[presets.tiny]\nnot_a_param = 1\n", "unknown parameter"),
         ("steps/data_prep/rl_prep.toml", 'default = "auto"', 'default = "sometimes"', "not in choices"),
     ],

@@ -82,7 +82,9 @@ def test_template_errors_are_reported():
 
 def test_resolve_template_source(tmp_path: Path):
     assert resolve_template_source(None, "own") == "own"
-    assert "{% generation %}" in resolve_template_source("chatml", None).replace("{%- generation %}", "{% generation %}")
+    assert "{% generation %}" in resolve_template_source("chatml", None).replace(
+        "{%- generation %}", "{% generation %}"
+    )
     path = tmp_path / "t.jinja"
     path.write_text("{{ messages }}")
     assert resolve_template_source(str(path), None) == "{{ messages }}"

@@ -26,7 +26,7 @@ def test_steps_list_json_shape():
     steps = cli_json("steps", "list", "--json")
     assert len(steps) == 24
     for step in steps:
-        assert STEP_KEYS <= step.keys()
+        assert step.keys() >= STEP_KEYS
         assert all(p.keys() >= {"type", "required"} for p in step["consumes"] + step["produces"])
         assert all(p.keys() >= {"name", "default", "choices", "description"} for p in step["parameters"])
         assert all(e.keys() == {"name", "recovery"} for e in step["errors"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def packed_sequences(artifact: Path) -> list[tuple[tuple[int, ...], tuple[int, .
     for shard in sorted((artifact / "shards").glob("*.parquet")):
         for row in pq.read_table(shard).to_pylist():
             bounds = [*row["seq_start_id"], len(row["input_ids"])]
-            for start, end in zip(bounds, bounds[1:]):
+            for start, end in pairwise(bounds):
                 sequences.append((tuple(row["input_ids"][start:end]), tuple(row["loss_mask"][start:end])))
     return sequences
 

@@ -30,7 +30,11 @@ def test_dagster_validates_the_code_location():
 
 def test_definitions_import_no_heavy_library():
     code = "import sys, nemotron_assets.definitions; print(sorted({m.split('.')[0] for m in sys.modules}))"
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.replace("'", '"'))
+    loaded = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.replace(
+            "'", '"'
+        )
+    )
     assert not set(HEAVY) & set(loaded)
 
 
@@ -55,7 +59,9 @@ def test_launchpad_defaults_are_the_stage_params():
 
 def config_defaults(config_type) -> dict:
     return {
-        name: config_defaults(field.config_type) if field.config_type.kind.name == "STRICT_SHAPE" else field.default_value
+        name: config_defaults(field.config_type)
+        if field.config_type.kind.name == "STRICT_SHAPE"
+        else field.default_value
         for name, field in config_type.fields.items()
     }
 
@@ -65,7 +71,9 @@ def graph_snapshot() -> dict:
 
     assets = {}
     for spec in sorted(defs.resolve_all_asset_specs(), key=lambda s: s.key.to_user_string()):
-        assets_def = defs.get_assets_def(spec.key) if spec.key in defs.resolve_asset_graph().materializable_asset_keys else None
+        assets_def = (
+            defs.get_assets_def(spec.key) if spec.key in defs.resolve_asset_graph().materializable_asset_keys else None
+        )
         assets[spec.key.to_user_string()] = {
             "config": config_defaults(assets_def.op.config_schema.config_type) if assets_def else None,
             "deps": sorted(d.asset_key.to_user_string() for d in spec.deps),

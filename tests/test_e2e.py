@@ -31,7 +31,15 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def materialize_tiny() -> subprocess.CompletedProcess[str]:
-    command = [str(BIN / "dagster"), "asset", "materialize", "-m", "nemotron_assets.definitions", "--select", "group:tiny"]
+    command = [
+        str(BIN / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "nemotron_assets.definitions",
+        "--select",
+        "group:tiny",
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
 
 
@@ -55,7 +63,9 @@ def test_tiny_pipeline_through_the_dagster_cli(fixtures_dir: Path, artifact_root
         assert metadata["reused"].value is True
         assert metadata["data_version"].value == packed["data_version"].value
 
-    summary = subprocess.run([str(BIN / "nemotron-assets"), "demo", "summary"], capture_output=True, text=True, check=True)
+    summary = subprocess.run(
+        [str(BIN / "nemotron-assets"), "demo", "summary"], capture_output=True, text=True, check=True
+    )
     assert "tiny/packed_parquet" in summary.stdout and "packing efficiency" in summary.stdout
     assert "contract check succeeded" in summary.stdout and "dagster dev -w workspace.yaml" in summary.stdout
 
@@ -67,8 +77,18 @@ def chain(source: Path) -> PipelineSpec:
             "description": "two stages, the second consuming the first",
             "sources": [{"name": "pairs", "type": "training_jsonl", "path": str(source)}],
             "stages": [
-                {"name": "first", "step": "data_prep/rl_prep", "consumes": {"training_jsonl": "pairs"}, "preset": "tiny"},
-                {"name": "second", "step": "data_prep/rl_prep", "consumes": {"training_jsonl": "first"}, "preset": "tiny"},
+                {
+                    "name": "first",
+                    "step": "data_prep/rl_prep",
+                    "consumes": {"training_jsonl": "pairs"},
+                    "preset": "tiny",
+                },
+                {
+                    "name": "second",
+                    "step": "data_prep/rl_prep",
+                    "consumes": {"training_jsonl": "first"},
+                    "preset": "tiny",
+                },
             ],
         }
     )

@@ -6,6 +6,8 @@ import pytest
 
 from nemotron_assets.pipelines import PipelineError, PipelineSpec, load_pipelines
 
+PACKING = {"name": "a", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}}
+
 
 def spec(stages, sources=None) -> dict:
     sources = sources or [{"name": "chat", "type": "training_jsonl", "path": "/x.jsonl"}]
@@ -24,14 +26,19 @@ def test_ill_typed_edge_names_both_types_and_the_fix():
         {"name": "packed", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}},
         {"name": "again", "step": "data_prep/rl_prep", "consumes": {"training_jsonl": "packed"}},
     ]
-    with pytest.raises(PipelineError, match="edge packed -> again: packed is packed_parquet, data_prep/rl_prep consumes training_jsonl"):
+    with pytest.raises(
+        PipelineError, match="edge packed -> again: packed is packed_parquet, data_prep/rl_prep consumes training_jsonl"
+    ):
         PipelineSpec.parse(spec(stages))
 
 
 def test_edge_error_suggests_the_converter():
     sources = [{"name": "text", "type": "raw_jsonl", "path": "/x.jsonl"}]
     stages = [{"name": "bins", "step": "data_prep/pretrain_prep", "consumes": {"filtered_jsonl": "text"}}]
-    with pytest.raises(PipelineError, match="text is raw_jsonl, data_prep/pretrain_prep consumes filtered_jsonl; insert curate/nemo_curator"):
+    with pytest.raises(
+        PipelineError,
+        match="text is raw_jsonl, data_prep/pretrain_prep consumes filtered_jsonl; insert curate/nemo_curator",
+    ):
         PipelineSpec.parse(spec(stages, sources))
 
 
@@ -42,9 +49,9 @@ def test_edge_error_suggests_the_converter():
         ({"name": "a", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "nope"}}, "not defined"),
         ({"name": "a", "step": "data_prep/sft_packing", "consumes": {}}, "needs \\['training_jsonl'\\]"),
         ({"name": "a", "step": "data_prep/sft_packing", "consumes": {"binidx": "chat"}}, "consumes no binidx"),
-        ({"name": "a", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}, "preset": "huge"}, "no preset"),
-        ({"name": "a", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}, "config": {"pack": 1}}, "no parameter"),
-        ({"name": "a", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}, "config": {"algorithm": "best"}}, "not in choices"),
+        (PACKING | {"preset": "huge"}, "no preset"),
+        (PACKING | {"config": {"pack": 1}}, "no parameter"),
+        (PACKING | {"config": {"algorithm": "best"}}, "not in choices"),
         ({"name": "a", "step": "sft/automodel", "consumes": {"training_jsonl": "chat"}}, "not runnable"),
         ({"name": "chat", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}}, "defined twice"),
         ({"name": "Bad-Name", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}}, "must match"),

@@ -71,10 +71,14 @@ def test_versions_follow_inputs_params_and_tokenizer(fixtures_dir: Path, store: 
     base = materialize(one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl"), store).version
 
     data = tmp_path / "chat.jsonl"
-    data.write_text((DATA / "tiny_chat.jsonl").read_text() + (DATA / "tiny_chat.jsonl").read_text().splitlines()[0] + "\n")
+    data.write_text(
+        (DATA / "tiny_chat.jsonl").read_text() + (DATA / "tiny_chat.jsonl").read_text().splitlines()[0] + "\n"
+    )
     changed_input = materialize(one_stage_pipeline("data_prep/sft_packing", data), store).version
 
-    changed_param = materialize(one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl", seed=1), store).version
+    changed_param = materialize(
+        one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl", seed=1), store
+    ).version
 
     tokenizer = Path(shutil.copytree(fixtures_dir / "tiny-bpe", tmp_path / "tok"))
     template = tokenizer / "chat_template.jinja"
@@ -82,10 +86,13 @@ def test_versions_follow_inputs_params_and_tokenizer(fixtures_dir: Path, store: 
     pipeline = one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl", tokenizer=str(tokenizer))
     changed_template = materialize(pipeline, store)
     assert len({base, changed_input, changed_param, changed_template.version}) == 4
-    assert changed_template.provenance["tokenizer"]["chat_template_fingerprint"] != (
-        materialize(one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl"), store).provenance["tokenizer"][
-            "chat_template_fingerprint"
-        ]
+    assert (
+        changed_template.provenance["tokenizer"]["chat_template_fingerprint"]
+        != (
+            materialize(one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl"), store).provenance[
+                "tokenizer"
+            ]["chat_template_fingerprint"]
+        )
     )
 
 

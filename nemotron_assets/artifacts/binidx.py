@@ -18,7 +18,14 @@ from nemotron_assets.errors import contract_error
 
 MAGIC = b"MMIDIDX\x00\x00"
 HEADER = struct.Struct("<9sQBQQ")
-DTYPE_CODES: dict[type[np.integer], int] = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.uint16: 8}
+DTYPE_CODES: dict[type[np.integer], int] = {
+    np.uint8: 1,
+    np.int8: 2,
+    np.int16: 3,
+    np.int32: 4,
+    np.int64: 5,
+    np.uint16: 8,
+}
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 SPLITS = ("train", "valid", "test")
 BLEND_FILE = "blend.json"
@@ -29,7 +36,7 @@ class BinIdxWriter:
 
     def __init__(self, prefix: Path, dtype: type[np.integer]):
         self.prefix, self.dtype = prefix, np.dtype(dtype)
-        self._bin: BinaryIO = open(f"{prefix}.bin", "wb")
+        self._bin: BinaryIO = open(f"{prefix}.bin", "wb")  # noqa: SIM115 (stays open across add() calls)
         self._lengths: list[np.ndarray] = []
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
@@ -100,7 +107,9 @@ def read_blend(path: Path) -> dict[str, list[tuple[float, Path]]]:
     blend: dict[str, list[tuple[float, Path]]] = {}
     for split, flat in raw.items():
         if not isinstance(flat, list) or len(flat) % 2:
-            raise contract_error("missing_or_invalid_blend", f"{path}: `{split}` is not a flat [weight, prefix, ...] list")
+            raise contract_error(
+                "missing_or_invalid_blend", f"{path}: `{split}` is not a flat [weight, prefix, ...] list"
+            )
         try:
             pairs = [(float(w), path.parent / p) for w, p in zip(flat[::2], flat[1::2], strict=True)]
         except (TypeError, ValueError):

@@ -94,7 +94,9 @@ def check_rlvr(record: dict[str, Any], where: str) -> None:
     if not any(_non_empty(record.get(f)) for f in PROMPT_FIELDS):
         raise contract_error("missing_rlvr_verifier_fields", f"{where}: no prompt field ({', '.join(PROMPT_FIELDS)})")
     if not any(record.get(f) not in (None, "", [], {}) for f in VERIFIER_FIELDS):
-        raise contract_error("missing_rlvr_verifier_fields", f"{where}: no verifier field ({', '.join(VERIFIER_FIELDS)})")
+        raise contract_error(
+            "missing_rlvr_verifier_fields", f"{where}: no verifier field ({', '.join(VERIFIER_FIELDS)})"
+        )
     if "messages" in record:
         check_messages(record["messages"], where)
 
@@ -109,7 +111,9 @@ def check_record(record: dict[str, Any], where: str, shapes: frozenset[str], tex
     shape = record_shape(record, text_field)
     if shape not in shapes:
         error = next(name for wanted, name in _SHAPE_ERRORS if wanted in shapes)
-        raise contract_error(error, f"{where}: expected a {'/'.join(sorted(shapes))} record, got fields {sorted(record)[:8]}")
+        raise contract_error(
+            error, f"{where}: expected a {'/'.join(sorted(shapes))} record, got fields {sorted(record)[:8]}"
+        )
     if shape == "chat":
         check_messages(record["messages"], where)
     elif shape == "dpo":
@@ -124,7 +128,9 @@ def check_record(record: dict[str, Any], where: str, shapes: frozenset[str], tex
 class RecordStream:
     """Streams validated records of one shape from JSONL files; counts what it saw."""
 
-    def __init__(self, files: list[Path], shapes: frozenset[str], text_field: str = "text", max_rows: int | None = None):
+    def __init__(
+        self, files: list[Path], shapes: frozenset[str], text_field: str = "text", max_rows: int | None = None
+    ):
         self.files, self.shapes, self.text_field, self.max_rows = files, shapes, text_field, max_rows
         self.shape: str | None = None
         self.records = 0

@@ -16,14 +16,22 @@ from nemotron_assets.artifacts.files import data_files, read_provenance
 from nemotron_assets.errors import contract_error
 
 SPLITS = ("train", "valid", "test")
-COLUMNS = {"input_ids": "list<element: int32>", "loss_mask": "list<element: uint8>", "seq_start_id": "list<element: int32>"}
+COLUMNS = {
+    "input_ids": "list<element: int32>",
+    "loss_mask": "list<element: uint8>",
+    "seq_start_id": "list<element: int32>",
+}
 
 
 def arrow_schema():
     import pyarrow as pa
 
     return pa.schema(
-        [("input_ids", pa.list_(pa.int32())), ("loss_mask", pa.list_(pa.uint8())), ("seq_start_id", pa.list_(pa.int32()))]
+        [
+            ("input_ids", pa.list_(pa.int32())),
+            ("loss_mask", pa.list_(pa.uint8())),
+            ("seq_start_id", pa.list_(pa.int32())),
+        ]
     )
 
 

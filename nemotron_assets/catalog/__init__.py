@@ -77,9 +77,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def load_catalog(directory: Path = CATALOG_DIR) -> Catalog:
     """Load and cross-validate types.toml, errors.toml and steps/**/*.toml."""
-    types = {
-        name: ArtifactType(name=name, **body) for name, body in _read(directory / "types.toml")["types"].items()
-    }
+    types = {name: ArtifactType(name=name, **body) for name, body in _read(directory / "types.toml")["types"].items()}
     contract_errors = {name: body["recovery"] for name, body in _read(directory / "errors.toml")["errors"].items()}
     steps: dict[str, StepSpec] = {}
     for path in sorted((directory / "steps").rglob("*.toml")):

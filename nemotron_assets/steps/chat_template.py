@@ -53,7 +53,9 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, s
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, loopcontrols]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -131,7 +133,10 @@ class ChatTemplate:
         for g, c in zip(glue, contents, strict=False):
             position += len(g) + len(c)
             ends.append(position)  # where each content ends in `full`
-        return [(ends[i] - len(contents[i]) - len(glue[i]) + start, ends[i] + end) for i, (start, end) in reply_offsets.items()]
+        return [
+            (ends[i] - len(contents[i]) - len(glue[i]) + start, ends[i] + end)
+            for i, (start, end) in reply_offsets.items()
+        ]
 
     def _probe_layout(self, roles: tuple[str, ...]) -> tuple[list[str], dict[int, tuple[int, int]]] | None:
         """Glue strings around placeholder contents, and each reply's span as offsets into its glue."""
@@ -144,7 +149,8 @@ class ChatTemplate:
         ends = [s + len(p) for s, p in zip(starts, placeholders, strict=True)]
         glue = [full[a:b] for a, b in zip([0, *ends], [*starts, len(full)], strict=True)]
         offsets = {}
-        for (start, end), i in zip(self._prefix_spans(probe, full), [i for i, r in enumerate(roles) if r == "assistant"]):
+        replies = [i for i, r in enumerate(roles) if r == "assistant"]
+        for (start, end), i in zip(self._prefix_spans(probe, full), replies, strict=True):
             before, after = (ends[i - 1] if i else 0), (starts[i + 1] if i + 1 < len(roles) else len(full))
             if not (before <= start <= starts[i] and ends[i] <= end <= after):
                 return None

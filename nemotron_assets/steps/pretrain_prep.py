@@ -8,7 +8,7 @@ share of the split's tokens, so sampling stays uniform over the corpus; consumer
 from __future__ import annotations
 
 import json
-from itertools import chain
+from itertools import chain, groupby
 
 import numpy as np
 
@@ -18,14 +18,16 @@ from nemotron_assets.artifacts.jsonl import RecordStream
 from nemotron_assets.errors import contract_error
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.packing import gather_ranges
-from nemotron_assets.steps.sharding import assign_splits, batched, count_rows, map_ahead, shard_sizes, take_shards
+from nemotron_assets.steps.sharding import assign_splits, count_rows, map_ahead, shard_sizes, sharded_batches
 from nemotron_assets.steps.tokenizer import step_tokenizer, tokenizer_provenance
 
 BATCH_DOCS = 512
 DTYPES = {"uint16": np.uint16, "int32": np.int32}
 
 
-def with_specials(ids: list[list[int]], bos: int | None, eos: int | None, max_tokens: int | None) -> tuple[np.ndarray, np.ndarray]:
+def with_specials(
+    ids: list[list[int]], bos: int | None, eos: int | None, max_tokens: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Flat tokens and per-document lengths with BOS/EOS placed, documents truncated to `max_tokens`."""
     extra = (bos is not None) + (eos is not None)
     content = np.fromiter(map(len, ids), np.int64, len(ids))
@@ -69,10 +71,13 @@ def run(run: StepRun) -> StepResult:
     (run.output_dir / "shards").mkdir()
     shard_tokens: list[int] = []
     documents = truncated = 0
-    for k, docs in enumerate(take_shards(stream, shard_sizes(rows, shards))):
-        writer = BinIdxWriter(run.output_dir / "shards" / f"shard_{k:06d}", dtype)
-        encode = lambda batch: tokenizer.encode([doc[params["text_field"]] for doc in batch])  # noqa: E731
-        for _, ids in map_ahead(encode, batched(docs, BATCH_DOCS)):
+    encoded = map_ahead(
+        lambda batch: tokenizer.encode([doc[params["text_field"]] for doc in batch[1]]),
+        sharded_batches(stream, shard_sizes(rows, shards), BATCH_DOCS),
+    )
+    for shard, group in groupby(encoded, key=lambda result: result[0][0]):
+        writer = BinIdxWriter(run.output_dir / "shards" / f"shard_{shard:06d}", dtype)
+        for _, ids in group:
             tokens, lengths = with_specials(ids, bos, eos, params["max_doc_tokens"])
             if params["max_doc_tokens"] is not None:
                 truncated += sum(len(x) + (bos is not None) + (eos is not None) > params["max_doc_tokens"] for x in ids)

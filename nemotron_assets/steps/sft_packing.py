@@ -10,29 +10,27 @@ windows per contiguous row shard, so memory stays flat however large the corpus 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from collections.abc import Iterator
-from itertools import chain
+from itertools import chain, groupby
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from nemotron_assets.artifacts.files import data_files
 from nemotron_assets.artifacts.jsonl import RecordStream
-from nemotron_assets.errors import contract_error
 from nemotron_assets.artifacts.packed_parquet import SPLITS, arrow_schema
+from nemotron_assets.errors import contract_error
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.chat_template import ChatTemplate, TemplateError, resolve_template_source
 from nemotron_assets.steps.packing import gather_ranges, pack
 from nemotron_assets.steps.sharding import (
     assign_splits,
-    batched,
     count_rows,
     held_out_counts,
     map_ahead,
     shard_sizes,
-    take_shards,
+    sharded_batches,
 )
 from nemotron_assets.steps.tokenizer import step_tokenizer, tokenizer_provenance
 
@@ -64,11 +62,13 @@ class Counters:
 Segments = list[list[tuple[str, bool]]]
 
 
-def render_batches(records, field_name: str, template: ChatTemplate, run: StepRun) -> Iterator[Segments]:
-    """Each batch of conversations as (text, is_assistant) segments per row."""
-    for batch in batched(records, BATCH_ROWS):
+def render_batches(
+    batches: Iterable[tuple[int, list]], field_name: str, template: ChatTemplate, run: StepRun
+) -> Iterator[tuple[int, Segments]]:
+    """(shard, segments): each batch of conversations as (text, is_assistant) segments per row."""
+    for shard, batch in batches:
         try:
-            yield [template.segments(record[field_name]) for record in batch]
+            yield shard, [template.segments(record[field_name]) for record in batch]
         except TemplateError as e:
             raise run.error("bad_loss_masks", f"chat template rejected a conversation: {e}") from None
 
@@ -137,25 +137,34 @@ def write_bins(writer, sequences: Sequences, run: StepRun, counters: Counters) -
     counters.trainable_tokens += int(sequences.mask.sum(dtype=np.int64))
 
 
-def pack_shard(path: Path, records, run: StepRun, template: ChatTemplate, encode, counters: Counters) -> None:
-    import pyarrow.parquet as pq
+class ShardPacker:
+    """Packs one shard's sequences, in windows of bounded size, into its Parquet file."""
 
-    params = run.params
-    max_len = min(params["max_doc_tokens"] or params["pack_size"], params["pack_size"])
-    compression = None if params["parquet_compression"] == "none" else params["parquet_compression"]
-    bins_before = counters.bins
-    window: list[Sequences] = []
-    batches = render_batches(records, params["messages_field"], template, run)
-    # Dictionary-encoding token ids (tens of thousands of distinct values) costs more time than it saves space.
-    with pq.ParquetWriter(path, arrow_schema(), compression=compression, use_dictionary=False) as writer:
-        for segments, ids in map_ahead(lambda rows: encode([text for row in rows for text, _ in row]), batches):
-            window.append(assemble(segments, ids, max_len, counters))
-            if sum(len(s.ids) for s in window) >= WINDOW_TOKENS:
-                write_bins(writer, _concat(window), run, counters)
-                window = []
-        if window:
-            write_bins(writer, _concat(window), run, counters)
-    counters.shard_bins.append(counters.bins - bins_before)
+    def __init__(self, path: Path, run: StepRun, counters: Counters):
+        import pyarrow.parquet as pq
+
+        codec = run.params["parquet_compression"]
+        # Dictionary-encoding token ids (tens of thousands of distinct values) costs more time than it saves space.
+        self.writer = pq.ParquetWriter(
+            path, arrow_schema(), compression=None if codec == "none" else codec, use_dictionary=False
+        )
+        self.run, self.counters, self.window = run, counters, []
+        self.bins_before = counters.bins
+
+    def add(self, sequences: Sequences) -> None:
+        self.window.append(sequences)
+        if sum(len(s.ids) for s in self.window) >= WINDOW_TOKENS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.window:
+            write_bins(self.writer, _concat(self.window), self.run, self.counters)
+            self.window = []
+
+    def close(self) -> None:
+        self._flush()
+        self.writer.close()
+        self.counters.shard_bins.append(self.counters.bins - self.bins_before)
 
 
 def _concat(window: list[Sequences]) -> Sequences:
@@ -180,7 +189,9 @@ def run(run: StepRun) -> StepResult:
     tokenizer = step_tokenizer(run)
     source = resolve_template_source(params["chat_template"], tokenizer.chat_template)
     if source is None:
-        raise run.error("chat_template_missing", f"tokenizer {params['tokenizer']!r}, chat_template={params['chat_template']!r}")
+        raise run.error(
+            "chat_template_missing", f"tokenizer {params['tokenizer']!r}, chat_template={params['chat_template']!r}"
+        )
     template = ChatTemplate(source, tokenizer.special_tokens)
 
     data = run.input("training_jsonl")
@@ -191,10 +202,18 @@ def run(run: StepRun) -> StepResult:
     if rows < shards:
         raise run.error("too_many_tiny_shards", f"{rows} rows cannot fill {shards} shards")
     stream = RecordStream(files, frozenset({"chat"}), max_rows=params["max_rows"])
+    batches = render_batches(
+        sharded_batches(stream, shard_sizes(rows, shards), BATCH_ROWS), params["messages_field"], template, run
+    )
+    max_len = min(params["max_doc_tokens"] or params["pack_size"], params["pack_size"])
     counters = Counters()
     (run.output_dir / "shards").mkdir()
-    for k, records in enumerate(take_shards(stream, shard_sizes(rows, shards))):
-        pack_shard(run.output_dir / "shards" / f"shard_{k:06d}.parquet", records, run, template, tokenizer.encode, counters)
+    encoded = map_ahead(lambda batch: tokenizer.encode([text for row in batch[1] for text, _ in row]), batches)
+    for shard, group in groupby(encoded, key=lambda result: result[0][0]):
+        packer = ShardPacker(run.output_dir / "shards" / f"shard_{shard:06d}.parquet", run, counters)
+        for (_, segments), ids in group:
+            packer.add(assemble(segments, ids, max_len, counters))
+        packer.close()
     if counters.trainable_tokens == 0:
         raise run.error("bad_loss_masks", f"{counters.rows} rows, none with a trainable assistant token")
 
@@ -211,7 +230,9 @@ def run(run: StepRun) -> StepResult:
         "tokens": counters.tokens,
         "trainable_tokens": counters.trainable_tokens,
         "packing_efficiency": round(100 * counters.tokens / (counters.bins * pack_size), 3),
-        "packing_lower_bound_efficiency": round(100 * counters.tokens / (-(-counters.tokens // pack_size) * pack_size), 3),
+        "packing_lower_bound_efficiency": round(
+            100 * counters.tokens / (-(-counters.tokens // pack_size) * pack_size), 3
+        ),
         "packing_factor": round(counters.sequences / counters.bins, 3),
         "shards": shards,
         "empty_shards": counters.shard_bins.count(0),

@@ -54,11 +54,12 @@ def map_ahead(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R]]
             yield pending[0], pending[1].result()
 
 
-def take_shards(items: Iterable, sizes: list[int]) -> Iterator[Iterator]:
-    """Cut one stream into consecutive shards of the given sizes."""
+def sharded_batches(items: Iterable[T], sizes: list[int], batch_size: int) -> Iterator[tuple[int, list[T]]]:
+    """(shard, batch): one stream cut into consecutive shards of the given sizes, in batches within a shard."""
     iterator = iter(items)
-    for size in sizes:
-        yield islice(iterator, size)
+    for shard, size in enumerate(sizes):
+        for batch in batched(islice(iterator, size), batch_size):
+            yield shard, batch
 
 
 def held_out_counts(shards: int, valid_ratio: float, test_ratio: float) -> tuple[int, int]:
