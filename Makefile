@@ -32,6 +32,8 @@ demo: fixtures $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/nemotron-assets demo summary --pipeline tiny
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
 ui: fixtures $(DAGSTER_HOME)/dagster.yaml
