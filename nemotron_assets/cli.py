@@ -12,6 +12,8 @@ from typing import Any
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 
+DEFAULT_FIXTURES = ("tiny-bpe", "tiny-llama")
+
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
@@ -82,7 +84,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_fixtures_build(args: argparse.Namespace) -> int:
     from nemotron_assets.fixtures import FIXTURES
 
-    for name in args.names:
+    for name in args.names or DEFAULT_FIXTURES:
         print(f"{name}: {FIXTURES[name]()}")
     return 0
 

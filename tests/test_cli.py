@@ -67,3 +67,11 @@ def test_validate_prints_stats_or_the_named_error(tmp_path: Path):
     error = json.loads(result.stdout)
     assert error["error"] == "invalid_role" and "map ShareGPT" in error["recovery"]
     assert cli("validate", str(bad), "--type", "eval_results").returncode == 2  # no contract yet
+
+
+def test_fixtures_build_defaults_to_the_tiny_ones(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("NEMOTRON_FIXTURES", str(tmp_path))
+    result = cli("fixtures", "build")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-bpe", "tiny-llama"]
+    assert cli("fixtures", "build", "nope").returncode == 2
