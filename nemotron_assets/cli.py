@@ -11,9 +11,7 @@ from typing import Any
 
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
-
-DEFAULT_FIXTURES = ("tiny-bpe", "tiny-llama")
-FIXTURE_NAMES = (*DEFAULT_FIXTURES, "smollm2")
+from nemotron_assets.fixtures import DEFAULT_FIXTURES, FIXTURES
 
 
 def _print_json(value: Any) -> None:
@@ -83,11 +81,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_fixtures_build(args: argparse.Namespace) -> int:
-    from nemotron_assets.fixtures import FIXTURES
-
-    unknown = sorted(set(args.names) - set(FIXTURE_NAMES))
+    unknown = sorted(set(args.names) - set(FIXTURES))
     if unknown:
-        print(f"unknown fixtures {unknown}; choose from {FIXTURE_NAMES}", file=sys.stderr)
+        print(f"unknown fixtures {unknown}; choose from {sorted(FIXTURES)}", file=sys.stderr)
         return 2
     for name in args.names or DEFAULT_FIXTURES:
         print(f"{name}: {FIXTURES[name]()}")
@@ -129,7 +125,9 @@ def parser() -> argparse.ArgumentParser:
     fixtures = commands.add_parser("fixtures", help="offline fixtures").add_subparsers(required=True, metavar="ACTION")
     build = fixtures.add_parser("build", help="build fixtures into $NEMOTRON_FIXTURES (skips built ones)")
     # No `choices=`: Python 3.11's argparse checks an empty nargs="*" list against them and fails.
-    build.add_argument("names", nargs="*", metavar="NAME", help=f"{sorted(FIXTURE_NAMES)}; default: {DEFAULT_FIXTURES}")
+    build.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"{', '.join(FIXTURES)}; default: {' '.join(DEFAULT_FIXTURES)}"
+    )
     build.set_defaults(func=cmd_fixtures_build)
 
     demo = commands.add_parser("demo", help="demo helpers").add_subparsers(required=True, metavar="ACTION")
