@@ -1,8 +1,8 @@
 """Running one pipeline stage: resolve inputs, version, reuse or build, validate, seal, publish.
 
 The data version of an artifact is a content hash of everything that determines it: the step and its code
-version, the resolved parameters, the data versions of its inputs, and the content of every local path a
-parameter names (a tokenizer or base-model directory). An artifact with that version already in the store
+version, the resolved parameters (a parameter naming a local path, such as a tokenizer or base-model directory,
+by its content), and the data versions of its inputs. An artifact with that version already in the store
 is reused, so an unchanged input is never recomputed, and a tokenizer change makes packed data stale.
 """
 
@@ -69,13 +69,14 @@ def local_path_digests(params: dict[str, Any]) -> dict[str, str]:
 
 
 def data_version(step: StepSpec, params: dict[str, Any], inputs: dict[str, InputArtifact]) -> str:
+    """Content hash of what determines the artifact; a local path counts by its content, not its location."""
+    digests = local_path_digests(params)
     return json_digest(
         {
             "step": step.id,
             "code_version": step.code_version,
-            "params": params,
+            "params": {k: {"content": digests[k]} if k in digests else v for k, v in params.items()},
             "inputs": {port: artifact.version for port, artifact in sorted(inputs.items())},
-            "paths": local_path_digests(params),
         }
     )[:16]
 

@@ -105,3 +105,11 @@ def test_provenance_records_what_made_the_artifact(fixtures_dir: Path, store: Ar
     assert p["tokenizer"]["fingerprint"] and p["tokenizer"]["vocab_size"] == 512
     assert p["profile"] == "local_cpu" and p["code"]["package"]
     assert p["timings"]["step_seconds"] >= 0 and "shards/shard_000000.parquet" in p["files"]
+
+
+def test_versions_follow_content_not_location(fixtures_dir: Path, store: ArtifactStore, tmp_path: Path):
+    original = materialize(one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl"), store)
+    tokenizer = Path(shutil.copytree(fixtures_dir / "tiny-bpe", tmp_path / "elsewhere" / "tok"))
+    data = Path(shutil.copy(DATA / "tiny_chat.jsonl", tmp_path / "elsewhere" / "chat.jsonl"))
+    moved = materialize(one_stage_pipeline("data_prep/sft_packing", data, tokenizer=str(tokenizer)), store)
+    assert (moved.version, moved.reused) == (original.version, True)
