@@ -232,3 +232,14 @@ def test_rl_prep_errors(fixtures_dir: Path, store: ArtifactStore, source: str, c
         materialize(one_stage_pipeline("data_prep/rl_prep", DATA / source, **config), store)
     assert caught.value.name == error
     assert published(store) == []
+
+
+def test_pretrain_prep_needs_the_special_tokens_it_adds(fixtures_dir: Path, store: ArtifactStore, tmp_path: Path):
+    tokenizer = Path(shutil.copytree(fixtures_dir / "tiny-bpe", tmp_path / "no-eos"))
+    config = json.loads((tokenizer / "tokenizer_config.json").read_text())
+    del config["eos_token"]
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps(config))
+    pipeline = one_stage_pipeline("data_prep/pretrain_prep", DATA / "tiny_corpus.jsonl", tokenizer=str(tokenizer))
+    with pytest.raises(NamedError, match="tokenizer_mismatch: .* has no EOS token"):
+        materialize(pipeline, store)
+    assert materialize(pipeline, store, add_eos=False).stats["documents"] == 192
