@@ -62,81 +62,10 @@ COMMON = """
     distant fill east paint language among
 """.split()
 
-ONSETS = [
-    "b",
-    "c",
-    "d",
-    "f",
-    "g",
-    "h",
-    "j",
-    "k",
-    "l",
-    "m",
-    "n",
-    "p",
-    "r",
-    "s",
-    "t",
-    "v",
-    "w",
-    "b",
-    "c",
-    "d",
-    "f",
-    "g",
-    "h",
-    "l",
-    "m",
-    "n",
-    "p",
-    "r",
-    "s",
-    "t",
-    "bl",
-    "br",
-    "ch",
-    "cl",
-    "cr",
-    "dr",
-    "fl",
-    "fr",
-    "gr",
-    "pl",
-    "pr",
-    "sh",
-    "sl",
-    "sp",
-    "st",
-    "th",
-    "tr",
-]
-VOWELS = [
-    "a",
-    "e",
-    "i",
-    "o",
-    "u",
-    "a",
-    "e",
-    "i",
-    "o",
-    "u",
-    "a",
-    "e",
-    "i",
-    "o",
-    "ai",
-    "ea",
-    "ee",
-    "oa",
-    "ou",
-    "io",
-    "é",
-    "ü",
-]
-CODAS = ["", "", "", "", "n", "r", "s", "t", "l", "m", "nd", "rk", "st", "nt", "ng", "ck", "x"]
-SUFFIXES = ["", "", "", "", "", "", "", "", "ing", "ed", "er", "ly", "tion", "ness", "ity", "ous", "ize", "al"]
+ONSETS = "b c d f g h j k l m n p r s t v w b c d f g h l m n p r s t bl br ch cl cr dr fl fr gr pl pr sh sl sp st th tr".split()
+VOWELS = "a e i o u a e i o u a e i o ai ea ee oa ou io é ü".split()
+CODAS = [""] * 4 + "n r s t l m nd rk st nt ng ck x".split()
+SUFFIXES = [""] * 8 + "ing ed er ly tion ness ity ous ize al".split()
 
 
 def word_list(seed: int = 1234, made_up: int = MADE_UP_WORDS) -> list[str]:
