@@ -13,12 +13,9 @@ from itertools import chain, groupby
 import numpy as np
 
 from nemotron_assets.artifacts.binidx import BLEND_FILE, SPLITS, BinIdxWriter
-from nemotron_assets.artifacts.files import data_files
-from nemotron_assets.artifacts.jsonl import RecordStream
-from nemotron_assets.errors import contract_error
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.packing import gather_ranges
-from nemotron_assets.steps.sharding import assign_splits, count_rows, map_ahead, shard_sizes, sharded_batches
+from nemotron_assets.steps.sharding import assign_splits, map_ahead, sharded_input
 from nemotron_assets.steps.tokenizer import step_tokenizer, tokenizer_provenance
 
 BATCH_DOCS = 512
@@ -61,20 +58,11 @@ def run(run: StepRun) -> StepResult:
         if wanted and token_id is None:
             raise run.error("tokenizer_mismatch", f"tokenizer {params['tokenizer']!r} has no {name} token")
 
-    files = data_files(run.input("filtered_jsonl").path, (".jsonl",))
-    rows = count_rows(files, params["max_rows"])
-    if rows == 0:
-        raise contract_error("empty_artifact", f"{files}: no records")
-    if rows < shards:
-        raise run.error("too_many_tiny_shards", f"{rows} documents cannot fill {shards} shards")
-    stream = RecordStream(files, frozenset({"text"}), params["text_field"], params["max_rows"])
+    batches = sharded_input(run, "filtered_jsonl", frozenset({"text"}), BATCH_DOCS, params["text_field"])
     (run.output_dir / "shards").mkdir()
     shard_tokens: list[int] = []
     documents = truncated = 0
-    encoded = map_ahead(
-        lambda batch: tokenizer.encode([doc[params["text_field"]] for doc in batch[1]]),
-        sharded_batches(stream, shard_sizes(rows, shards), BATCH_DOCS),
-    )
+    encoded = map_ahead(lambda batch: tokenizer.encode([doc[params["text_field"]] for doc in batch[1]]), batches)
     for shard, group in groupby(encoded, key=lambda result: result[0][0]):
         writer = BinIdxWriter(run.output_dir / "shards" / f"shard_{shard:06d}", dtype)
         for _, ids in group:
@@ -97,7 +85,7 @@ def run(run: StepRun) -> StepResult:
         blend[split] = [v for k in splits[split] for v in (f"{shard_tokens[k] / total:.6g}", f"shards/shard_{k:06d}")]
     (run.output_dir / BLEND_FILE).write_text(json.dumps({s: v for s, v in blend.items() if v}, indent=1))
     stats = {
-        "rows": stream.records,
+        "rows": documents,
         "documents": documents,
         "tokens": sum(shard_tokens),
         "truncated": truncated,

@@ -17,21 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nemotron_assets.artifacts.files import data_files
-from nemotron_assets.artifacts.jsonl import RecordStream
 from nemotron_assets.artifacts.packed_parquet import SPLITS, arrow_schema
-from nemotron_assets.errors import contract_error
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.chat_template import ChatTemplate, TemplateError, resolve_template_source
 from nemotron_assets.steps.packing import gather_ranges, pack
-from nemotron_assets.steps.sharding import (
-    assign_splits,
-    count_rows,
-    held_out_counts,
-    map_ahead,
-    shard_sizes,
-    sharded_batches,
-)
+from nemotron_assets.steps.sharding import assign_splits, held_out_counts, map_ahead, sharded_input
 from nemotron_assets.steps.tokenizer import step_tokenizer, tokenizer_provenance
 
 BATCH_ROWS = 256
@@ -148,18 +138,21 @@ class ShardPacker:
         self.writer = pq.ParquetWriter(
             path, arrow_schema(), compression=None if codec == "none" else codec, use_dictionary=False
         )
-        self.run, self.counters, self.window = run, counters, []
+        self.run, self.counters = run, counters
+        self.window: list[Sequences] = []
+        self.window_tokens = 0
         self.bins_before = counters.bins
 
     def add(self, sequences: Sequences) -> None:
         self.window.append(sequences)
-        if sum(len(s.ids) for s in self.window) >= WINDOW_TOKENS:
+        self.window_tokens += len(sequences.ids)
+        if self.window_tokens >= WINDOW_TOKENS:
             self._flush()
 
     def _flush(self) -> None:
         if self.window:
             write_bins(self.writer, _concat(self.window), self.run, self.counters)
-            self.window = []
+            self.window, self.window_tokens = [], 0
 
     def close(self) -> None:
         self._flush()
@@ -194,16 +187,8 @@ def run(run: StepRun) -> StepResult:
         )
     template = ChatTemplate(source, tokenizer.special_tokens)
 
-    data = run.input("training_jsonl")
-    files = data_files(data.path, (".jsonl",))
-    rows, shards = count_rows(files, params["max_rows"]), params["num_shards"]
-    if rows == 0:
-        raise contract_error("empty_artifact", f"{files}: no records")
-    if rows < shards:
-        raise run.error("too_many_tiny_shards", f"{rows} rows cannot fill {shards} shards")
-    stream = RecordStream(files, frozenset({"chat"}), max_rows=params["max_rows"])
     batches = render_batches(
-        sharded_batches(stream, shard_sizes(rows, shards), BATCH_ROWS), params["messages_field"], template, run
+        sharded_input(run, "training_jsonl", frozenset({"chat"}), BATCH_ROWS), params["messages_field"], template, run
     )
     max_len = min(params["max_doc_tokens"] or params["pack_size"], params["pack_size"])
     counters = Counters()
@@ -217,9 +202,10 @@ def run(run: StepRun) -> StepResult:
     if counters.trainable_tokens == 0:
         raise run.error("bad_loss_masks", f"{counters.rows} rows, none with a trainable assistant token")
 
+    shards = params["num_shards"]
     valid, test = held_out_counts(shards, params["valid_ratio"], params["test_ratio"])
     splits = assign_splits(shards, valid, test, params["seed"])
-    link_splits(run.output_dir, data.name, splits)
+    link_splits(run.output_dir, run.input("training_jsonl").name, splits)
     pack_size = params["pack_size"]
     stats = {
         "rows": counters.rows,

@@ -9,6 +9,11 @@ from itertools import islice
 from pathlib import Path
 from typing import TypeVar
 
+from nemotron_assets.artifacts.files import data_files
+from nemotron_assets.artifacts.jsonl import RecordStream
+from nemotron_assets.errors import contract_error
+from nemotron_assets.steps import StepRun
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -60,6 +65,23 @@ def sharded_batches(items: Iterable[T], sizes: list[int], batch_size: int) -> It
     for shard, size in enumerate(sizes):
         for batch in batched(islice(iterator, size), batch_size):
             yield shard, batch
+
+
+def sharded_input(run: StepRun, port: str, shapes: frozenset[str], batch_size: int, text_field: str = "text"):
+    """(shard, batch of validated records) over a step's JSONL input, cut into `num_shards` contiguous shards.
+
+    Raises empty_artifact for an input without records and the step's too_many_tiny_shards when there are
+    fewer records than shards.
+    """
+    params = run.params
+    files = data_files(run.input(port).path, (".jsonl",))
+    rows, shards = count_rows(files, params["max_rows"]), params["num_shards"]
+    if rows == 0:
+        raise contract_error("empty_artifact", f"{run.input(port).path}: no records")
+    if rows < shards:
+        raise run.error("too_many_tiny_shards", f"{rows} records cannot fill {shards} shards")
+    stream = RecordStream(files, shapes, text_field, params["max_rows"])
+    return sharded_batches(stream, shard_sizes(rows, shards), batch_size)
 
 
 def held_out_counts(shards: int, valid_ratio: float, test_ratio: float) -> tuple[int, int]:
