@@ -116,9 +116,10 @@ def run_stage(
     key = (pipeline.name, stage.name)
     version = data_version(step, params, inputs)
     existing = store.version_dir(key, version)
-    if (existing / "provenance.json").exists():
+    published = read_provenance(existing)
+    if published is not None:
         store.set_current(key, version)
-        return Materialization(existing, version, True, read_provenance(existing))
+        return Materialization(existing, version, True, published)
 
     def build(staging: Path) -> dict[str, Any]:
         started = time.time()
@@ -138,14 +139,14 @@ def run_stage(
             "run_id": run_id,
             **result.provenance,
         }
-        write_provenance(staging, provenance)
-        checked = time.time()
+        write_provenance(staging, provenance)  # the contract reads it (e.g. pack_size)
+        stepped = time.time()
         provenance["stats"] = result.stats
         provenance["contract"] = validate(staging, step.primary_output)
         provenance["timings"] = {
             "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
-            "step_seconds": round(checked - started, 3),
-            "validate_seconds": round(time.time() - checked, 3),
+            "step_seconds": round(stepped - started, 3),
+            "validate_seconds": round(time.time() - stepped, 3),
         }
         return seal(staging, provenance)
 
