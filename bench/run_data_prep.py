@@ -216,22 +216,23 @@ def markdown(res: dict) -> str:
     m, c = res["measurements"], res["corpora"]
     chat, plain = c["chat"], c["plain"]
     rows = [
-        "| measurement | corpus | tokens | median s | median tokens/s | repeats (k tokens/s) | vs ceiling | target | reference (this machine) |",
-        "|---|---|---:|---:|---:|---|---:|---|---|",
+        "| measurement | corpus | tokens | median s | median tokens/s | repeats (k tokens/s) | vs ceiling | paired | target | reference (this machine) |",
+        "|---|---|---:|---:|---:|---|---:|---:|---|---|",
     ]
 
-    def row(name, key, corp, ceil_key=None, target="", ref=""):
+    def row(name, key, corp, ceil_key=None, target="", ref="", ratio_key=None):
         s = m.get(key)
         if not s:
             return
         if not s.get("n_ok"):
-            rows.append(f"| {name} | {corp} | - | - | FAILED | - | - | {target} | {ref} |")
+            rows.append(f"| {name} | {corp} | - | - | FAILED | - | - | - | {target} | {ref} |")
             return
         reps = ", ".join("err" if "error" in r else f"{r['tok_s'] / 1000:.0f}" for r in s["repeats"])
-        r = res["ratios"].get(key, {}).get("median_over_median") if ceil_key else None
+        ratio = res["ratios"].get(ratio_key or key, {})
         rows.append(
             f"| {name} | {corp} | {s['tokens']:,} | {s['median_wall_s']:.2f} | {fmt_k(s['median_tok_s'])} | {reps} "
-            f"| {fmt_x(r) if ceil_key else '1.00x (ceiling)'} | {target} | {ref} |"
+            f"| {fmt_x(ratio.get('median_over_median')) if ceil_key else '1.00x (ceiling)'} "
+            f"| {fmt_x(ratio.get('paired_median')) if ceil_key else ''} | {target} | {ref} |"
         )
 
     chat_c = f"chat {chat['mb']:.1f} MB"
@@ -246,7 +247,14 @@ def markdown(res: dict) -> str:
         ">= 0.70x",
         "NVIDIA packer ~55k",
     )
-    row("sft_packing, chatml (generation markers), FFD, 1 shard", "sft_chatml", chat_c, "chat_ceiling", ">= 0.70x")
+    row(
+        "sft_packing, chatml (generation markers), FFD, 1 shard",
+        "sft_chatml",
+        chat_c,
+        "chat_ceiling_chatml",
+        ">= 0.70x",
+        ratio_key="sft_chatml_vs_chatml_ceiling",
+    )
     row("sft_packing, tokenizer template, FFD, 4 shards", "sft_shards4", chat_c, "chat_ceiling", ">= 0.70x")
     row("ceiling: encode_batch_fast", "plain_ceiling", plain_c, ref="691k")
     row(
@@ -267,16 +275,21 @@ def markdown(res: dict) -> str:
         f"{REFERENCE['megatron_preprocess_data_2_workers_tok_s'] / REFERENCE['plain_ceiling_tok_s']:.2f}x of ref. 691k | - | earlier measurement |"
     )
 
-    rows += ["", "| target | measured | met |", "|---|---:|---|"]
+    rows += [
+        "",
+        "| target (met = both ratios reach it) | median / median | paired median | met |",
+        "|---|---:|---:|---|",
+    ]
     for key, name, target in (
         ("sft_default", "sft_packing (tokenizer template) >= 0.7x chat ceiling", 0.7),
-        ("sft_chatml", "sft_packing (chatml) >= 0.7x chat ceiling", 0.7),
+        ("sft_chatml_vs_chatml_ceiling", "sft_packing (chatml) >= 0.7x chatml ceiling", 0.7),
         ("sft_shards4", "sft_packing (4 shards) >= 0.7x chat ceiling", 0.7),
         ("pretrain", "pretrain_prep >= 0.8x plain ceiling", 0.8),
     ):
-        r = res["ratios"].get(key, {}).get("median_over_median")
-        if r is not None:
-            rows.append(f"| {name} | {r:.2f}x | {'yes' if r >= target else 'no'} |")
+        ratio = res["ratios"].get(key, {})
+        both = (ratio.get("median_over_median"), ratio.get("paired_median"))
+        if None not in both:
+            rows.append(f"| {name} | {both[0]:.2f}x | {both[1]:.2f}x | {'yes' if min(both) >= target else 'no'} |")
     for key, name in (
         ("sft_default", "tokenizer template, 1 shard"),
         ("sft_chatml", "chatml, 1 shard"),
