@@ -12,6 +12,15 @@ os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFL
 DATA = Path(__file__).resolve().parents[1] / "nemotron_assets" / "fixtures" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never touch the user's Dagster instance or artifact root."""
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ["NEMOTRON_ARTIFACT_ROOT"] = str(tmp_path_factory.mktemp("artifacts"))
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny tokenizer and tiny Llama, built once into a session directory."""
