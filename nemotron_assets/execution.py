@@ -109,6 +109,8 @@ def run_stage(
 ) -> Materialization:
     """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
     step = CATALOG.step(stage.step)
+    if step.entry is None:
+        raise contract_error("step_not_runnable", f"{pipeline.name}/{stage.name}: {step.id}")
     params = expand_params(params)
     inputs = {port: resolve_input(pipeline, name, store) for port, name in stage.consumes.items()}
     for port, artifact in inputs.items():

@@ -139,7 +139,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage) -> dg.AssetsDefinition:
         f"Step `{step.id}` (preset `{stage.preset}`) -> {artifact.name}.",
         code_version=step.code_version,
         metadata={"step": step.id, "artifact_type": artifact.name, "preset": stage.preset},
-        tags={"nemotron/category": step.category},
+        tags={"nemotron/category": step.category, "nemotron/runnable": str(step.entry is not None).lower()},
     )
     def _asset(
         context: dg.AssetExecutionContext, config: Config, artifact_store: ArtifactStore, hardware: HardwareProfile

@@ -86,6 +86,8 @@ def _edit(path: Path, old: str, new: str) -> None:
         ),
         ("steps/data_prep/rl_prep.toml", "[presets.tiny]\n", "[presets.tiny]\nnot_a_param = 1\n", "unknown parameter"),
         ("steps/data_prep/rl_prep.toml", 'default = "auto"', 'default = "sometimes"', "not in choices"),
+        ("steps/data_prep/rl_prep.toml", 'name = "split_seed"', 'name = "kind.seed"', "both parameters and groups"),
+        ("steps/sft/automodel.toml", 'fed = "packed_parquet"', 'fed = "packed_jsonl"', "fed unknown type"),
     ],
 )
 def test_loader_rejects_inconsistent_catalogs(catalog_copy: Path, file: str, old: str, new: str, message: str):

@@ -52,7 +52,6 @@ def test_edge_error_suggests_the_converter():
         (PACKING | {"preset": "huge"}, "no preset"),
         (PACKING | {"config": {"pack": 1}}, "no parameter"),
         (PACKING | {"config": {"algorithm": "best"}}, "not in choices"),
-        ({"name": "a", "step": "sft/automodel", "consumes": {"training_jsonl": "chat"}}, "not runnable"),
         ({"name": "chat", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}}, "defined twice"),
         ({"name": "Bad-Name", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}}, "must match"),
     ],
@@ -60,3 +59,15 @@ def test_edge_error_suggests_the_converter():
 def test_bad_stages(stage: dict, message: str):
     with pytest.raises(PipelineError, match=message):
         PipelineSpec.parse(spec([stage]))
+
+
+def test_packed_parquet_fed_to_automodel_names_the_catalog_error():
+    stages = [
+        {"name": "packed", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}},
+        {"name": "sft", "step": "sft/automodel", "consumes": {"training_jsonl": "packed"}},
+    ]
+    with pytest.raises(PipelineError) as caught:
+        PipelineSpec.parse(spec(stages))
+    message = str(caught.value)
+    assert "edge packed -> sft: packed is packed_parquet, sft/automodel consumes training_jsonl" in message
+    assert "packed_parquet_used_with_automodel: AutoModel reads chat JSONL" in message

@@ -103,6 +103,9 @@ def _validate(catalog: Catalog) -> None:
         for port in (*step.consumes, *step.produces):
             if port.type not in types:
                 raise CatalogError(f"step {step.id}: unknown artifact type {port.type!r}")
+        for error in step.errors:
+            if error.fed is not None and error.fed not in types:
+                raise CatalogError(f"step {step.id}: error {error.name} is fed unknown type {error.fed!r}")
     for t in types.values():
         for target, converter_id in t.convert_to.items():
             if target not in types:

@@ -69,9 +69,16 @@ def check_value(param: Parameter, value: Any) -> None:
         raise ValueError(f"parameter {param.name!r}: {value!r} not in choices {list(param.choices)}")
 
 
+def _prefixes(name: str) -> list[str]:
+    """'a.b.c' -> ['a', 'a.b']: the groups a dotted parameter nests under."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 class NamedErrorSpec(StrictModel):
     name: str
     recovery: str
+    fed: str | None = Field(None, description="The artifact type whose arrival at this step is this error.")
 
 
 class ModelOption(StrictModel):
@@ -109,6 +116,9 @@ class StepSpec(StrictModel):
         names = [p.name for p in self.parameters]
         if len(set(names)) != len(names):
             raise ValueError(f"step {self.id}: duplicate parameter names")
+        clashes = sorted(set(names) & {p for n in names for p in _prefixes(n)})
+        if clashes:
+            raise ValueError(f"step {self.id}: {clashes} are both parameters and groups of dotted parameters")
         by_name = {p.name: p for p in self.parameters}
         for preset, values in self.presets.items():
             for key, value in values.items():

@@ -17,7 +17,7 @@ from nemotron_assets.catalog import CATALOG
 from nemotron_assets.catalog.models import StrictModel, check_value
 
 PIPELINE_DIR = Path(__file__).resolve().parent
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
 class PipelineError(ValueError):
@@ -79,8 +79,6 @@ class PipelineSpec(StrictModel):
             step = CATALOG.step(stage.step)
         except KeyError as e:
             raise self._fail(f"stage {stage.name}: {e.args[0]}") from None
-        if step.entry is None:
-            raise self._fail(f"stage {stage.name}: step {step.id} is not runnable in this project yet")
         if stage.preset not in step.presets:
             raise self._fail(f"stage {stage.name}: step {step.id} has no preset {stage.preset!r}")
         for key, value in stage.config.items():
@@ -99,11 +97,12 @@ class PipelineSpec(StrictModel):
                 raise self._fail(f"stage {stage.name}: artifact {artifact!r} is not defined before it")
             have = seen[artifact]
             if not CATALOG.is_a(have, port_type):
+                problem = [f"edge {artifact} -> {stage.name}: {artifact} is {have}, {step.id} consumes {port_type}"]
+                problem += [f"{e.name}: {e.recovery}" for e in step.errors if e.fed and CATALOG.is_a(have, e.fed)]
                 fixes = [s.id for s in CATALOG.find_steps(consumes=have, produces=port_type)]
-                hint = f"; insert {' or '.join(fixes)} between them" if fixes else ""
-                raise self._fail(
-                    f"edge {artifact} -> {stage.name}: {artifact} is {have}, {step.id} consumes {port_type}{hint}"
-                )
+                if fixes:
+                    problem.append(f"insert {' or '.join(fixes)} between them")
+                raise self._fail("; ".join(problem))
         missing = [p.type for p in step.consumes if p.required and p.type not in stage.consumes]
         if missing:
             raise self._fail(f"stage {stage.name}: {step.id} needs {missing}")
