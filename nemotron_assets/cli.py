@@ -90,6 +90,47 @@ def cmd_fixtures_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import yaml
+
+    from nemotron_assets.planning import Hardware, Have, Intents, plan
+
+    try:
+        have = [Have.parse(text) for text in args.have]
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    gpu = args.gpu or ("h100" if args.gpus_per_node else "cpu")
+    gpus_per_node = args.gpus_per_node if args.gpus_per_node is not None else (0 if gpu == "cpu" else 8)
+    hardware = Hardware(args.nodes, gpus_per_node, gpu, args.executor)
+    translate = tuple(args.translate.split(":", 1)) if args.translate else None
+    intents = Intents(
+        model=args.model,
+        peft=args.peft,
+        curate=args.curate,
+        translate=translate,
+        translate_backend=args.translate_backend,
+        faith=args.faith,
+        rl=args.rl,
+        data_kind=args.data_kind,
+        rl_prep=args.rl_prep,
+        seq_length=args.seq_length,
+    )
+    result = plan(args.goal, have, hardware, intents)
+    if args.format == "json":
+        _print_json(result.to_json())
+    elif result.blocked:
+        print(f"# blocked: {result.blocked}")
+    elif args.format == "mermaid":
+        print(result.to_mermaid())
+    else:
+        name = args.name or "plan_" + "".join(c if c.isalnum() else "_" for c in args.goal).lower()
+        for warning in result.warnings:
+            print(f"# warning: {warning}")
+        print(yaml.safe_dump(result.to_pipeline(name), sort_keys=False), end="")
+    return 0
+
+
 def cmd_demo_summary(args: argparse.Namespace) -> int:
     from nemotron_assets.demo import summary
 
@@ -121,6 +162,37 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("path")
     check.add_argument("--type", required=True, choices=sorted(CATALOG.types))
     check.set_defaults(func=cmd_validate)
+
+    from nemotron_assets.planning import EXECUTORS, GPUS
+
+    planning = commands.add_parser(
+        "plan", help="compose a pipeline from a goal, the artifacts at hand and the hardware"
+    )
+    planning.add_argument("--goal", required=True, help="a step id, an artifact type, or a task word (sft, peft, ...)")
+    planning.add_argument(
+        "--have", action="append", default=[], metavar="TYPE[:NAME][=PATH]", help="an artifact at hand"
+    )
+    planning.add_argument("--model", default="nano3", help="nano3, super3, or an HF model id or path")
+    planning.add_argument("--nodes", type=int, default=1)
+    planning.add_argument("--gpus-per-node", type=int)
+    planning.add_argument("--gpu", choices=GPUS)
+    planning.add_argument("--executor", choices=EXECUTORS, default="local")
+    planning.add_argument("--peft", choices=["lora", "none"])
+    planning.add_argument("--curate", action="store_true", help="clean the corpus with NeMo Curator first")
+    planning.add_argument("--translate", metavar="SRC:TGT")
+    planning.add_argument("--translate-backend", choices=["llm", "nmt"], default="llm")
+    planning.add_argument("--faith", action="store_true", help="score translations with FAITH")
+    planning.add_argument("--rl", choices=["dpo", "rlvr", "rlhf"])
+    planning.add_argument(
+        "--rl-prep", action="store_true", help="RL data arrives as HF references/blends or needs sharding"
+    )
+    planning.add_argument("--data-kind", choices=["chat", "plain", "mcq"])
+    planning.add_argument(
+        "--seq-length", type=int, help="training sequence length = packing size (default 4096 on GPUs)"
+    )
+    planning.add_argument("--format", choices=["json", "mermaid", "yaml"], default="json")
+    planning.add_argument("--name", help="pipeline name for --format yaml (default plan_<goal>)")
+    planning.set_defaults(func=cmd_plan)
 
     fixtures = commands.add_parser("fixtures", help="offline fixtures").add_subparsers(required=True, metavar="ACTION")
     build = fixtures.add_parser("build", help="build fixtures into $NEMOTRON_FIXTURES (skips built ones)")

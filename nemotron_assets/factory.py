@@ -31,7 +31,9 @@ _PYTHON_TYPES: dict[str, Any] = {
 
 
 def _annotation(param: Parameter, default: Any) -> Any:
-    annotation = Literal[param.choices] if param.choices else _PYTHON_TYPES[param.type]
+    # Dagster makes an enum of a Literal of 2+ strings with a default; other choices are checked when the stage runs.
+    enum = param.type == "str" and param.choices and len(param.choices) > 1 and default is not None
+    annotation = Literal[param.choices] if enum else _PYTHON_TYPES[param.type]
     return Optional[annotation] if default is None else annotation  # noqa: UP045 (pydantic needs the runtime form)
 
 

@@ -6,6 +6,7 @@ code location loads, naming the edge, both types, and the step that would bridge
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,16 @@ def load_pipeline(path: Path) -> PipelineSpec:
     return PipelineSpec.parse(yaml.safe_load(path.read_text()))
 
 
-def load_pipelines(directory: Path = PIPELINE_DIR) -> list[PipelineSpec]:
-    pipelines = [load_pipeline(p) for p in sorted(directory.glob("*.yaml"))]
+def pipeline_dirs() -> list[Path]:
+    """The shipped pipelines, plus directories listed in $NEMOTRON_PIPELINE_DIRS (separated by os.pathsep)."""
+    extra = os.environ.get("NEMOTRON_PIPELINE_DIRS", "")
+    return [PIPELINE_DIR, *(Path(d) for d in extra.split(os.pathsep) if d)]
+
+
+def load_pipelines(directories: list[Path] | None = None) -> list[PipelineSpec]:
+    directories = directories if directories is not None else pipeline_dirs()
+    pipelines = [load_pipeline(p) for d in directories for p in sorted(d.glob("*.yaml"))]
     names = [p.name for p in pipelines]
     if len(set(names)) != len(names):
-        raise PipelineError(f"duplicate pipeline names in {directory}: {names}")
+        raise PipelineError(f"duplicate pipeline names in {[str(d) for d in directories]}: {names}")
     return pipelines
