@@ -51,7 +51,10 @@ def resolve_input(pipeline: PipelineSpec, name: str, store: ArtifactStore) -> In
     type_name = pipeline.artifact_type(name)
     source = pipeline.source(name)
     if source is not None:
-        path = Path(expand(source.path))
+        try:
+            path = Path(expand(source.path))
+        except KeyError as e:
+            raise contract_error("artifact_missing", f"source {pipeline.name}/{name}: {e.args[0]}; set it") from None
         if not path.exists() and not any(ch in str(path) for ch in "*?["):
             raise contract_error("artifact_missing", f"source {pipeline.name}/{name}: {path} does not exist")
         return InputArtifact(name, type_name, path, content_digest(path))

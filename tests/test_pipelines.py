@@ -71,3 +71,15 @@ def test_packed_parquet_fed_to_automodel_names_the_catalog_error():
     message = str(caught.value)
     assert "edge packed -> sft: packed is packed_parquet, sft/automodel consumes training_jsonl" in message
     assert "packed_parquet_used_with_automodel: AutoModel reads chat JSONL" in message
+
+
+def test_unset_source_variable_is_a_named_error(tmp_path):
+    from nemotron_assets.errors import NamedError
+    from nemotron_assets.execution import resolve_input
+    from resources.artifact_store import ArtifactStore
+
+    pipeline = PipelineSpec.parse(
+        spec([], [{"name": "chat", "type": "training_jsonl", "path": "${NEMOTRON_INPUT_CHAT}"}])
+    )
+    with pytest.raises(NamedError, match=r"artifact_missing: .*NEMOTRON_INPUT_CHAT"):
+        resolve_input(pipeline, "chat", ArtifactStore(root=str(tmp_path)))
