@@ -314,3 +314,22 @@ def test_plan_yaml_to_definitions_to_materialize(fixtures_dir: Path, tmp_path: P
     assert result.returncode == 0, result.stderr[-3000:]
     published = list((artifact_root / "planned" / "01_sft_packing").glob("*/provenance.json"))
     assert len(published) == 1 and json.loads(published[0].read_text())["stats"]["sequences"] == 48
+
+
+def test_every_plan_is_a_well_typed_loadable_pipeline():
+    """Goal x hardware x artifacts at hand x model: every plan that is not blocked loads in the factory."""
+    from itertools import product
+
+    from nemotron_assets.catalog import CATALOG
+    from nemotron_assets.planning import TASKS
+
+    hardware = [CPU, H100x2, H100x8, H200x16, H100x32, B200x8, A100_40x8]
+    haves = [[], ["training_jsonl"], ["checkpoint_megatron", "training_jsonl"], ["checkpoint_lora"], ["raw_jsonl"]]
+    goals = [*TASKS, *CATALOG.steps, *CATALOG.types]
+    served = []
+    for goal, hw, have, model in product(goals, hardware, haves, ["nano3", "super3", LLAMA]):
+        result = plan(goal, [Have.parse(h) for h in have], hw, Intents(model=model, translate=("en", "de")))
+        if result.blocked is None:
+            served.append(PipelineSpec.parse(result.to_pipeline(f"p{len(served)}")))
+    assert len(served) > 3000
+    build_definitions(served[::40])  # and the factory builds them (Dagster config classes included)
