@@ -299,19 +299,27 @@ class Planner:
 
     def ready_corpus(self, role: str) -> str | Stage:
         """filtered_jsonl: a user corpus counts as ready unless cleaning is asked for (--curate)."""
-        corpus = next((s for s in self.sources if s.type in JSONL_FAMILY and self._free(s.name, role)), None)
         if self.intents.curate:
-            if corpus is None:
-                raw: str | Stage = self.source(role, "raw_jsonl", "the raw corpus to clean")
-            else:
-                corpus.type, raw = "raw_jsonl", corpus.name
-            return self.add("curate/nemo_curator", "curate", {"raw_jsonl": raw})
+            return self.curated(role)
+        corpus = self.user_corpus(role)
         if corpus is None:
             return self.source(role, "filtered_jsonl", "the corpus (treated as ready; pass --curate to clean it)")
         if corpus.type != "filtered_jsonl":
             self.warn(f"treating {corpus.name} ({corpus.type}) as a ready corpus; pass --curate to clean it first")
             corpus.type = "filtered_jsonl"
         return corpus.name
+
+    def user_corpus(self, role: str) -> Source | None:
+        return next((s for s in self.sources if s.type in JSONL_FAMILY and self._free(s.name, role)), None)
+
+    def curated(self, role: str) -> Stage:
+        """NeMo Curator over the user's corpus (declared raw), or over a raw corpus still to be provided."""
+        corpus = self.user_corpus(role)
+        if corpus is None:
+            raw: str | Stage = self.source(role, "raw_jsonl", "the raw corpus to clean")
+        else:
+            corpus.type, raw = "raw_jsonl", corpus.name
+        return self.add("curate/nemo_curator", "curate", {"raw_jsonl": raw})
 
     def seq_length(self) -> int | None:
         return self.intents.seq_length or (None if self.cpu else 4096)
@@ -504,14 +512,6 @@ class Planner:
         generated = self.add("byob/mcq", "byob_generate", {"benchmark_source_corpus": corpus})
         return self.byob_translate(generated) if self.intents.translate else generated
 
-    def curate(self) -> Stage:
-        corpus = next((s for s in self.sources if s.type in JSONL_FAMILY), None)
-        if corpus is None:
-            raw: str | Stage = self.source("corpus", "raw_jsonl", "the raw corpus to clean")
-        else:
-            corpus.type, raw = "raw_jsonl", corpus.name
-        return self.add("curate/nemo_curator", "curate", {"raw_jsonl": raw})
-
     def sdg(self) -> Stage:
         seeds = next((a for a, t in self.available() if CATALOG.is_a(t, "training_jsonl")), None)
         preset = "rl_pref" if self.intents.rl == "dpo" else None
@@ -576,7 +576,7 @@ class Planner:
             "cpt": lambda: self.pretrain(cpt=True),
             "rl": self.rl,
             "translate": self.translate,
-            "curate": self.curate,
+            "curate": lambda: self.curated("corpus"),
             "sdg": self.sdg,
             "benchmark": self.benchmark,
             "eval": self.evaluate,
