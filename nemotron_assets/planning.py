@@ -467,9 +467,8 @@ class Planner:
             )
         data = self.need("training_jsonl", "rl_data")
         if self.intents.rl_prep:
-            data = self.add(
-                "data_prep/rl_prep", "rl_prep", {"training_jsonl": data}, kind="dpo" if kind == "dpo" else "rlvr"
-            )
+            shape = kind if kind in ("dpo", "rlvr") else "auto"
+            data = self.add("data_prep/rl_prep", "rl_prep", {"training_jsonl": data}, kind=shape)
         return self._claim(data, "rl_data")
 
     def benchmark_guard(self) -> bool:
