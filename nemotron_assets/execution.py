@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_assets.artifacts import check_type, validate
-from nemotron_assets.artifacts.files import read_provenance
+from nemotron_assets.artifacts.files import read_provenance, sniff_type
 from nemotron_assets.catalog import CATALOG, StepSpec
 from nemotron_assets.catalog.models import check_value
 from nemotron_assets.digests import content_digest, json_digest
-from nemotron_assets.errors import contract_error
+from nemotron_assets.errors import contract_error, step_error
 from nemotron_assets.paths import PROJECT_ROOT, expand
 from nemotron_assets.pipelines import PipelineSpec, Stage
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
+from nemotron_assets.steps.launch import Launcher
 from resources.artifact_store import ArtifactStore, seal, write_provenance
 
 
@@ -63,6 +65,14 @@ def resolve_input(pipeline: PipelineSpec, name: str, store: ArtifactStore) -> In
         raise contract_error("artifact_missing", f"{pipeline.name}/{name} has not been materialized yet")
     version, path = current
     return InputArtifact(name, type_name, path, version)
+
+
+def reject_fed(step: StepSpec, artifact: InputArtifact) -> None:
+    """The step's own named error when it is fed an artifact type it declares it cannot take."""
+    found = sniff_type(artifact.path)
+    for error in step.errors:
+        if found and error.fed and CATALOG.is_a(found, error.fed):
+            raise step_error(step.id, error.name, f"{artifact.name} at {artifact.path} is {found}")
 
 
 def local_path_digests(params: dict[str, Any]) -> dict[str, str]:
@@ -110,6 +120,8 @@ def run_stage(
     profile: str,
     run_id: str | None = None,
     log: logging.Logger | None = None,
+    launcher: Launcher | None = None,
+    gpus: int = 0,
 ) -> Materialization:
     """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
     step = CATALOG.step(stage.step)
@@ -124,6 +136,7 @@ def run_stage(
     params = expand_params(params)
     inputs = {port: resolve_input(pipeline, name, store) for port, name in stage.consumes.items()}
     for port, artifact in inputs.items():
+        reject_fed(step, artifact)
         check_type(artifact.path, port)
     key = (pipeline.name, stage.name)
     version = data_version(step, params, inputs)
@@ -133,9 +146,12 @@ def run_stage(
         store.set_current(key, version)
         return Materialization(existing, version, True, published)
 
+    work_dir = store.artifact_dir(key) / ".work" / version  # steps that need it create it; kept across attempts
+
     def build(staging: Path) -> dict[str, Any]:
         started = time.time()
-        result = step_function(step)(StepRun(step, params, inputs, staging, log or logging.getLogger(step.id)))
+        logger = log or logging.getLogger(step.id)
+        result = step_function(step)(StepRun(step, params, inputs, staging, work_dir, gpus, logger, launcher))
         provenance = {
             "type": step.primary_output,
             "asset_key": "/".join(key),
@@ -149,6 +165,7 @@ def run_stage(
             "code": code_identity(),
             "profile": profile,
             "run_id": run_id,
+            "plots": result.plots,
             **result.provenance,
         }
         write_provenance(staging, provenance)  # the contract reads it (e.g. pack_size)
@@ -163,4 +180,5 @@ def run_stage(
         return seal(staging, provenance)
 
     path, provenance = store.publish(key, version, build)
+    shutil.rmtree(work_dir, ignore_errors=True)
     return Materialization(path, version, False, provenance)

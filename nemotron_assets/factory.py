@@ -5,6 +5,7 @@ Nothing heavy is imported here: a stage's step module is imported only when it r
 evaluated (no `from __future__ import annotations`): Dagster reads each asset's generated config class from them.
 """
 
+import base64
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -78,6 +79,25 @@ def _metadata(values: dict[str, Any]) -> dict[str, Any]:
         k: v if isinstance(v, (bool, int, float, str)) else dg.MetadataValue.json(v)
         for k, v in values.items()
         if v is not None
+    }
+
+
+def pipes_launcher(context: dg.AssetExecutionContext):
+    """Launch a step's process through Dagster Pipes: its logs and messages stream into this run."""
+
+    def launch(command: list[str], env: dict[str, str]) -> None:
+        dg.PipesSubprocessClient().run(context=context, command=command, env=env)
+
+    return launch
+
+
+def plots_metadata(artifact: Path, plots: dict[str, str]) -> dict[str, dg.MetadataValue]:
+    """PNG plots inside an artifact, inlined as markdown images."""
+    return {
+        title.replace(" ", "_"): dg.MetadataValue.md(
+            f"![{title}](data:image/png;base64,{base64.b64encode((artifact / file).read_bytes()).decode()})"
+        )
+        for title, file in plots.items()
     }
 
 
@@ -171,7 +191,8 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage) -> dg.AssetsDefinition:
                 "profile": profile.name,
                 "launcher": "in_process",
                 "step_seconds": result.provenance["timings"]["step_seconds"],
-            },
+            }
+            | plots_metadata(result.path, result.provenance.get("plots", {})),
             data_version=dg.DataVersion(result.version),
         )
 

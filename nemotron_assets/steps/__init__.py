@@ -11,6 +11,7 @@ from typing import Any
 
 from nemotron_assets.catalog import StepSpec
 from nemotron_assets.errors import NamedError, step_error
+from nemotron_assets.steps.launch import Launcher, subprocess_launcher
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,24 @@ class InputArtifact:
 
 @dataclass(frozen=True)
 class StepRun:
-    """Everything a step needs: resolved parameters, inputs by consumed type, and where to write."""
+    """Everything a step needs: resolved parameters, inputs by consumed type, where to write, how to launch.
+
+    `output_dir` is the staging directory that is published; `work_dir` survives failed attempts of the same
+    data version (training checkpoints live there, so a retried run resumes) and is removed after publication.
+    """
 
     step: StepSpec
     params: dict[str, Any]
     inputs: dict[str, InputArtifact]
     output_dir: Path
+    work_dir: Path | None = None
+    gpus: int = 0  # GPUs of this node the step may use (from the hardware profile)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("nemotron_assets.steps"))
+    launcher: Launcher | None = None
+
+    def launch(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        """Run an external command to completion (Pipes from Dagster, a plain subprocess elsewhere)."""
+        (self.launcher or subprocess_launcher(self.log))(command, env or {})
 
     def error(self, name: str, detail: str) -> NamedError:
         return step_error(self.step.id, name, detail)
@@ -42,10 +54,12 @@ class StepRun:
 
 @dataclass(frozen=True)
 class StepResult:
-    """What a step reports: stats for metadata, and extra provenance (e.g. tokenizer fingerprints)."""
+    """What a step reports: stats for metadata, extra provenance (e.g. tokenizer fingerprints), and plots
+    (title -> PNG file inside the artifact) shown with the materialization."""
 
     stats: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
+    plots: dict[str, str] = field(default_factory=dict)
 
 
 StepFunction = Callable[[StepRun], StepResult]

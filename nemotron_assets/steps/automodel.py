@@ -1,0 +1,167 @@
+"""sft/automodel and peft/automodel: NeMo AutoModel's fine-tune recipe, configured from the step's parameters.
+
+The recipe runs in a child process (automodel_launch): one process on CPU, torchrun on GPUs. Checkpoints go to
+the stage's work directory, so a retried run resumes from the last one (the recipe restores it by itself).
+The last checkpoint becomes the artifact: a consolidated HF directory (full SFT) or an HF-PEFT adapter whose
+provenance records the exact base, tokenizer, rank, alpha, target modules and data version.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nemotron_assets.artifacts.files import data_files
+from nemotron_assets.digests import content_digest
+from nemotron_assets.steps import StepResult, StepRun
+from nemotron_assets.steps.launch import LaunchFailed
+from nemotron_assets.steps.tokenizer import TokenizerUnavailable, load_tokenizer
+from nemotron_assets.steps.training_log import training_stats
+
+RECIPE_TARGETS = {
+    "model": "nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained",
+    "rng": "nemo_automodel.components.training.rng.StatefulRNG",
+    "peft": "nemo_automodel.components._peft.lora.PeftConfig",
+    "loss_fn": "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy",
+    "dataset": "nemo_automodel.components.datasets.llm.chat_dataset.ChatDataset",
+    "dataloader": "torchdata.stateful_dataloader.StatefulDataLoader",
+    "optimizer": "torch.optim.AdamW",
+    "mp_policy": "torch.distributed.fsdp.MixedPrecisionPolicy",
+}
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def lora_requested(run: StepRun) -> bool:
+    return run.step.id == "peft/automodel" or run.params.get("peft.type") == "lora"
+
+
+def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
+    """The recipe's YAML config from the step's parameters and its training_jsonl input."""
+    p = run.params
+    files = [str(f) for f in data_files(run.input("training_jsonl").path, (".jsonl",))]
+    precision = {"bf16": "bfloat16", "fp32": "float32"}[p["precision"]]
+    config: dict[str, Any] = {
+        "step_scheduler": {
+            key: p[f"step_scheduler.{key}"]
+            for key in ("global_batch_size", "local_batch_size", "max_steps", "ckpt_every_steps", "val_every_steps")
+        }
+        | {"num_epochs": p["step_scheduler.num_epochs"]},
+        "dist_env": {"backend": "nccl" if gpus else "gloo", "timeout_minutes": 30},
+        "rng": {"_target_": RECIPE_TARGETS["rng"], "seed": p["seed"], "ranked": True},
+        "model": {
+            "_target_": RECIPE_TARGETS["model"],
+            "pretrained_model_name_or_path": p["model.pretrained_model_name_or_path"],
+            "torch_dtype": "float32",  # fp32 master weights; compute precision is the FSDP2 policy below
+            "attn_implementation": "sdpa",
+        },
+        "checkpoint": {
+            "enabled": True,
+            "checkpoint_dir": str(run.work_dir / "checkpoints"),
+            "model_save_format": "safetensors",
+            "save_consolidated": True,
+        },
+        "distributed": {
+            "strategy": "fsdp2",
+            "tp_size": 1,
+            "cp_size": 1,
+            "pp_size": 1,
+            "mp_policy": {
+                "_target_": RECIPE_TARGETS["mp_policy"],
+                "param_dtype": precision,
+                "reduce_dtype": "float32",
+                "output_dtype": None,
+                "cast_forward_inputs": False,
+            },
+        },
+        "loss_fn": {"_target_": RECIPE_TARGETS["loss_fn"]},
+        "dataset": {"_target_": RECIPE_TARGETS["dataset"], "path_or_dataset_id": files, "seq_length": p["seq_length"]},
+        "dataloader": {
+            "_target_": RECIPE_TARGETS["dataloader"],
+            "collate_fn": p["dataloader.collate_fn"],
+            "shuffle": True,
+        },
+        "optimizer": {"_target_": RECIPE_TARGETS["optimizer"], "lr": p["optimizer.lr"]},
+    }
+    if lora_requested(run):
+        config["peft"] = {
+            "_target_": RECIPE_TARGETS["peft"],
+            "dim": p["peft.dim"],
+            "alpha": p["peft.alpha"],
+            "dropout": p["peft.dropout"],
+            "use_triton": gpus > 0,
+        } | ({"target_modules": p["peft.target_modules"]} if p["peft.target_modules"] else {"match_all_linear": True})
+    return config
+
+
+def launch_command(config_path: Path, gpus: int) -> list[str]:
+    module = ["-m", "nemotron_assets.steps.automodel_launch", "--config", str(config_path)]
+    if gpus:
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", *module]
+    return [sys.executable, *module]
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path:
+    """The recipe's newest `epoch_<e>_step_<s>` directory."""
+    found = [
+        (int(m.group(1)), p) for p in checkpoint_dir.glob("epoch_*_step_*") if (m := re.search(r"step_(\d+)$", p.name))
+    ]
+    return max(found)[1]
+
+
+def base_model_record(name_or_path: str) -> dict[str, str]:
+    """The exact base an adapter belongs to: a local checkpoint by content, a hub id by its name."""
+    path = Path(name_or_path)
+    fingerprint = content_digest(path) if path.is_dir() else f"hub:{name_or_path}"
+    return {"name_or_path": name_or_path, "fingerprint": fingerprint}
+
+
+def run(run: StepRun) -> StepResult:
+    p = run.params
+    model = p["model.pretrained_model_name_or_path"]
+    try:
+        tokenizer = load_tokenizer(model)
+    except TokenizerUnavailable as e:
+        raise run.error("model_unavailable", str(e)) from None
+    if not tokenizer.chat_template:
+        raise run.error("chat_template_missing", f"{model} has no chat template")
+    gpus = run.gpus
+    run.work_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run.work_dir / "recipe.yaml"
+    config_path.write_text(yaml.safe_dump(recipe_config(run, gpus), sort_keys=False))
+    failure = run.work_dir / "failure.json"
+    failure.unlink(missing_ok=True)
+    try:
+        run.launch(launch_command(config_path, gpus), {"NEMOTRON_FAILURE_FILE": str(failure)})
+    except Exception as e:  # the launcher's own error type differs (subprocess, Pipes, scheduler)
+        recorded = json.loads(failure.read_text()) if failure.exists() else {"error": "error", "detail": str(e)}
+        if recorded["error"] == "oom":
+            raise run.error("oom", recorded["detail"][-300:]) from None
+        raise LaunchFailed(recorded["detail"]) from e
+
+    checkpoints = run.work_dir / "checkpoints"
+    model_dir = latest_checkpoint(checkpoints) / "model"
+    lora = lora_requested(run)
+    source = model_dir if lora else model_dir / "consolidated"
+    for item in source.iterdir():
+        if item.is_file():
+            shutil.copy2(item, run.output_dir / item.name)
+    stats, plots = training_stats(checkpoints / "training.jsonl", run.output_dir)
+    provenance: dict[str, Any] = {
+        "tokenizer": {"name_or_path": model, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size}
+    }
+    if lora:
+        adapter = json.loads((run.output_dir / "adapter_config.json").read_text())
+        provenance["base_model"] = base_model_record(model)
+        provenance["lora"] = {
+            "rank": adapter.get("r"),
+            "alpha": adapter.get("lora_alpha"),
+            "target_modules": adapter.get("target_modules"),
+            "data_version": run.input("training_jsonl").version,
+        }
+    return StepResult(stats, provenance, plots)

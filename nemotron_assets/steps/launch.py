@@ -1,0 +1,32 @@
+"""Launching a step's external process: a plain subprocess, or (from Dagster) a Pipes subprocess that streams
+its logs and messages back to the run. Steps only see `Launcher`: run this command to completion or raise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Callable
+
+Launcher = Callable[[list[str], dict[str, str]], None]
+
+
+class LaunchFailed(RuntimeError):
+    """The launched process exited with an error; its last output lines are in the message."""
+
+
+def subprocess_launcher(log: logging.Logger) -> Launcher:
+    """Run in a child process, forwarding its output lines to `log`."""
+
+    def launch(command: list[str], env: dict[str, str]) -> None:
+        tail: list[str] = []
+        with subprocess.Popen(
+            command, env=os.environ | env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process:
+            for line in process.stdout:
+                log.info(line.rstrip())
+                tail = [*tail[-40:], line.rstrip()]
+        if process.returncode:
+            raise LaunchFailed(f"{command[:4]} exited with {process.returncode}:\n" + "\n".join(tail))
+
+    return launch
