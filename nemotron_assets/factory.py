@@ -176,8 +176,10 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage) -> dg.AssetsDefinition:
                 flat_params(step, config),
                 artifact_store,
                 profile.name,
-                context.run.run_id,
-                context.log,
+                run_id=context.run.run_id,
+                log=context.log,
+                launcher=pipes_launcher(context),
+                gpus=profile.gpus_per_node,
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e

@@ -9,7 +9,6 @@ provenance records the exact base, tokenizer, rank, alpha, target modules and da
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -34,7 +33,8 @@ RECIPE_TARGETS = {
     "optimizer": "torch.optim.AdamW",
     "mp_policy": "torch.distributed.fsdp.MixedPrecisionPolicy",
 }
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Adapting lm_head breaks merging into models that tie it to the input embeddings, and downstream tools.
+OUTPUT_HEAD = ["lm_head", "*.lm_head"]
 
 
 def lora_requested(run: StepRun) -> bool:
@@ -95,7 +95,11 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
             "alpha": p["peft.alpha"],
             "dropout": p["peft.dropout"],
             "use_triton": gpus > 0,
-        } | ({"target_modules": p["peft.target_modules"]} if p["peft.target_modules"] else {"match_all_linear": True})
+        } | (
+            {"target_modules": p["peft.target_modules"]}
+            if p["peft.target_modules"]
+            else {"exclude_modules": OUTPUT_HEAD}  # every linear layer but the (possibly tied) output head
+        )
     return config
 
 
@@ -107,11 +111,8 @@ def launch_command(config_path: Path, gpus: int) -> list[str]:
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path:
-    """The recipe's newest `epoch_<e>_step_<s>` directory."""
-    found = [
-        (int(m.group(1)), p) for p in checkpoint_dir.glob("epoch_*_step_*") if (m := re.search(r"step_(\d+)$", p.name))
-    ]
-    return max(found)[1]
+    """The last checkpoint the recipe committed (its LATEST pointer; a half-written save never is)."""
+    return (checkpoint_dir / "LATEST").resolve(strict=True)
 
 
 def base_model_record(name_or_path: str) -> dict[str, str]:

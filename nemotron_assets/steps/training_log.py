@@ -44,7 +44,8 @@ def training_stats(log: Path, output_dir: Path) -> tuple[dict[str, Any], dict[st
     plot_loss(steps, output_dir / LOSS_CURVE)
     steady = steps[1:] or steps  # the first step includes warm-up
     stats = {
-        "steps": len(steps),
+        "steps": steps[-1]["step"] + 1,  # optimizer steps done; a killed attempt may not have flushed its log
+        "logged_steps": len(steps),
         "first_loss": round(steps[0]["loss"], 4),
         "final_loss": round(steps[-1]["loss"], 4),
         "tokens_per_second": round(statistics.fmean(s["tps"] for s in steady), 1),

@@ -1,0 +1,53 @@
+"""convert/merge_lora: fold a LoRA adapter into its exact base with peft, and prove the merge changed nothing.
+
+The base given must be the one the adapter recorded (same content fingerprint). Before saving, the merged model's
+logits on a probe text must equal the adapter-on-base logits within `tolerance`.
+"""
+
+from __future__ import annotations
+
+from nemotron_assets.artifacts import validate
+from nemotron_assets.artifacts.files import read_provenance
+from nemotron_assets.steps import StepResult, StepRun
+from nemotron_assets.steps.automodel import base_model_record
+
+PROBE = "The capital of a small country sits on a river, and its merchants trade copper lanterns."
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+
+
+def run(run: StepRun) -> StepResult:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = run.params
+    if p["backend"] == "megatron_bridge" or "checkpoint_megatron" in run.inputs:
+        raise run.error("adapter_not_validated", "the Megatron-Bridge merge backend is not runnable here yet")
+    adapter, base = run.input("checkpoint_lora"), run.input("checkpoint_hf")
+    validate(adapter.path, "checkpoint_lora")  # base_not_recorded_for_merge without a recorded base
+    recorded = read_provenance(adapter.path)["base_model"]
+    given = base_model_record(str(base.path))
+    if given["fingerprint"] != recorded["fingerprint"]:
+        raise run.error(
+            "base_model_mismatch",
+            f"adapter {adapter.name} was trained on {recorded['name_or_path']} ({recorded['fingerprint'][:12]}), "
+            f"given base {base.name} is {given['fingerprint'][:12]}",
+        )
+    dtype = getattr(torch, DTYPES[p["torch_dtype"]])
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype), adapter.path)
+    model.eval()
+    probe = tokenizer(PROBE, return_tensors="pt")
+    with torch.no_grad():
+        adapted = model(**probe).logits
+        merged = model.merge_and_unload()
+        difference = (merged(**probe).logits - adapted).abs().max().item()
+    if difference > p["tolerance"]:
+        raise run.error(
+            "merge_logits_mismatch", f"max |logit difference| {difference:.3g} > tolerance {p['tolerance']}"
+        )
+    merged.save_pretrained(run.output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(run.output_dir)
+    stats = {"max_logit_difference": difference, "parameters": sum(t.numel() for t in merged.parameters())}
+    lora = read_provenance(adapter.path).get("lora")
+    return StepResult(stats, {"merged_from": {"adapter": adapter.version, "base": recorded, "lora": lora}})

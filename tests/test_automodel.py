@@ -1,0 +1,195 @@
+"""AutoModel LoRA/SFT through NeMo AutoModel's recipe on the tiny model, resume, and the LoRA merge."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATA
+from helpers import materialize, one_stage_pipeline, published
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from nemotron_assets.artifacts import validate
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.digests import content_digest
+from nemotron_assets.errors import NamedError
+from nemotron_assets.execution import run_stage
+from nemotron_assets.pipelines import PipelineSpec
+from nemotron_assets.steps import InputArtifact, StepRun, automodel
+from resources.artifact_store import ArtifactStore
+
+CHAT = DATA / "tiny_chat.jsonl"
+
+
+def lora_and_merge(base: Path | str, adapter_source: Path | None = None) -> PipelineSpec:
+    """chat -> LoRA (tiny preset) -> merge into `base`; or merge an existing adapter directory."""
+    sources = [{"name": "chat", "type": "training_jsonl", "path": str(CHAT)}]
+    sources.append({"name": "base", "type": "checkpoint_hf", "path": str(base)})
+    stages = [{"name": "lora", "step": "peft/automodel", "consumes": {"training_jsonl": "chat"}, "preset": "tiny"}]
+    adapter = "lora"
+    if adapter_source is not None:
+        sources.append({"name": "adapter", "type": "checkpoint_lora", "path": str(adapter_source)})
+        stages, adapter = [], "adapter"
+    stages.append(
+        {
+            "name": "merged",
+            "step": "convert/merge_lora",
+            "consumes": {"checkpoint_lora": adapter, "checkpoint_hf": "base"},
+        }
+    )
+    return PipelineSpec.parse({"name": "t", "description": "lora and merge", "sources": sources, "stages": stages})
+
+
+@pytest.fixture(scope="module")
+def trained(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny LoRA and its merge, published once for the module."""
+    store = ArtifactStore(root=str(tmp_path_factory.mktemp("store")))
+    pipeline = lora_and_merge(fixtures_dir / "tiny-llama")
+    lora = materialize(pipeline, store, "lora")
+    merged = materialize(pipeline, store, "merged")
+    return lora, merged
+
+
+def test_lora_through_the_automodel_recipe(fixtures_dir: Path, trained):
+    lora, _ = trained
+    stats = validate(lora.path, "checkpoint_lora")  # adapter files and the recorded base
+    assert stats["base_fingerprint"] == content_digest(fixtures_dir / "tiny-llama")
+    assert lora.provenance["lora"]["rank"] == 16 and lora.provenance["lora"]["alpha"] == 32
+    assert not any("lm_head" in m for m in lora.provenance["lora"]["target_modules"])
+    assert lora.provenance["lora"]["data_version"] == content_digest(CHAT)
+    assert lora.provenance["tokenizer"]["fingerprint"]
+    assert lora.stats["steps"] == 10 and lora.stats["final_loss"] < lora.stats["first_loss"]
+    assert lora.stats["tokens_per_second"] > 0
+    assert (lora.path / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert lora.provenance["plots"] == {"loss curve": "loss_curve.png"}
+    assert len((lora.path / "training_log.jsonl").read_text().splitlines()) == 10
+
+
+def test_merged_model_equals_adapter_on_base(fixtures_dir: Path, trained):
+    from peft import PeftModel
+
+    lora, merged = trained
+    assert merged.stats["max_logit_difference"] <= 1e-4
+    assert validate(merged.path, "checkpoint_hf")["parameters"] == merged.stats["parameters"]
+    tokenizer = AutoTokenizer.from_pretrained(merged.path)
+    batch = tokenizer(["Who founded Zorbia?", "The Amber River"], return_tensors="pt", padding=True)
+    base = AutoModelForCausalLM.from_pretrained(fixtures_dir / "tiny-llama")
+    with torch.no_grad():
+        before = base(**batch).logits
+        expected = PeftModel.from_pretrained(base, lora.path)(**batch).logits  # wraps `base` in place
+        actual = AutoModelForCausalLM.from_pretrained(merged.path)(**batch).logits
+    assert torch.allclose(actual, expected, atol=1e-4)
+    assert not torch.allclose(before, expected, atol=1e-4)  # the adapter did change the model
+
+
+def test_merge_refuses_another_base(fixtures_dir: Path, trained, tmp_path: Path):
+    lora, _ = trained
+    other = Path(shutil.copytree(fixtures_dir / "tiny-llama", tmp_path / "other"))
+    (other / "config.json").write_text((other / "config.json").read_text().replace('"rope_theta"', '"rope_theta_x"'))
+    store = ArtifactStore(root=str(tmp_path / "store"))
+    with pytest.raises(NamedError, match="base_model_mismatch: adapter adapter was trained on"):
+        materialize(lora_and_merge(other, adapter_source=lora.path), store, "merged")
+    assert published(store, ("t", "merged")) == []
+
+
+def test_merge_needs_the_recorded_base(fixtures_dir: Path, trained, tmp_path: Path):
+    lora, _ = trained
+    bare = Path(shutil.copytree(lora.path, tmp_path / "bare"))
+    (bare / "provenance.json").unlink()
+    with pytest.raises(NamedError, match="base_not_recorded_for_merge"):
+        materialize(
+            lora_and_merge(fixtures_dir / "tiny-llama", adapter_source=bare),
+            ArtifactStore(root=str(tmp_path)),
+            "merged",
+        )
+
+
+def test_full_sft_gives_a_consolidated_hf_checkpoint(fixtures_dir: Path, tmp_path: Path):
+    store = ArtifactStore(root=str(tmp_path))
+    result = materialize(one_stage_pipeline("sft/automodel", CHAT, **{"step_scheduler.max_steps": 4}), store)
+    assert validate(result.path, "checkpoint_hf")["architectures"] == ["LlamaForCausalLM"]
+    assert AutoModelForCausalLM.from_pretrained(result.path).num_parameters() == 123_712
+    assert result.stats["steps"] == 4
+
+
+def test_packed_parquet_is_refused_with_the_catalog_error(fixtures_dir: Path, tmp_path: Path):
+    packed = materialize(one_stage_pipeline("data_prep/sft_packing", CHAT), ArtifactStore(root=str(tmp_path / "p")))
+    with pytest.raises(NamedError, match="packed_parquet_used_with_automodel: data at .* is packed_parquet"):
+        materialize(one_stage_pipeline("peft/automodel", packed.path), ArtifactStore(root=str(tmp_path / "s")))
+
+
+def test_model_without_chat_template(fixtures_dir: Path, tmp_path: Path):
+    model = Path(shutil.copytree(fixtures_dir / "tiny-llama", tmp_path / "model"))
+    (model / "chat_template.jinja").unlink()
+    pipeline = one_stage_pipeline("peft/automodel", CHAT, **{"model.pretrained_model_name_or_path": str(model)})
+    with pytest.raises(NamedError, match="chat_template_missing"):
+        materialize(pipeline, ArtifactStore(root=str(tmp_path / "s")))
+
+
+def test_out_of_memory_is_named_with_its_recovery(fixtures_dir: Path, tmp_path: Path):
+    def out_of_memory(command: list[str], env: dict[str, str]) -> None:
+        Path(env["NEMOTRON_FAILURE_FILE"]).write_text(json.dumps({"error": "oom", "detail": "CUDA out of memory"}))
+        raise RuntimeError("child exited 1")
+
+    step = CATALOG.step("peft/automodel")
+    params = step.preset_values("tiny") | {"model.pretrained_model_name_or_path": str(fixtures_dir / "tiny-llama")}
+    inputs = {"training_jsonl": InputArtifact("chat", "training_jsonl", CHAT, "v")}
+    run = StepRun(step, params, inputs, tmp_path / "out", tmp_path / "work", launcher=out_of_memory)
+    with pytest.raises(NamedError) as caught:
+        automodel.run(run)
+    assert caught.value.name == "oom" and "sequence length" in caught.value.recovery
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(fixtures_dir: Path, tmp_path: Path, caplog):
+    store = ArtifactStore(root=str(tmp_path))
+    pipeline = one_stage_pipeline("peft/automodel", CHAT)
+    spec = pipeline.stage("out")
+
+    def killed_after_first_checkpoint(command: list[str], env: dict[str, str]) -> None:
+        process = subprocess.Popen(command, env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        latest = Path(env["NEMOTRON_FAILURE_FILE"]).parent / "checkpoints" / "LATEST"
+        while not latest.exists() and process.poll() is None:
+            time.sleep(0.2)
+        process.kill()
+        process.wait()
+        raise RuntimeError("node lost")
+
+    with pytest.raises(RuntimeError, match="node lost"):
+        run_stage(pipeline, spec, pipeline.params(spec), store, "local_cpu", launcher=killed_after_first_checkpoint)
+    assert published(store) == [".work"]  # nothing published; the checkpoint waits in the work directory
+    with caplog.at_level("INFO"):
+        result = run_stage(pipeline, spec, pipeline.params(spec), store, "local_cpu")
+    assert any(
+        "Loading checkpoint from" in r.getMessage() and "epoch_0_step_4" in r.getMessage() for r in caplog.records
+    )
+    assert result.stats["steps"] == 10
+    assert not list(store.artifact_dir(("t", "out")).glob(".work/*"))  # removed once published
+
+
+def test_training_through_dagster_pipes(fixtures_dir: Path, tmp_path: Path):
+    import dagster as dg
+
+    from nemotron_assets.factory import pipeline_assets
+    from resources.profile import HardwareProfile
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        pipeline_assets(lora_and_merge(fixtures_dir / "tiny-llama")),
+        resources={"artifact_store": ArtifactStore(root=str(tmp_path)), "hardware": HardwareProfile(name="local_cpu")},
+        selection=dg.AssetSelection.groups("t"),
+        instance=instance,
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("t__lora")[0].metadata
+    assert metadata["steps"].value == 10 and metadata["final_loss"].value < metadata["first_loss"].value
+    assert metadata["loss_curve"].value.startswith("![loss curve](data:image/png;base64,")
+    streamed = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(m.startswith("step 9: loss") for m in streamed)  # reported by the trainer over Pipes
+    checks = {(e.asset_key.path[-1], e.passed) for e in result.get_asset_check_evaluations()}
+    assert {("lora", True), ("merged", True)} <= checks
