@@ -193,3 +193,55 @@ def test_training_through_dagster_pipes(fixtures_dir: Path, tmp_path: Path):
     assert any(m.startswith("step 9: loss") for m in streamed)  # reported by the trainer over Pipes
     checks = {(e.asset_key.path[-1], e.passed) for e in result.get_asset_check_evaluations()}
     assert {("lora", True), ("merged", True)} <= checks
+
+
+def cpt_pipeline(tokenizer: Path) -> PipelineSpec:
+    return PipelineSpec.parse(
+        {
+            "name": "t",
+            "description": "continued pretraining",
+            "sources": [{"name": "corpus", "type": "filtered_jsonl", "path": str(DATA / "tiny_corpus.jsonl")}],
+            "stages": [
+                {
+                    "name": "bins",
+                    "step": "data_prep/pretrain_prep",
+                    "consumes": {"filtered_jsonl": "corpus"},
+                    "preset": "tiny",
+                    "config": {"tokenizer": str(tokenizer)},
+                },
+                {"name": "cpt", "step": "pretrain/automodel", "consumes": {"binidx": "bins"}, "preset": "tiny"},
+            ],
+        }
+    )
+
+
+def test_continued_pretraining_from_binidx(fixtures_dir: Path, tmp_path: Path):
+    store = ArtifactStore(root=str(tmp_path))
+    pipeline = cpt_pipeline(fixtures_dir / "tiny-bpe")
+    bins = materialize(pipeline, store, "bins")
+    result = materialize(pipeline, store, "cpt")
+    assert validate(result.path, "checkpoint_hf")["parameters"] == 123_712
+    assert result.stats["steps"] == 10 and result.stats["final_loss"] < result.stats["first_loss"]
+    assert result.provenance["data_version"] == bins.version
+
+
+def test_bins_from_another_tokenizer_are_refused(fixtures_dir: Path, tmp_path: Path):
+    other = Path(shutil.copytree(fixtures_dir / "tiny-bpe", tmp_path / "other-bpe"))
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    tokenizer["model"]["merges"] = tokenizer["model"]["merges"][:-1]  # a different tokenizer, same vocabulary
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    store = ArtifactStore(root=str(tmp_path / "store"))
+    pipeline = cpt_pipeline(other)
+    materialize(pipeline, store, "bins")
+    with pytest.raises(NamedError, match="tokenizer_or_sequence_mismatch: bins was tokenized with"):
+        materialize(pipeline, store, "cpt")
+    assert published(store, ("t", "cpt")) == []
+
+
+def test_pretraining_from_scratch_builds_the_architecture_only():
+    params = CATALOG.step("pretrain/automodel").preset_values("tiny") | {"load_weights": False}
+    model = automodel.model_config(params)
+    assert (
+        model["_target_"].endswith("from_config") and model["config"] == params["model.pretrained_model_name_or_path"]
+    )
+    assert "pretrained_model_name_or_path" not in model

@@ -1,4 +1,5 @@
-"""sft/automodel and peft/automodel: NeMo AutoModel's fine-tune recipe, configured from the step's parameters.
+"""sft/automodel, peft/automodel and pretrain/automodel: NeMo AutoModel's fine-tune recipe, configured from the
+step's parameters, over chat JSONL (SFT, LoRA) or the bin/idx shards of pretrain_prep (pretraining, CPT).
 
 The recipe runs in a child process (automodel_launch): one process on CPU, torchrun on GPUs. Checkpoints go to
 the stage's work directory, so a retried run resumes from the last one (the recipe restores it by itself).
@@ -16,11 +17,12 @@ from typing import Any
 
 import yaml
 
-from nemotron_assets.artifacts.files import data_files
+from nemotron_assets.artifacts.binidx import BLEND_FILE, read_blend
+from nemotron_assets.artifacts.files import data_files, read_provenance
 from nemotron_assets.digests import content_digest
-from nemotron_assets.steps import StepResult, StepRun
+from nemotron_assets.steps import InputArtifact, StepResult, StepRun
 from nemotron_assets.steps.launch import LaunchFailed
-from nemotron_assets.steps.tokenizer import TokenizerUnavailable, load_tokenizer
+from nemotron_assets.steps.tokenizer import Tokenizer, TokenizerUnavailable, load_tokenizer
 from nemotron_assets.steps.training_log import training_stats
 
 RECIPE_TARGETS = {
@@ -29,6 +31,8 @@ RECIPE_TARGETS = {
     "peft": "nemo_automodel.components._peft.lora.PeftConfig",
     "loss_fn": "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy",
     "dataset": "nemo_automodel.components.datasets.llm.chat_dataset.ChatDataset",
+    "pretraining": "nemo_automodel.components.datasets.llm.megatron_dataset.MegatronPretraining",
+    "model_from_config": "nemo_automodel.NeMoAutoModelForCausalLM.from_config",
     "dataloader": "torchdata.stateful_dataloader.StatefulDataLoader",
     "optimizer": "torch.optim.AdamW",
     "mp_policy": "torch.distributed.fsdp.MixedPrecisionPolicy",
@@ -44,7 +48,6 @@ def lora_requested(run: StepRun) -> bool:
 def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
     """The recipe's YAML config from the step's parameters and its training_jsonl input."""
     p = run.params
-    files = [str(f) for f in data_files(run.input("training_jsonl").path, (".jsonl",))]
     precision = {"bf16": "bfloat16", "fp32": "float32"}[p["precision"]]
     config: dict[str, Any] = {
         "step_scheduler": {
@@ -54,12 +57,7 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
         | {"num_epochs": p["step_scheduler.num_epochs"]},
         "dist_env": {"backend": "nccl" if gpus else "gloo", "timeout_minutes": 30},
         "rng": {"_target_": RECIPE_TARGETS["rng"], "seed": p["seed"], "ranked": True},
-        "model": {
-            "_target_": RECIPE_TARGETS["model"],
-            "pretrained_model_name_or_path": p["model.pretrained_model_name_or_path"],
-            "torch_dtype": "float32",  # fp32 master weights; compute precision is the FSDP2 policy below
-            "attn_implementation": "sdpa",
-        },
+        "model": model_config(p),
         "checkpoint": {
             "enabled": True,
             "checkpoint_dir": str(run.work_dir / "checkpoints"),
@@ -80,7 +78,7 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
             },
         },
         "loss_fn": {"_target_": RECIPE_TARGETS["loss_fn"]},
-        "dataset": {"_target_": RECIPE_TARGETS["dataset"], "path_or_dataset_id": files, "seq_length": p["seq_length"]},
+        "dataset": dataset_config(run),
         "dataloader": {
             "_target_": RECIPE_TARGETS["dataloader"],
             "collate_fn": p["dataloader.collate_fn"],
@@ -101,6 +99,55 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
             else {"exclude_modules": OUTPUT_HEAD}  # every linear layer but the (possibly tied) output head
         )
     return config
+
+
+def training_data(run: StepRun) -> InputArtifact:
+    """The data the model trains on: pretraining bins, or chat records."""
+    return run.input("binidx" if "binidx" in run.inputs else "training_jsonl")
+
+
+def model_config(p: dict[str, Any]) -> dict[str, Any]:
+    """Load the model's weights, or (pretraining with load_weights false) only its architecture."""
+    model = p["model.pretrained_model_name_or_path"]
+    config = {"torch_dtype": "float32", "attn_implementation": "sdpa"}  # fp32 master weights; compute: mp_policy
+    if p.get("load_weights", True):
+        return {"_target_": RECIPE_TARGETS["model"], "pretrained_model_name_or_path": model} | config
+    return {"_target_": RECIPE_TARGETS["model_from_config"], "config": model} | config
+
+
+def dataset_config(run: StepRun) -> dict[str, Any]:
+    """Chat records for SFT/LoRA; for pretraining, the bins by split with absolute prefixes (validation unweighted)."""
+    if "binidx" not in run.inputs:
+        files = [str(f) for f in data_files(run.input("training_jsonl").path, (".jsonl",))]
+        return {
+            "_target_": RECIPE_TARGETS["dataset"],
+            "path_or_dataset_id": files,
+            "seq_length": run.params["seq_length"],
+        }
+    blend = read_blend(run.input("binidx").path / BLEND_FILE)
+    paths = {"train": [str(x) for weight, prefix in blend["train"] for x in (weight, prefix)]}
+    if "valid" in blend:
+        paths["validation"] = [str(prefix) for _, prefix in blend["valid"]]
+    return {
+        "_target_": RECIPE_TARGETS["pretraining"],
+        "paths": paths,
+        "seq_length": run.params["seq_length"],
+        "splits_to_build": "train",
+        "index_mapping_dir": str(run.work_dir / "index_mapping"),
+    }
+
+
+def check_tokenizer(run: StepRun, tokenizer: Tokenizer) -> None:
+    """Pretraining bins are only valid for the tokenizer that made them."""
+    if "binidx" not in run.inputs:
+        return
+    made_with = (read_provenance(run.input("binidx").path) or {}).get("tokenizer", {}).get("fingerprint")
+    if made_with and made_with != tokenizer.fingerprint:
+        raise run.error(
+            "tokenizer_or_sequence_mismatch",
+            f"{run.input('binidx').name} was tokenized with {made_with[:12]}, the model's tokenizer is "
+            f"{tokenizer.fingerprint[:12]}",
+        )
 
 
 def launch_command(config_path: Path, gpus: int) -> list[str]:
@@ -129,8 +176,9 @@ def run(run: StepRun) -> StepResult:
         tokenizer = load_tokenizer(model)
     except TokenizerUnavailable as e:
         raise run.error("model_unavailable", str(e)) from None
-    if not tokenizer.chat_template:
+    if "training_jsonl" in run.inputs and not tokenizer.chat_template:
         raise run.error("chat_template_missing", f"{model} has no chat template")
+    check_tokenizer(run, tokenizer)
     gpus = run.gpus
     run.work_dir.mkdir(parents=True, exist_ok=True)
     config_path = run.work_dir / "recipe.yaml"
@@ -154,7 +202,8 @@ def run(run: StepRun) -> StepResult:
             shutil.copy2(item, run.output_dir / item.name)
     stats, plots = training_stats(checkpoints / "training.jsonl", run.output_dir)
     provenance: dict[str, Any] = {
-        "tokenizer": {"name_or_path": model, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size}
+        "tokenizer": {"name_or_path": model, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size},
+        "data_version": training_data(run).version,
     }
     if lora:
         adapter = json.loads((run.output_dir / "adapter_config.json").read_text())
@@ -163,6 +212,6 @@ def run(run: StepRun) -> StepResult:
             "rank": adapter.get("r"),
             "alpha": adapter.get("lora_alpha"),
             "target_modules": adapter.get("target_modules"),
-            "data_version": run.input("training_jsonl").version,
+            "data_version": training_data(run).version,
         }
     return StepResult(stats, provenance, plots)
