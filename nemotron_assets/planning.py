@@ -625,7 +625,7 @@ class Planner:
         self.stages = ordered
 
     def bookend(self, role: str, target: Stage, consumes: dict[str, str | Stage], config: dict[str, Any]) -> Stage:
-        preset = "tiny_chat" if self.cpu else "default"
+        preset = "tiny" if self.cpu else "default"
         return Stage(
             "eval/model_eval",
             f"eval_{role}_{target.label}",

@@ -7,8 +7,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from nemotron_assets.artifacts.benchmark import validate_mcq_benchmark
 from nemotron_assets.artifacts.binidx import validate_binidx
 from nemotron_assets.artifacts.checkpoints import validate_checkpoint_hf, validate_checkpoint_lora
+from nemotron_assets.artifacts.eval_results import validate_eval_results
 from nemotron_assets.artifacts.files import sniff_type
 from nemotron_assets.artifacts.jsonl import CORPUS_SHAPES, TRAINING_SHAPES, validate_jsonl
 from nemotron_assets.artifacts.packed_parquet import validate_packed_parquet
@@ -25,6 +27,9 @@ CONTRACTS: dict[str, Contract] = {
     "binidx": validate_binidx,
     "checkpoint_hf": validate_checkpoint_hf,
     "checkpoint_lora": validate_checkpoint_lora,
+    "eval_results": validate_eval_results,
+    "mcq_benchmark_parquet": validate_mcq_benchmark,
+    "translated_mcq_benchmark_parquet": validate_mcq_benchmark,
 }
 
 
@@ -32,9 +37,14 @@ def has_contract(type_name: str) -> bool:
     return type_name in CONTRACTS
 
 
+PARQUET_TYPES = ("packed_parquet", "benchmark_parquet", "mcq_benchmark_parquet", "translated_mcq_benchmark_parquet")
+
+
 def family(type_name: str) -> str:
-    """The on-disk family of a type: all JSONL types look alike without provenance."""
-    return "jsonl" if type_name in (*JSONL_TYPES, "training_jsonl") else type_name
+    """The on-disk family of a type: without provenance, all JSONL (or all Parquet) artifacts look alike."""
+    if type_name in (*JSONL_TYPES, "training_jsonl"):
+        return "jsonl"
+    return "parquet" if type_name in PARQUET_TYPES else type_name
 
 
 def check_type(path: Path, expected: str) -> None:
