@@ -136,6 +136,43 @@ def contract_check(key: dg.AssetKey, type_name: str, source: Source | None) -> d
     return _check
 
 
+def gate_check(pipeline: PipelineSpec, target: Stage, before: Stage, after: Stage) -> dg.AssetChecksDefinition:
+    """Blocking check on the after-evaluation: the target's before/after scores compared (nemotron_assets.gates).
+
+    Consumers of the target's checkpoint also depend on that evaluation (`gating_deps`), so a failing gate
+    blocks them; a check on the checkpoint itself would wait on its own downstream evaluation.
+    """
+    from nemotron_assets.gates import DEFAULT_TOLERANCE
+
+    category = CATALOG.step(target.step).category
+    configured = pipeline.params(after).get("gate_tolerance")
+    tolerance = DEFAULT_TOLERANCE[category] if configured is None else configured
+    keys = [dg.AssetKey([pipeline.name, s.name]) for s in (before, after)]
+
+    @dg.asset_check(
+        asset=keys[1],
+        name="quality_gate",
+        blocking=True,
+        additional_deps=keys[:1],
+        description=f"{target.name}: {before.name} vs {after.name}, {category} gate, tolerance {tolerance}.",
+    )
+    def _gate(artifact_store: ArtifactStore) -> dg.AssetCheckResult:
+        from nemotron_assets.gates import compare
+
+        sides = [artifact_store.current(key.path) for key in keys]
+        if None in sides:
+            return dg.AssetCheckResult(passed=False, description="an evaluation is missing: materialize both evals")
+        passed, rows, reason = compare(sides[0][1], sides[1][1], category, tolerance)
+        table = "| metric | before | after | improvement | ok |\n|---|---:|---:|---:|---|\n" + "\n".join(
+            f"| {r.metric} | {r.before:.4g} | {r.after:.4g} | {r.improvement:+.4g} | {'yes' if r.passed else 'NO'} |"
+            for r in rows
+        )
+        metadata = {"tolerance": tolerance, "comparison": dg.MetadataValue.md(table)}
+        return dg.AssetCheckResult(passed=passed, description=reason, metadata=metadata)
+
+    return _gate
+
+
 def source_spec(pipeline: PipelineSpec, source: Source) -> dg.AssetSpec:
     artifact = CATALOG.types[source.type]
     return dg.AssetSpec(
@@ -147,14 +184,24 @@ def source_spec(pipeline: PipelineSpec, source: Source) -> dg.AssetSpec:
     )
 
 
-def stage_asset(pipeline: PipelineSpec, stage: Stage) -> dg.AssetsDefinition:
+def gating_deps(pipeline: PipelineSpec) -> dict[str, list[dg.AssetKey]]:
+    """stage -> the after-evaluations gating the checkpoints it consumes."""
+    deps: dict[str, list[dg.AssetKey]] = {}
+    for target, _, after in pipeline.bookends():
+        for stage in pipeline.stages:
+            if stage.name != after.name and target.name in stage.consumes.values():
+                deps.setdefault(stage.name, []).append(dg.AssetKey([pipeline.name, after.name]))
+    return deps
+
+
+def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) -> dg.AssetsDefinition:
     step = CATALOG.step(stage.step)
     artifact = CATALOG.types[step.primary_output]
     Config = config_class(f"{pipeline.name}__{stage.name}__config", step, pipeline.params(stage))
 
     @dg.asset(
         key=[pipeline.name, stage.name],
-        deps=[dg.AssetKey([pipeline.name, name]) for name in stage.consumes.values()],
+        deps=[dg.AssetKey([pipeline.name, name]) for name in stage.consumes.values()] + gates,
         group_name=pipeline.name,
         kinds={artifact.kind, step.kind},
         description=f"{stage.description or step.description}\n\n"
@@ -209,12 +256,14 @@ def pipeline_assets(pipeline: PipelineSpec) -> list[Any]:
         defs.append(spec)
         if has_contract(source.type):
             defs.append(contract_check(spec.key, source.type, source))
+    gates = gating_deps(pipeline)
     for stage in pipeline.stages:
-        asset = stage_asset(pipeline, stage)
+        asset = stage_asset(pipeline, stage, gates.get(stage.name, []))
         defs.append(asset)
         output = CATALOG.step(stage.step).primary_output
         if has_contract(output):
             defs.append(contract_check(asset.key, output, None))
+    defs += [gate_check(pipeline, *bookend) for bookend in pipeline.bookends()]
     return defs
 
 

@@ -120,6 +120,30 @@ class PipelineSpec(StrictModel):
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
 
+    def bookends(self) -> list[tuple[Stage, Stage, Stage]]:
+        """(target, before-eval, after-eval) for every stage whose evaluations sit on both sides of it."""
+        evals = {s.name: self.params(s) for s in self.stages if s.step == "eval/model_eval"}
+        for name, params in evals.items():
+            for key in ("target", "also_before"):
+                if params.get(key) and params[key] not in {s.name for s in self.stages}:
+                    raise self._fail(f"eval {name}: {key} {params[key]!r} is not a stage of this pipeline")
+        pairs = []
+        for after, params in evals.items():
+            if params["role"] != "after":
+                continue
+            target = params["target"]
+            before = next(
+                (
+                    b
+                    for b, p in evals.items()
+                    if (p["role"] == "before" and p["target"] == target) or p.get("also_before") == target
+                ),
+                None,
+            )
+            if before is not None:
+                pairs.append((self.stage(target), self.stage(before), self.stage(after)))
+        return pairs
+
     def params(self, stage: Stage) -> dict[str, Any]:
         """The stage's parameters: step defaults, then its preset, then the pipeline's config."""
         return CATALOG.step(stage.step).preset_values(stage.preset) | stage.config

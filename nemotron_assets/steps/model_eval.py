@@ -73,10 +73,12 @@ def lm_eval_command(run: StepRun, model_args: str, tasks: list[str], tasks_dir: 
     return command
 
 
-def read_scores(output: Path) -> tuple[dict[str, dict[str, float]], Path]:
-    """{task: {metric: value}} from lm-eval's results file (metric keys lose their ',none' filter suffix)."""
+def read_scores(output: Path) -> tuple[dict[str, Any], Path]:
+    """Scores {task: {metric: value}} and their directions from lm-eval's results file (metric keys lose their
+    ',none' filter suffix)."""
     results_file = max(output.rglob("results_*.json"))
-    results = json.loads(results_file.read_text())["results"]
+    document = json.loads(results_file.read_text())
+    results = document["results"]
     scores = {
         task: {
             k.split(",")[0]: v
@@ -85,7 +87,7 @@ def read_scores(output: Path) -> tuple[dict[str, dict[str, float]], Path]:
         }
         for task, metrics in results.items()
     }
-    return scores, results_file
+    return {"scores": scores, "higher_is_better": document["higher_is_better"]}, results_file
 
 
 def run(run: StepRun) -> StepResult:
@@ -101,12 +103,13 @@ def run(run: StepRun) -> StepResult:
     output = run.work_dir / "lm_eval"
     shutil.rmtree(output, ignore_errors=True)
     run.launch(lm_eval_command(run, model_args, tasks, run.work_dir / "tasks", output), {})
-    scores, results_file = read_scores(output)
+    results, results_file = read_scores(output)
+    scores = results["scores"]
 
     settings = {
         key: run.params[key] for key in ("limit", "num_fewshot", "batch_size", "apply_chat_template", "seed", "dtype")
     } | {"harness": f"lm-eval {version('lm_eval')}", "backend": "hf", "tasks": tasks}
-    (run.output_dir / RESULTS).write_text(json.dumps({"scores": scores}, indent=1, sort_keys=True))
+    (run.output_dir / RESULTS).write_text(json.dumps(results, indent=1, sort_keys=True))
     (run.output_dir / SETTINGS).write_text(json.dumps(settings, indent=1, sort_keys=True))
     (run.output_dir / CHECKPOINT).write_text(json.dumps(checkpoint, indent=1, sort_keys=True))
     shutil.copy2(results_file, run.output_dir / "lm_eval_results.json")

@@ -1,0 +1,46 @@
+"""Quality gates: the evaluations on both sides of a quality-changing stage, compared metric by metric.
+
+Training (sft, peft, pretrain, rl) must not regress beyond the tolerance; conversions must reproduce every score
+within it (epsilon); optimization may lose at most the tolerance (max_drop). Scores taken with different
+settings are not comparable, which fails the gate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_TOLERANCE = {"sft": 0.01, "peft": 0.01, "pretrain": 0.01, "rl": 0.01, "convert": 0.001, "optimize": 0.02}
+MUST_MATCH = ("convert",)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    before: float
+    after: float
+    improvement: float  # positive = better, whatever the metric's direction
+    passed: bool
+
+
+def compare(before: Path, after: Path, category: str, tolerance: float) -> tuple[bool, list[Comparison], str]:
+    """(passed, per-metric comparisons, reason) for two eval_results directories."""
+    settings = [json.loads((p / "settings.json").read_text()) for p in (before, after)]
+    if settings[0] != settings[1]:
+        changed = sorted(k for k in settings[0].keys() | settings[1].keys() if settings[0].get(k) != settings[1].get(k))
+        return False, [], f"not comparable: settings differ in {changed}"
+    results = [json.loads((p / "results.json").read_text()) for p in (before, after)]
+    rows = []
+    for task, metrics in results[0]["scores"].items():
+        for metric, old in metrics.items():
+            new = results[1]["scores"][task][metric]
+            better = (new - old) if results[0]["higher_is_better"][task][metric] else (old - new)
+            ok = abs(new - old) <= tolerance if category in MUST_MATCH else better >= -tolerance
+            rows.append(Comparison(f"{task}/{metric}", old, new, better, ok))
+    failed = [r.metric for r in rows if not r.passed]
+    rule = "must match within" if category in MUST_MATCH else "may not get worse by more than"
+    reason = (
+        f"{failed} {rule} {tolerance}" if failed else f"every score {rule.replace('may not', 'did not')} {tolerance}"
+    )
+    return not failed, rows, reason

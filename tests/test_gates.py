@@ -1,0 +1,119 @@
+"""Quality gates: a blocking check on the after-eval compares the evals around a stage; consumers of the stage's
+checkpoint depend on that eval, so a failing gate blocks them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from conftest import DATA
+
+from nemotron_assets.factory import pipeline_assets
+from nemotron_assets.pipelines import PipelineError, PipelineSpec
+from resources.artifact_store import ArtifactStore
+from resources.profile import HardwareProfile
+
+EVAL_DATA = {"mcq_benchmark_parquet": "mcq", "training_jsonl": "chat"}
+
+
+def gated(after_config: dict) -> PipelineSpec:
+    return PipelineSpec.parse(
+        {
+            "name": "g",
+            "description": "LoRA between two evaluations, then merged",
+            "sources": [
+                {"name": "chat", "type": "training_jsonl", "path": str(DATA / "tiny_chat.jsonl")},
+                {"name": "mcq", "type": "mcq_benchmark_parquet", "path": str(DATA / "tiny_mcq.parquet")},
+                {"name": "base", "type": "checkpoint_hf", "path": "${NEMOTRON_FIXTURES}/tiny-llama"},
+            ],
+            "stages": [
+                {
+                    "name": "eval_base",
+                    "step": "eval/model_eval",
+                    "consumes": EVAL_DATA,
+                    "preset": "tiny",
+                    "config": {"role": "before", "target": "lora", "model": "${NEMOTRON_FIXTURES}/tiny-llama"},
+                },
+                {"name": "lora", "step": "peft/automodel", "consumes": {"training_jsonl": "chat"}, "preset": "tiny"},
+                {
+                    "name": "eval_lora",
+                    "step": "eval/model_eval",
+                    "consumes": {"checkpoint_lora": "lora"} | EVAL_DATA,
+                    "preset": "tiny",
+                    "config": {"role": "after", "target": "lora"} | after_config,
+                },
+                {
+                    "name": "merged",
+                    "step": "convert/merge_lora",
+                    "consumes": {"checkpoint_lora": "lora", "checkpoint_hf": "base"},
+                },
+            ],
+        }
+    )
+
+
+def run(pipeline: PipelineSpec, root: Path) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        pipeline_assets(pipeline),
+        resources={"artifact_store": ArtifactStore(root=str(root)), "hardware": HardwareProfile(name="local_cpu")},
+        selection=dg.AssetSelection.groups("g"),
+        raise_on_error=False,
+    )
+
+
+def gate(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    return next(e for e in result.get_asset_check_evaluations() if e.check_name == "quality_gate")
+
+
+def materialized(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+
+
+def test_passing_gate_lets_downstream_run(fixtures_dir: Path, tmp_path: Path):
+    result = run(gated({}), tmp_path)
+    assert result.success
+    evaluation = gate(result)
+    assert evaluation.passed and evaluation.asset_key == dg.AssetKey(["g", "eval_lora"])
+    assert "nemotron_chat_loss/nll_per_byte" in evaluation.metadata["comparison"].value
+    assert evaluation.metadata["tolerance"].value == 0.01
+    assert "merged" in materialized(result)
+
+
+def test_failing_gate_blocks_downstream(fixtures_dir: Path, tmp_path: Path):
+    result = run(gated({"gate_tolerance": -1.0}), tmp_path)  # require a gain of 1.0 on every score
+    assert not result.success
+    evaluation = gate(result)
+    assert not evaluation.passed and "may not get worse by more than -1.0" in evaluation.description
+    assert {"eval_base", "lora", "eval_lora"} <= materialized(result)
+    assert "merged" not in materialized(result)
+
+
+def test_gate_needs_identical_settings(tmp_path: Path):
+    import json
+
+    from nemotron_assets.gates import compare
+
+    sides = []
+    for name, batch in (("a", 8), ("b", 16)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "settings.json").write_text(json.dumps({"batch_size": batch}))
+        sides.append(tmp_path / name)
+    passed, rows, reason = compare(*sides, "sft", 0.01)
+    assert not passed and rows == [] and "settings differ in ['batch_size']" in reason
+
+
+def test_bookend_targets_must_exist():
+    spec = gated({}).model_dump()
+    spec["stages"][2]["config"]["target"] = "nowhere"
+    with pytest.raises(PipelineError, match="target 'nowhere' is not a stage"):
+        PipelineSpec.parse(spec).bookends()
+
+
+def test_consumers_of_a_gated_checkpoint_depend_on_its_gate():
+    defs = pipeline_assets(gated({}))
+    assets = {a.key.path[-1]: a for a in defs if type(a) is dg.AssetsDefinition}  # not checks (a subclass)
+    merged_deps = {k.path[-1] for k in assets["merged"].asset_deps[assets["merged"].key]}
+    assert merged_deps == {"lora", "base", "eval_lora"}
+    eval_deps = {k.path[-1] for k in assets["eval_lora"].asset_deps[assets["eval_lora"].key]}
+    assert "eval_lora" not in eval_deps and "lora" in eval_deps
