@@ -27,7 +27,10 @@ $(DAGSTER_HOME)/dagster.yaml:
 fixtures: $(STAMP)
 	$(BIN)/nemotron-assets fixtures build
 
-demo: fixtures $(DAGSTER_HOME)/dagster.yaml
+# The demo trains and scores SmolLM2-135M-Instruct (tests use the tiny Llama, the pipeline's default base model).
+demo: export NEMOTRON_BASE_MODEL ?= $(or $(NEMOTRON_FIXTURES),$(CURDIR)/.nemotron/fixtures)/smollm2-135m-instruct
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/nemotron-assets fixtures build tiny-bpe tiny-llama smollm2
 	$(BIN)/dagster asset materialize -m nemotron_assets.definitions --select 'group:tiny'
 	$(BIN)/nemotron-assets demo summary --pipeline tiny
 

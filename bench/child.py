@@ -1,7 +1,7 @@
 """One benchmark measurement in this (fresh) process; prints one JSON line: wall time, tokens, peak memory.
 
-    python bench/child.py '{"mode": "step", "step": "data_prep/sft_packing", "port": "training_jsonl",
-                            "jsonl": "...", "output_dir": "...", "params": {...}, "profile": null}'
+    python bench/child.py '{"mode": "step", "step": "data_prep/sft_packing", "inputs": {"training_jsonl": "..."},
+                            "output_dir": "...", "params": {...}, "profile": null}'    (also "work_dir", "gpus")
     python bench/child.py '{"mode": "ceiling", "kind": "chat", "jsonl": "...", "tokenizer": "...",
                             "chat_template": null, "batch": 1024}'
 
@@ -101,12 +101,16 @@ def main() -> None:
     params = step.preset_values("default") | spec["params"]
     output = Path(spec["output_dir"])
     output.mkdir(parents=True)
-    name = spec.get("dataset", "bench_chat" if spec["port"] == "training_jsonl" else "bench_text")
     run = StepRun(
         step=step,
         params=params,
-        inputs={spec["port"]: InputArtifact(name=name, type=spec["port"], path=Path(spec["jsonl"]), version="bench")},
+        inputs={
+            port: InputArtifact(name=f"bench_{port}", type=port, path=Path(path), version="bench")
+            for port, path in spec["inputs"].items()
+        },
         output_dir=output,
+        work_dir=Path(spec["work_dir"]) if spec.get("work_dir") else None,
+        gpus=spec.get("gpus", 0),
     )
     fn = step_function(step)  # imports the step module (not timed, like any already-loaded code location)
     rss_before = proc_status_kb("VmRSS")

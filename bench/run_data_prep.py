@@ -117,8 +117,7 @@ def run_step(label: str, step: str, port: str, jsonl: str, params: dict, profile
     spec = {
         "mode": "step",
         "step": step,
-        "port": port,
-        "jsonl": jsonl,
+        "inputs": {port: jsonl},
         "output_dir": str(out),
         "params": params,
         "profile": profile,

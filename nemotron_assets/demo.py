@@ -7,15 +7,21 @@ import os
 from nemotron_assets.pipelines import load_pipelines
 from resources.artifact_store import ArtifactStore
 
-HEADLINE = (
-    ("rows", "{:,} rows"),
-    ("documents", "{:,} documents"),
-    ("bins", "{:,} bins"),
-    ("tokens", "{:,} tokens"),
-    ("packing_efficiency", "packing efficiency {:.1f}%"),
-    ("train_rows", "train {:,}"),
-    ("val_rows", "val {:,}"),
+HEADLINE = (  # (metadata keys, format): shown when every key is present
+    (("rows",), "{:,} rows"),
+    (("documents",), "{:,} documents"),
+    (("bins",), "{:,} bins"),
+    (("tokens",), "{:,} tokens"),
+    (("packing_efficiency",), "packing efficiency {:.1f}%"),
+    (("train_rows",), "train {:,}"),
+    (("val_rows",), "val {:,}"),
+    (("steps",), "{} steps"),
+    (("first_loss", "final_loss"), "loss {:.3f} -> {:.3f}"),
+    (("nemotron_mcq/acc",), "MCQ accuracy {:.3f}"),
+    (("nemotron_chat_loss/nll_per_byte",), "chat NLL/byte {:.3f}"),
+    (("max_logit_difference", "relative_logit_difference"), "max logit difference {:.1e} ({:.0e} of the largest)"),
 )
+CHECKS = ("contract", "quality_gate")
 
 
 def summary(pipeline_name: str) -> str:
@@ -31,11 +37,15 @@ def summary(pipeline_name: str) -> str:
             lines.append(f"  {key.to_user_string():26} not materialized")
             continue
         metadata = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
-        facts = [fmt.format(metadata[k]) for k, fmt in HEADLINE if k in metadata]
-        check = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(key, "contract"))
-        status = check.status.value.lower() if check else "not run"
+        facts = [fmt.format(*(metadata[k] for k in keys)) for keys, fmt in HEADLINE if set(keys) <= metadata.keys()]
+        checks = {
+            name: record.status.value.lower()
+            for name in CHECKS
+            if (record := instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(key, name)))
+        }
+        statuses = ", ".join(f"{name.replace('_', ' ')} {status}" for name, status in checks.items())
         reused = " (reused: inputs unchanged)" if metadata.get("reused") else ""
-        lines.append(f"  {key.to_user_string():26} {', '.join(facts)}; contract check {status}{reused}")
+        lines.append(f"  {key.to_user_string():26} {', '.join(facts)}; {statuses}{reused}")
         lines.append(f"  {'':26} {metadata['path']}")
     lines += [
         f"Artifacts: {ArtifactStore().base}",

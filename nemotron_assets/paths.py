@@ -15,10 +15,12 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 def project_defaults() -> dict[str, str]:
     """Variables every pipeline value may use, each overridable from the environment."""
+    fixtures = os.environ.get("NEMOTRON_FIXTURES") or str(STATE_DIR / "fixtures")
     return {
         "NEMOTRON_ARTIFACT_ROOT": str(STATE_DIR / "artifacts"),
-        "NEMOTRON_FIXTURES": str(STATE_DIR / "fixtures"),
+        "NEMOTRON_FIXTURES": fixtures,
         "NEMOTRON_DATA": str(PACKAGE_DIR / "fixtures" / "data"),
+        "NEMOTRON_BASE_MODEL": str(Path(fixtures) / "tiny-llama"),  # `make demo` uses SmolLM2-135M-Instruct
     }
 
 

@@ -27,7 +27,7 @@ from resources.artifact_store import ArtifactStore
 CHAT = DATA / "tiny_chat.jsonl"
 
 
-def lora_and_merge(base: Path | str, adapter_source: Path | None = None) -> PipelineSpec:
+def lora_and_merge(base: Path | str, adapter_source: Path | None = None, **merge_config) -> PipelineSpec:
     """chat -> LoRA (tiny preset) -> merge into `base`; or merge an existing adapter directory."""
     sources = [{"name": "chat", "type": "training_jsonl", "path": str(CHAT)}]
     sources.append({"name": "base", "type": "checkpoint_hf", "path": str(base)})
@@ -41,6 +41,7 @@ def lora_and_merge(base: Path | str, adapter_source: Path | None = None) -> Pipe
             "name": "merged",
             "step": "convert/merge_lora",
             "consumes": {"checkpoint_lora": adapter, "checkpoint_hf": "base"},
+            "config": merge_config,
         }
     )
     return PipelineSpec.parse({"name": "t", "description": "lora and merge", "sources": sources, "stages": stages})
@@ -95,6 +96,15 @@ def test_merge_refuses_another_base(fixtures_dir: Path, trained, tmp_path: Path)
     store = ArtifactStore(root=str(tmp_path / "store"))
     with pytest.raises(NamedError, match="base_model_mismatch: adapter adapter was trained on"):
         materialize(lora_and_merge(other, adapter_source=lora.path), store, "merged")
+    assert published(store, ("t", "merged")) == []
+
+
+def test_merge_that_changes_the_logits_publishes_nothing(fixtures_dir: Path, trained, tmp_path: Path):
+    lora, _ = trained
+    store = ArtifactStore(root=str(tmp_path))
+    pipeline = lora_and_merge(fixtures_dir / "tiny-llama", adapter_source=lora.path, torch_dtype="bfloat16")
+    with pytest.raises(NamedError, match=r"merge_logits_mismatch: max \|logit difference\| .* of the largest"):
+        materialize(pipeline, store, "merged")  # bf16 rounding of the folded weights moves logits by ~1e-2
     assert published(store, ("t", "merged")) == []
 
 

@@ -57,7 +57,7 @@ def test_launchpad_defaults_are_the_stage_params():
     fields = asset.op.config_schema.config_type.fields
     assert fields["pack_size"].default_value == 256
     assert fields["algorithm"].default_value == "first_fit_decreasing"
-    assert fields["tokenizer"].default_value == "${NEMOTRON_FIXTURES}/tiny-bpe"
+    assert fields["tokenizer"].default_value == "${NEMOTRON_BASE_MODEL}"
 
 
 def config_defaults(config_type) -> dict:

@@ -18,7 +18,20 @@ from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile
 
 BIN = Path(sys.executable).parent
-TINY = [dg.AssetKey(["tiny", name]) for name in ("packed_parquet", "binidx", "dpo_data", "rlvr_data")]
+DATA_STAGES = ("packed_parquet", "binidx", "dpo_data", "rlvr_data")
+MODEL_STAGES = ("eval_base", "lora", "eval_lora", "merged", "eval_merged", "cpt", "eval_cpt")
+GATED = ("eval_lora", "eval_merged", "eval_cpt")
+
+
+def latest_metadata(instance: dg.DagsterInstance, name: str) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(["tiny", name]))
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def check_status(instance: dg.DagsterInstance, name: str, check: str) -> str:
+    return instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(dg.AssetKey(["tiny", name]), check)
+    ).status.value
 
 
 @pytest.fixture
@@ -47,27 +60,30 @@ def test_tiny_pipeline_through_the_dagster_cli(fixtures_dir: Path, artifact_root
     first = materialize_tiny()
     assert first.returncode == 0, first.stderr[-3000:]
     with dg.DagsterInstance.get() as instance:
-        for key in TINY:
-            metadata = instance.get_latest_materialization_event(key).asset_materialization.metadata
-            assert Path(metadata["path"].value).is_relative_to(artifact_root)
-            assert metadata["profile"].value == "local_cpu" and metadata["reused"].value is False
-            check = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(key, "contract"))
-            assert check.status.value == "SUCCEEDED"
-        packed = instance.get_latest_materialization_event(TINY[0]).asset_materialization.metadata
-        assert packed["bins"].value > 0 and 0 < packed["packing_efficiency"].value <= 100
+        for name in DATA_STAGES + MODEL_STAGES:
+            metadata = latest_metadata(instance, name)
+            assert Path(metadata["path"]).is_relative_to(artifact_root)
+            assert metadata["profile"] == "local_cpu" and metadata["reused"] is False
+            assert check_status(instance, name, "contract") == "SUCCEEDED", name
+        assert [check_status(instance, name, "quality_gate") for name in GATED] == ["SUCCEEDED"] * 3
+        packed = latest_metadata(instance, "packed_parquet")
+        assert packed["bins"] > 0 and 0 < packed["packing_efficiency"] <= 100
+        lora = latest_metadata(instance, "lora")
+        assert lora["final_loss"] < lora["first_loss"]
+        assert latest_metadata(instance, "merged")["max_logit_difference"] < 1e-3
 
     second = materialize_tiny()
     assert second.returncode == 0, second.stderr[-3000:]
     with dg.DagsterInstance.get() as instance:
-        metadata = instance.get_latest_materialization_event(TINY[0]).asset_materialization.metadata
-        assert metadata["reused"].value is True
-        assert metadata["data_version"].value == packed["data_version"].value
+        assert all(latest_metadata(instance, name)["reused"] for name in DATA_STAGES + MODEL_STAGES)
+        assert latest_metadata(instance, "packed_parquet")["data_version"] == packed["data_version"]
 
     summary = subprocess.run(
         [str(BIN / "nemotron-assets"), "demo", "summary"], capture_output=True, text=True, check=True
     )
     assert "tiny/packed_parquet" in summary.stdout and "packing efficiency" in summary.stdout
-    assert "contract check succeeded" in summary.stdout and "dagster dev -w workspace.yaml" in summary.stdout
+    assert "tiny/eval_lora" in summary.stdout and "MCQ accuracy" in summary.stdout
+    assert "quality gate succeeded" in summary.stdout and "dagster dev -w workspace.yaml" in summary.stdout
 
 
 def chain(source: Path) -> PipelineSpec:

@@ -71,12 +71,13 @@ def materialized(result: dg.ExecuteInProcessResult) -> set[str]:
 
 
 def test_passing_gate_lets_downstream_run(fixtures_dir: Path, tmp_path: Path):
-    result = run(gated({}), tmp_path)
+    # The tiny model's MCQ accuracy is noise (one of 48 questions is 0.021): a tolerance above that.
+    result = run(gated({"gate_tolerance": 0.05}), tmp_path)
     assert result.success
     evaluation = gate(result)
     assert evaluation.passed and evaluation.asset_key == dg.AssetKey(["g", "eval_lora"])
     assert "nemotron_chat_loss/nll_per_byte" in evaluation.metadata["comparison"].value
-    assert evaluation.metadata["tolerance"].value == 0.01
+    assert evaluation.metadata["tolerance"].value == 0.05
     assert "merged" in materialized(result)
 
 

@@ -16,7 +16,13 @@ def spec(stages, sources=None) -> dict:
 
 def test_shipped_pipelines_load():
     tiny = next(p for p in load_pipelines() if p.name == "tiny")
-    assert [s.name for s in tiny.stages] == ["packed_parquet", "binidx", "dpo_data", "rlvr_data"]
+    assert [s.name for s in tiny.stages][:4] == ["packed_parquet", "binidx", "dpo_data", "rlvr_data"]
+    assert {s.name for s in tiny.stages if s.step == "eval/model_eval"} == {
+        "eval_base",
+        "eval_lora",
+        "eval_merged",
+        "eval_cpt",
+    }
     assert tiny.params(tiny.stage("packed_parquet"))["pack_size"] == 256  # tiny preset
     assert tiny.params(tiny.stage("packed_parquet"))["algorithm"] == "first_fit_decreasing"  # pipeline config
 

@@ -1,7 +1,7 @@
 """convert/merge_lora: fold a LoRA adapter into its exact base with peft, and prove the merge changed nothing.
 
 The base given must be the one the adapter recorded (same content fingerprint). Before saving, the merged model's
-logits on a probe text must equal the adapter-on-base logits within `tolerance`.
+logits on a probe text must equal the adapter-on-base logits within `tolerance` (relative to the largest logit).
 """
 
 from __future__ import annotations
@@ -42,12 +42,19 @@ def run(run: StepRun) -> StepResult:
         adapted = model(**probe).logits
         merged = model.merge_and_unload()
         difference = (merged(**probe).logits - adapted).abs().max().item()
-    if difference > p["tolerance"]:
+    relative = difference / adapted.abs().max().item()
+    if relative > p["tolerance"]:
         raise run.error(
-            "merge_logits_mismatch", f"max |logit difference| {difference:.3g} > tolerance {p['tolerance']}"
+            "merge_logits_mismatch",
+            f"max |logit difference| {difference:.3g} is {relative:.3g} of the largest |logit|, "
+            f"over the tolerance {p['tolerance']}",
         )
     merged.save_pretrained(run.output_dir, safe_serialization=True)
     tokenizer.save_pretrained(run.output_dir)
-    stats = {"max_logit_difference": difference, "parameters": sum(t.numel() for t in merged.parameters())}
+    stats = {
+        "max_logit_difference": difference,
+        "relative_logit_difference": relative,
+        "parameters": sum(t.numel() for t in merged.parameters()),
+    }
     lora = read_provenance(adapter.path).get("lora")
     return StepResult(stats, {"merged_from": {"adapter": adapter.version, "base": recorded, "lora": lora}})

@@ -1,72 +1,139 @@
-"""eval/model_eval: score a checkpoint with lm-evaluation-harness (hf backend) on task files the project ships.
+"""eval/model_eval: score a model with lm-evaluation-harness on task files the project ships, or have NeMo Evaluator
+Launcher score it.
 
 Tasks follow the data the stage consumes: an MCQ benchmark in the BYOB parquet schema (`nemotron_mcq`: accuracy),
-held-out chat records (`nemotron_chat_loss`: reply NLL per byte, comparable across tokenizers). The checkpoint is
-a consumed HF checkpoint, a LoRA adapter on its recorded base, or (no checkpoint input) the `model` parameter,
-e.g. the base model before a training stage. The artifact holds the scores, the exact settings, the checkpoint
-evaluated, the task files and lm-eval's own results.
+held-out chat records (`nemotron_chat_loss`: reply NLL per byte, comparable across tokenizers). The model is a
+consumed HF checkpoint, a LoRA adapter on its recorded base, the `model` parameter (e.g. the base model before a
+training stage), or an OpenAI-compatible endpoint (`endpoint_url`): a completions endpoint returns log-probs and
+runs the same tasks; a chat endpoint only generates, so the MCQ is asked generatively (`nemotron_mcq_gen`). With
+`backend = nemo_evaluator` the step writes and runs a NeMo Evaluator Launcher config instead (`nemo_evaluator.py`).
+The artifact holds the scores, the exact settings, what was evaluated, the task files and the harness's own
+results. An API key is only ever named (`api_key_env`): its value reaches the child process's environment, nothing
+else.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from nemotron_assets.artifacts.files import data_files, read_provenance
-from nemotron_assets.steps import StepResult, StepRun
+from nemotron_assets.steps import InputArtifact, StepResult, StepRun, nemo_evaluator
 
 TASK_DIR = Path(__file__).resolve().parent.parent / "eval_tasks"
-TASKS = {  # consumed type -> (task name, task file, data file suffixes)
-    "mcq_benchmark_parquet": ("nemotron_mcq", "mcq.yaml", (".parquet",)),
-    "training_jsonl": ("nemotron_chat_loss", "chat_loss.yaml", (".jsonl",)),
+DATA_SUFFIXES = {"mcq_benchmark_parquet": (".parquet",), "training_jsonl": (".jsonl",)}
+LOGPROB_TASKS = {  # consumed type -> (task name, task file), scored by log-likelihood: hf and completions endpoints
+    "mcq_benchmark_parquet": ("nemotron_mcq", "mcq.yaml"),
+    "training_jsonl": ("nemotron_chat_loss", "chat_loss.yaml"),
 }
+CHAT_TASKS = {"mcq_benchmark_parquet": ("nemotron_mcq_gen", "mcq_gen.yaml")}  # generation only: chat endpoints
+ENDPOINT_MODELS = {"chat": "local-chat-completions", "completions": "local-completions"}  # lm-eval model types
+ROUTES = {"chat": "/chat/completions", "completions": "/completions"}  # chat first: both end in /completions
 RESULTS, SETTINGS, CHECKPOINT = "results.json", "settings.json", "checkpoint.json"
 
 
-def write_tasks(run: StepRun, directory: Path) -> list[str]:
-    """Concrete task files for the consumed data, in `directory`; returns the task names."""
+def write_tasks(run: StepRun, directory: Path, tasks: dict[str, tuple[str, str]]) -> list[str]:
+    """Concrete task files for the consumed data, in `directory`, from the `tasks` the model can answer; returns the
+    task names."""
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copy2(TASK_DIR / "utils.py", directory / "utils.py")
     names = []
-    for port, (name, template, suffixes) in TASKS.items():
-        if port in run.inputs:
-            files = [str(f) for f in data_files(run.input(port).path, suffixes)]
-            text = (TASK_DIR / template).read_text().replace('"@DATA_FILES@"', json.dumps(files))
-            (directory / template).write_text(text)
-            names.append(name)
+    for port, suffixes in DATA_SUFFIXES.items():
+        if port not in run.inputs:
+            continue
+        if port not in tasks:
+            raise run.error("wrong_endpoint_type", f"{port} is scored by log-likelihood; a chat endpoint has none")
+        name, template = tasks[port]
+        files = [str(f) for f in data_files(run.input(port).path, suffixes)]
+        text = (TASK_DIR / template).read_text().replace('"@DATA_FILES@"', json.dumps(files))
+        (directory / template).write_text(text)
+        names.append(name)
     return names
 
 
-def evaluated_model(run: StepRun) -> tuple[str, dict[str, Any]]:
-    """lm-eval model_args for the checkpoint under evaluation, and a record of what it is."""
-    checkpoint = next((run.input(t) for t in ("checkpoint_hf", "checkpoint_lora") if t in run.inputs), None)
-    if checkpoint is None:
-        if not run.params["model"]:
-            raise run.error("no_checkpoint_to_evaluate", "no checkpoint input and no `model` parameter")
-        return f"pretrained={run.params['model']}", {"model": run.params["model"]}
-    record = {
+def consumed_checkpoint(run: StepRun) -> InputArtifact | None:
+    return next((run.input(t) for t in ("checkpoint_hf", "checkpoint_lora") if t in run.inputs), None)
+
+
+def checkpoint_record(checkpoint: InputArtifact) -> dict[str, Any]:
+    return {
         "name": checkpoint.name,
         "type": checkpoint.type,
         "path": str(checkpoint.path),
         "version": checkpoint.version,
     }
+
+
+def local_model(run: StepRun) -> tuple[str, dict[str, Any]]:
+    """lm-eval hf model_args for the checkpoint under evaluation, and a record of what it is."""
+    dtype = f"dtype={run.params['dtype']}"
+    checkpoint = consumed_checkpoint(run)
+    if checkpoint is None:
+        if not run.params["model"]:
+            raise run.error("no_checkpoint_to_evaluate", "no checkpoint input and no `model` parameter")
+        return f"pretrained={run.params['model']},{dtype}", {"model": run.params["model"]}
+    record = checkpoint_record(checkpoint)
     if checkpoint.type == "checkpoint_lora":
         base = read_provenance(checkpoint.path)["base_model"]["name_or_path"]
-        return f"pretrained={base},peft={checkpoint.path}", record | {"base_model": base}
-    return f"pretrained={checkpoint.path}", record
+        return f"pretrained={base},peft={checkpoint.path},{dtype}", record | {"base_model": base}
+    return f"pretrained={checkpoint.path},{dtype}", record
 
 
-def lm_eval_command(run: StepRun, model_args: str, tasks: list[str], tasks_dir: Path, output: Path) -> list[str]:
+def endpoint_record(run: StepRun) -> dict[str, Any]:
+    """What an endpoint evaluation scores: URL, served model id, endpoint type (never the key), and the consumed
+    checkpoint, if any, as what the endpoint serves."""
     p = run.params
-    command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"{model_args},dtype={p['dtype']}"]
+    route = next((kind for kind, suffix in ROUTES.items() if p["endpoint_url"].rstrip("/").endswith(suffix)), None)
+    if route not in (None, p["endpoint_type"]):
+        raise run.error(
+            "wrong_endpoint_type", f"endpoint_type = {p['endpoint_type']}, but {p['endpoint_url']} is {route}"
+        )
+    if not p["endpoint_model"]:
+        raise run.error("no_checkpoint_to_evaluate", "endpoint_url is set but not endpoint_model, the served model id")
+    record = {key: p[key] for key in ("endpoint_url", "endpoint_model", "endpoint_type")}
+    checkpoint = consumed_checkpoint(run)
+    return record | ({"serves": checkpoint_record(checkpoint)} if checkpoint else {})
+
+
+def endpoint_model(run: StepRun) -> tuple[str, dict[str, Any]]:
+    """lm-eval model_args for the OpenAI-compatible endpoint, and a record of what it serves."""
+    p = run.params
+    record = endpoint_record(run)
+    args = f"model={p['endpoint_model']},base_url={p['endpoint_url']}"
+    if p["endpoint_type"] == "chat":
+        return args, record
+    if not p["tokenizer"]:
+        raise run.error("missing_tokenizer_for_logprobs", "a completions endpoint is scored by log-likelihood")
+    return f"{args},tokenizer={p['tokenizer']},tokenizer_backend=huggingface", record | {"tokenizer": p["tokenizer"]}
+
+
+def api_key_env(run: StepRun) -> dict[str, str]:
+    """The key in the variable `api_key_env` names, as OPENAI_API_KEY (what lm-eval's local-* models send), for the
+    child process's environment only."""
+    name = run.params["api_key_env"]
+    if not name:
+        return {}
+    if not os.environ.get(name):
+        raise run.error("api_key_not_set", f"api_key_env = {name}, which is not set in the environment")
+    return {"OPENAI_API_KEY": os.environ[name]}
+
+
+def lm_eval_command(
+    run: StepRun, model: str, model_args: str, tasks: list[str], tasks_dir: Path, output: Path, chat_template: bool
+) -> list[str]:
+    p = run.params
+    command = [sys.executable, "-m", "lm_eval", "--model", model, "--model_args", model_args]
     command += ["--tasks", ",".join(tasks), "--include_path", str(tasks_dir), "--output_path", str(output)]
     command += ["--device", "cuda" if run.gpus else "cpu", "--batch_size", str(p["batch_size"])]
     command += ["--num_fewshot", str(p["num_fewshot"]), "--seed", str(p["seed"])]
-    if p["apply_chat_template"]:
+    if chat_template:
         command.append("--apply_chat_template")
     if p["limit"] is not None:
         command += ["--limit", str(p["limit"])]
@@ -75,7 +142,7 @@ def lm_eval_command(run: StepRun, model_args: str, tasks: list[str], tasks_dir: 
 
 def read_scores(output: Path) -> tuple[dict[str, Any], Path]:
     """Scores {task: {metric: value}} and their directions from lm-eval's results file (metric keys lose their
-    ',none' filter suffix)."""
+    ',<filter>' suffix)."""
     results_file = max(output.rglob("results_*.json"))
     document = json.loads(results_file.read_text())
     results = document["results"]
@@ -90,29 +157,65 @@ def read_scores(output: Path) -> tuple[dict[str, Any], Path]:
     return {"scores": scores, "higher_is_better": document["higher_is_better"]}, results_file
 
 
+def publish(run: StepRun, results: dict[str, Any], settings: dict[str, Any], evaluated: dict[str, Any]) -> StepResult:
+    """results.json, settings.json and checkpoint.json into the artifact; the scores as stats."""
+    for name, document in ((RESULTS, results), (SETTINGS, settings), (CHECKPOINT, evaluated)):
+        (run.output_dir / name).write_text(json.dumps(document, indent=1, sort_keys=True))
+    scores = results["scores"]
+    stats = {f"{task}/{metric}": value for task, metrics in scores.items() for metric, value in metrics.items()}
+    return StepResult(stats, {"evaluated": evaluated, "eval_settings": settings})
+
+
+def evaluate_with_lm_eval(run: StepRun) -> StepResult:
+    p = run.params
+    model = ENDPOINT_MODELS[p["endpoint_type"]] if p["endpoint_url"] else "hf"
+    tasks = write_tasks(run, run.work_dir / "tasks", CHAT_TASKS if model == ENDPOINT_MODELS["chat"] else LOGPROB_TASKS)
+    if not tasks:
+        raise run.error("no_eval_data", "consume an mcq_benchmark_parquet and/or held-out chat training_jsonl")
+    model_args, evaluated = endpoint_model(run) if p["endpoint_url"] else local_model(run)
+    env = api_key_env(run)
+    chat_template = p["apply_chat_template"] or model == ENDPOINT_MODELS["chat"]  # chat endpoints take messages
+    output = run.work_dir / "lm_eval"
+    shutil.rmtree(output, ignore_errors=True)
+    run.launch(lm_eval_command(run, model, model_args, tasks, run.work_dir / "tasks", output, chat_template), env)
+    results, results_file = read_scores(output)
+
+    scoring = ("endpoint_type",) if p["endpoint_url"] else ("dtype",)
+    settings = {key: p[key] for key in ("limit", "num_fewshot", "batch_size", "seed", *scoring)} | {
+        "harness": f"lm-eval {version('lm_eval')}",
+        "backend": model,
+        "apply_chat_template": chat_template,
+        "tasks": tasks,
+    }
+    shutil.copy2(results_file, run.output_dir / "lm_eval_results.json")
+    shutil.copytree(run.work_dir / "tasks", run.output_dir / "tasks")
+    return publish(run, results, settings, evaluated)
+
+
+def evaluate_with_launcher(run: StepRun) -> StepResult:
+    """Write the NeMo Evaluator Launcher config into the artifact, run the launcher on it, collect its scores."""
+    p = run.params
+    checkpoint = consumed_checkpoint(run)
+    if p["endpoint_url"]:
+        evaluated = endpoint_record(run)
+    else:
+        evaluated = checkpoint_record(checkpoint) if checkpoint else {"model": p["model"]}
+    output = run.work_dir / "nemo_evaluator"
+    shutil.rmtree(output, ignore_errors=True)
+    config = nemo_evaluator.launcher_config(run, checkpoint, output)
+    config_file = run.output_dir / nemo_evaluator.CONFIG
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    results = nemo_evaluator.run_launcher(run, config_file, output)
+    settings = nemo_evaluator.settings(config) | {"harness": "nemo-evaluator-launcher", "backend": "nemo_evaluator"}
+    return publish(run, results, settings, evaluated)
+
+
 def run(run: StepRun) -> StepResult:
     if "checkpoint_megatron" in run.inputs:
         raise run.error(
             "bad_megatron_checkpoint_path", "scoring Megatron checkpoints needs convert/megatron_to_hf first"
         )
     run.work_dir.mkdir(parents=True, exist_ok=True)
-    tasks = write_tasks(run, run.work_dir / "tasks")
-    if not tasks:
-        raise run.error("no_eval_data", "consume an mcq_benchmark_parquet and/or held-out chat training_jsonl")
-    model_args, checkpoint = evaluated_model(run)
-    output = run.work_dir / "lm_eval"
-    shutil.rmtree(output, ignore_errors=True)
-    run.launch(lm_eval_command(run, model_args, tasks, run.work_dir / "tasks", output), {})
-    results, results_file = read_scores(output)
-    scores = results["scores"]
-
-    settings = {
-        key: run.params[key] for key in ("limit", "num_fewshot", "batch_size", "apply_chat_template", "seed", "dtype")
-    } | {"harness": f"lm-eval {version('lm_eval')}", "backend": "hf", "tasks": tasks}
-    (run.output_dir / RESULTS).write_text(json.dumps(results, indent=1, sort_keys=True))
-    (run.output_dir / SETTINGS).write_text(json.dumps(settings, indent=1, sort_keys=True))
-    (run.output_dir / CHECKPOINT).write_text(json.dumps(checkpoint, indent=1, sort_keys=True))
-    shutil.copy2(results_file, run.output_dir / "lm_eval_results.json")
-    shutil.copytree(run.work_dir / "tasks", run.output_dir / "tasks")
-    stats = {f"{task}/{metric}": value for task, metrics in scores.items() for metric, value in metrics.items()}
-    return StepResult(stats, {"evaluated": checkpoint, "eval_settings": settings})
+    if run.params["backend"] == "nemo_evaluator":
+        return evaluate_with_launcher(run)
+    return evaluate_with_lm_eval(run)
