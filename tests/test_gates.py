@@ -1,5 +1,6 @@
-"""Quality gates: a blocking check on the after-eval compares the evals around a stage; consumers of the stage's
-checkpoint depend on that eval, so a failing gate blocks them."""
+"""Quality gates: a blocking check on the after-eval compares the evals around a stage (here inserted by the
+pipeline's evaluation section); consumers of the stage's checkpoint depend on that eval, so a failing gate blocks
+them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from resources.profile import HardwareProfile
 EVAL_DATA = {"mcq_benchmark_parquet": "mcq", "training_jsonl": "chat"}
 
 
-def gated(after_config: dict) -> PipelineSpec:
+def gated(tolerance: float | None = None) -> PipelineSpec:
+    """eval_base -> lora -> eval_lora -> merged: evaluations inserted by the evaluation section (none for merged)."""
+    evaluation = {"data": EVAL_DATA, "preset": "tiny", "names": {"base": "eval_base"}}
     return PipelineSpec.parse(
         {
             "name": "g",
@@ -27,26 +30,14 @@ def gated(after_config: dict) -> PipelineSpec:
                 {"name": "mcq", "type": "mcq_benchmark_parquet", "path": str(DATA / "tiny_mcq.parquet")},
                 {"name": "base", "type": "checkpoint_hf", "path": "${NEMOTRON_FIXTURES}/tiny-llama"},
             ],
+            "evaluation": evaluation | ({} if tolerance is None else {"gate_tolerance": {"lora": tolerance}}),
             "stages": [
-                {
-                    "name": "eval_base",
-                    "step": "eval/model_eval",
-                    "consumes": EVAL_DATA,
-                    "preset": "tiny",
-                    "config": {"role": "before", "target": "lora", "model": "${NEMOTRON_FIXTURES}/tiny-llama"},
-                },
                 {"name": "lora", "step": "peft/automodel", "consumes": {"training_jsonl": "chat"}, "preset": "tiny"},
-                {
-                    "name": "eval_lora",
-                    "step": "eval/model_eval",
-                    "consumes": {"checkpoint_lora": "lora"} | EVAL_DATA,
-                    "preset": "tiny",
-                    "config": {"role": "after", "target": "lora"} | after_config,
-                },
                 {
                     "name": "merged",
                     "step": "convert/merge_lora",
                     "consumes": {"checkpoint_lora": "lora", "checkpoint_hf": "base"},
+                    "evaluate": False,
                 },
             ],
         }
@@ -72,7 +63,7 @@ def materialized(result: dg.ExecuteInProcessResult) -> set[str]:
 
 def test_passing_gate_lets_downstream_run(fixtures_dir: Path, tmp_path: Path):
     # The tiny model's MCQ accuracy is noise (one of 48 questions is 0.021): a tolerance above that.
-    result = run(gated({"gate_tolerance": 0.05}), tmp_path)
+    result = run(gated(0.05), tmp_path)
     assert result.success
     evaluation = gate(result)
     assert evaluation.passed and evaluation.asset_key == dg.AssetKey(["g", "eval_lora"])
@@ -82,7 +73,7 @@ def test_passing_gate_lets_downstream_run(fixtures_dir: Path, tmp_path: Path):
 
 
 def test_failing_gate_blocks_downstream(fixtures_dir: Path, tmp_path: Path):
-    result = run(gated({"gate_tolerance": -1.0}), tmp_path)  # require a gain of 1.0 on every score
+    result = run(gated(-1.0), tmp_path)  # require a gain of 1.0 on every score
     assert not result.success
     evaluation = gate(result)
     assert not evaluation.passed and "may not get worse by more than -1.0" in evaluation.description
@@ -105,14 +96,14 @@ def test_gate_needs_identical_settings(tmp_path: Path):
 
 
 def test_bookend_targets_must_exist():
-    spec = gated({}).model_dump()
+    spec = gated().model_dump()
     spec["stages"][2]["config"]["target"] = "nowhere"
     with pytest.raises(PipelineError, match="target 'nowhere' is not a stage"):
-        PipelineSpec.parse(spec).bookends()
+        PipelineSpec.parse(spec)
 
 
 def test_consumers_of_a_gated_checkpoint_depend_on_its_gate():
-    defs = pipeline_assets(gated({}))
+    defs = pipeline_assets(gated())
     assets = {a.key.path[-1]: a for a in defs if type(a) is dg.AssetsDefinition}  # not checks (a subclass)
     merged_deps = {k.path[-1] for k in assets["merged"].asset_deps[assets["merged"].key]}
     assert merged_deps == {"lora", "base", "eval_lora"}

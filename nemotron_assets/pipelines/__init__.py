@@ -8,41 +8,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
 
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.catalog.models import StrictModel, check_value
+from nemotron_assets.pipelines.bookends import check_roles, expand, pairs
+from nemotron_assets.pipelines.models import Evaluation, PipelineError, Source, Stage
 
 PIPELINE_DIR = Path(__file__).resolve().parent
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
-
-
-class PipelineError(ValueError):
-    """A pipeline spec does not type-check against the catalog."""
-
-
-class Source(StrictModel):
-    """An external input the pipeline does not produce: a corpus, a base model, a dataset."""
-
-    name: str
-    type: str
-    path: str = Field(description="File, directory or glob; may use ${VAR} (e.g. ${NEMOTRON_DATA}).")
-    description: str = ""
-
-
-class Stage(StrictModel):
-    """One catalog step producing the artifact `name` from the artifacts it consumes."""
-
-    name: str
-    step: str
-    consumes: dict[str, str] = Field(default_factory=dict, description="consumed type -> artifact name")
-    preset: str = "default"
-    config: dict[str, Any] = Field(default_factory=dict)
-    description: str = ""
 
 
 class PipelineSpec(StrictModel):
@@ -50,52 +28,60 @@ class PipelineSpec(StrictModel):
     description: str
     sources: tuple[Source, ...] = ()
     stages: tuple[Stage, ...]
+    evaluation: Evaluation | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> PipelineSpec:
-        """Build a spec and type-check it; every pipeline enters the project through here."""
+        """Build a spec, type-check it, and insert its evaluation section's bookends (type-checked too); every
+        pipeline enters the project through here."""
         spec = cls.model_validate(data)
         seen: dict[str, str] = {}
         for source in spec.sources:
             spec._declare(seen, source.name, source.type)
-        for stage in spec.stages:
-            spec._check_stage(stage, seen)
-            spec._declare(seen, stage.name, CATALOG.step(stage.step).primary_output)
-        return spec
+        spec._check_stages(spec.stages, seen)
+        check_roles(spec)
+        stages = expand(spec)
+        spec._check_stages([s for s in stages if s.name not in seen], seen)
+        return spec.model_copy(update={"stages": stages})
 
-    def _fail(self, message: str) -> PipelineError:
+    def error(self, message: str) -> PipelineError:
         return PipelineError(f"pipeline {self.name}: {message}")
 
     def _declare(self, seen: dict[str, str], name: str, type_name: str) -> None:
         if not _NAME.match(name):
-            raise self._fail(f"artifact name {name!r} must match {_NAME.pattern}")
+            raise self.error(f"artifact name {name!r} must match {_NAME.pattern}")
         if name in seen:
-            raise self._fail(f"artifact {name!r} is defined twice")
+            raise self.error(f"artifact {name!r} is defined twice")
         if type_name not in CATALOG.types:
-            raise self._fail(f"artifact {name!r} has unknown type {type_name!r}")
+            raise self.error(f"artifact {name!r} has unknown type {type_name!r}")
         seen[name] = type_name
+
+    def _check_stages(self, stages: Sequence[Stage], seen: dict[str, str]) -> None:
+        for stage in stages:
+            self._check_stage(stage, seen)
+            self._declare(seen, stage.name, CATALOG.step(stage.step).primary_output)
 
     def _check_stage(self, stage: Stage, seen: dict[str, str]) -> None:
         try:
             step = CATALOG.step(stage.step)
         except KeyError as e:
-            raise self._fail(f"stage {stage.name}: {e.args[0]}") from None
+            raise self.error(f"stage {stage.name}: {e.args[0]}") from None
         if stage.preset not in step.presets:
-            raise self._fail(f"stage {stage.name}: step {step.id} has no preset {stage.preset!r}")
+            raise self.error(f"stage {stage.name}: step {step.id} has no preset {stage.preset!r}")
         for key, value in stage.config.items():
             if key not in {p.name for p in step.parameters}:
-                raise self._fail(f"stage {stage.name}: {step.id} has no parameter {key!r}")
+                raise self.error(f"stage {stage.name}: {step.id} has no parameter {key!r}")
             if value is not None:
                 try:
                     check_value(step.parameter(key), value)
                 except ValueError as e:
-                    raise self._fail(f"stage {stage.name}: {e}") from None
+                    raise self.error(f"stage {stage.name}: {e}") from None
         ports = {p.type: p for p in step.consumes}
         for port_type, artifact in stage.consumes.items():
             if port_type not in ports:
-                raise self._fail(f"stage {stage.name}: {step.id} consumes no {port_type}")
+                raise self.error(f"stage {stage.name}: {step.id} consumes no {port_type}")
             if artifact not in seen:
-                raise self._fail(f"stage {stage.name}: artifact {artifact!r} is not defined before it")
+                raise self.error(f"stage {stage.name}: artifact {artifact!r} is not defined before it")
             have = seen[artifact]
             if not CATALOG.is_a(have, port_type):
                 problem = [f"edge {artifact} -> {stage.name}: {artifact} is {have}, {step.id} consumes {port_type}"]
@@ -103,10 +89,10 @@ class PipelineSpec(StrictModel):
                 fixes = [s.id for s in CATALOG.find_steps(consumes=have, produces=port_type)]
                 if fixes:
                     problem.append(f"insert {' or '.join(fixes)} between them")
-                raise self._fail("; ".join(problem))
+                raise self.error("; ".join(problem))
         missing = [p.type for p in step.consumes if p.required and p.type not in stage.consumes]
         if missing:
-            raise self._fail(f"stage {stage.name}: {step.id} needs {missing}")
+            raise self.error(f"stage {stage.name}: {step.id} needs {missing}")
 
     def artifact_type(self, name: str) -> str:
         for source in self.sources:
@@ -122,27 +108,7 @@ class PipelineSpec(StrictModel):
 
     def bookends(self) -> list[tuple[Stage, Stage, Stage]]:
         """(target, before-eval, after-eval) for every stage whose evaluations sit on both sides of it."""
-        evals = {s.name: self.params(s) for s in self.stages if s.step == "eval/model_eval"}
-        for name, params in evals.items():
-            for key in ("target", "also_before"):
-                if params.get(key) and params[key] not in {s.name for s in self.stages}:
-                    raise self._fail(f"eval {name}: {key} {params[key]!r} is not a stage of this pipeline")
-        pairs = []
-        for after, params in evals.items():
-            if params["role"] != "after":
-                continue
-            target = params["target"]
-            before = next(
-                (
-                    b
-                    for b, p in evals.items()
-                    if (p["role"] == "before" and p["target"] == target) or p.get("also_before") == target
-                ),
-                None,
-            )
-            if before is not None:
-                pairs.append((self.stage(target), self.stage(before), self.stage(after)))
-        return pairs
+        return pairs(self)
 
     def params(self, stage: Stage) -> dict[str, Any]:
         """The stage's parameters: step defaults, then its preset, then the pipeline's config."""
