@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EVALUATOR := .venv-evaluator
 export DAGSTER_HOME ?= $(CURDIR)/.nemotron/dagster_home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -20,6 +21,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
+# NeMo Evaluator Launcher, in its own environment (its hydra pins an antlr that breaks Dagster's); tests dry-run it.
+$(EVALUATOR)/.installed: constraints.txt
+	$(PYTHON) -m venv $(EVALUATOR)
+	$(EVALUATOR)/bin/pip install --quiet --upgrade pip
+	$(EVALUATOR)/bin/pip install --quiet -c constraints.txt nemo-evaluator-launcher==0.2.6
+	touch $@
+
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	printf 'telemetry:\n  enabled: false\n' > $@
@@ -34,7 +42,7 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster asset materialize -m nemotron_assets.definitions --select 'group:tiny'
 	$(BIN)/nemotron-assets demo summary --pipeline tiny
 
-test: $(STAMP)
+test: $(STAMP) $(EVALUATOR)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q

@@ -131,9 +131,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve(model_path: Path, model_id: str, api_key: str) -> Iterator[OpenAIServer]:
-    """An OpenAIServer for the checkpoint at `model_path`, running in a thread for the duration of the block."""
-    server = OpenAIServer(ServedModel(model_path), model_id, api_key)
+def serve(model: ServedModel, model_id: str, api_key: str) -> Iterator[OpenAIServer]:
+    """An OpenAIServer for `model`, running in a thread for the duration of the block."""
+    server = OpenAIServer(model, model_id, api_key)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -198,6 +198,7 @@ def evaluate_with_launcher(run: StepRun) -> StepResult:
     checkpoint = consumed_checkpoint(run)
     if p["endpoint_url"]:
         evaluated = endpoint_record(run)
+        api_key_env(run)  # api_key_not_set now, not as a 401 inside the evaluation container
     else:
         evaluated = checkpoint_record(checkpoint) if checkpoint else {"model": p["model"]}
     output = run.work_dir / "nemo_evaluator"

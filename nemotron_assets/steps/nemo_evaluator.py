@@ -4,8 +4,9 @@ The config is a launcher (Hydra) run config on the launcher's packaged defaults:
 (`deployment: none`, `target.api_endpoint`; upstream's hosted `tiny_chat` shape) or a local HF checkpoint the
 launcher serves itself (`deployment: vllm`), exact launcher task ids (`nemo-evaluator-launcher ls tasks`), the
 `local` executor. The API key is only named: `api_key_name`, and a `runtime:` env var so that the launcher writes
-no value into its `.secrets.env` either. The launcher is `nemo-evaluator-launcher` on PATH or the executable
-NEMOTRON_EVALUATOR_LAUNCHER names (it needs its own environment: hydra pins an antlr that breaks Dagster's).
+no value into its `.secrets.env` either; HF_TOKEN passes through the same way (gated datasets; launcher 0.2.6's local
+executor also fails on a config without any env var). The launcher is the executable NEMOTRON_EVALUATOR_LAUNCHER
+names or `nemo-evaluator-launcher` on PATH (it needs its own environment: hydra pins an antlr that breaks Dagster's).
 """
 
 from __future__ import annotations
@@ -54,16 +55,16 @@ def launcher_config(run: StepRun, checkpoint: InputArtifact | None, output_dir: 
     params = GENERATION | ({"limit_samples": p["limit"]} if p["limit"] is not None else {})
     if p["tokenizer"]:
         params["extra"] = {"tokenizer": p["tokenizer"], "tokenizer_backend": "huggingface"}
+    names = ["HF_TOKEN", *([p["api_key_env"]] if p["endpoint_url"] and p["api_key_env"] else [])]
     evaluation: dict[str, Any] = {
         "nemo_evaluator_config": {"config": {"params": params}},
         "tasks": [{"name": task} for task in p["evaluator_tasks"]],
+        "env_vars": {name: f"runtime:{name}" for name in names},  # resolved when the task runs, never written
     }
     config: dict[str, Any] = {"execution": {"output_dir": str(output_dir), "mode": "sequential"}}
     if p["endpoint_url"]:
         endpoint = {"model_id": p["endpoint_model"], "url": p["endpoint_url"], "type": p["endpoint_type"]}
         config["target"] = {"api_endpoint": endpoint | ({"api_key_name": p["api_key_env"]} if p["api_key_env"] else {})}
-        if p["api_key_env"]:
-            evaluation["env_vars"] = {p["api_key_env"]: f"runtime:{p['api_key_env']}"}
     else:
         config["deployment"] = served_checkpoint(run, checkpoint)
     deployment = "none" if p["endpoint_url"] else "vllm"
@@ -85,9 +86,11 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def launcher_executable(run: StepRun) -> str:
-    launcher = os.environ.get(LAUNCHER_ENV) or shutil.which("nemo-evaluator-launcher")
+    named = os.environ.get(LAUNCHER_ENV)
+    launcher = shutil.which(named or "nemo-evaluator-launcher")
     if not launcher:
-        raise run.error("framework_cli_not_found", f"no nemo-evaluator-launcher on PATH and {LAUNCHER_ENV} is not set")
+        where = f"{LAUNCHER_ENV} = {named} is not executable" if named else f"not on PATH and {LAUNCHER_ENV} is unset"
+        raise run.error("framework_cli_not_found", f"nemo-evaluator-launcher {where}")
     return launcher
 
 
