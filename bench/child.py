@@ -18,6 +18,7 @@ which includes the interpreter and imported libraries; `rss_before_kb` is the RS
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
@@ -89,13 +90,23 @@ def run_ceiling(spec: dict) -> dict:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")  # launched processes' output
     if spec.get("mode") == "ceiling":
         out = run_ceiling(spec)
         out |= {"vmhwm_kb": proc_status_kb("VmHWM"), "pid": os.getpid()}
         print(json.dumps(out))
         return
     from nemotron_assets.catalog import CATALOG
+    from nemotron_assets.digests import tree_digests
     from nemotron_assets.steps import InputArtifact, StepRun, step_function
+    from nemotron_assets.steps.launch import subprocess_launcher
+
+    launched_s = []  # seconds inside launched processes: the rest of the step's wall time is the platform's own
+
+    def timed_launcher(command: list[str], env: dict[str, str]) -> None:
+        started = time.perf_counter()
+        subprocess_launcher(logging.getLogger("bench"))(command, env)
+        launched_s.append(time.perf_counter() - started)
 
     step = CATALOG.step(spec["step"])
     params = step.preset_values("default") | spec["params"]
@@ -111,6 +122,7 @@ def main() -> None:
         output_dir=output,
         work_dir=Path(spec["work_dir"]) if spec.get("work_dir") else None,
         gpus=spec.get("gpus", 0),
+        launcher=timed_launcher,
     )
     fn = step_function(step)  # imports the step module (not timed, like any already-loaded code location)
     rss_before = proc_status_kb("VmRSS")
@@ -134,8 +146,13 @@ def main() -> None:
         stats.sort_stats("cumulative").print_stats(15)
         stats.sort_stats("tottime").print_stats(15)
         Path(spec["profile"]).with_suffix(".txt").write_text(text.getvalue())
+    t0 = time.perf_counter()
+    tree_digests(output)  # what publication adds: the artifact store seals every file with its digest
+    seal_s = time.perf_counter() - t0
     out = {
         "wall_s": wall,
+        "launched_s": sum(launched_s),
+        "seal_s": seal_s,
         "stats": result.stats,
         "rss_before_kb": rss_before,
         "vmhwm_kb": proc_status_kb("VmHWM"),

@@ -23,10 +23,12 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +75,16 @@ def prepare(cache: Path, tokens: int) -> tuple[Path, Path]:
     return model, data
 
 
-def flops_per_token(parameters: int) -> float:
+def parameter_count() -> int:
     c = LLAMA_1B
-    return 6 * parameters + 12 * c["num_hidden_layers"] * c["hidden_size"] * SEQ
+    hidden, kv = c["hidden_size"], c["hidden_size"] // c["num_attention_heads"] * c["num_key_value_heads"]
+    layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * c["intermediate_size"] + 2 * hidden
+    return c["num_hidden_layers"] * layer + 2 * c["vocab_size"] * hidden + hidden
+
+
+def flops_per_token() -> float:
+    c = LLAMA_1B
+    return 6 * parameter_count() + 12 * c["num_hidden_layers"] * c["hidden_size"] * SEQ
 
 
 def timed(command: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
@@ -126,63 +135,96 @@ def platform_run(model: Path, data: Path, steps: int, compile_: bool, out: Path,
         "compile": compile_,
     }
     work = out / name
+    shutil.rmtree(work, ignore_errors=True)
     spec = {"mode": "step", "step": "pretrain/automodel", "inputs": {"binidx": str(data)}, "params": params}
     spec |= {"output_dir": str(work / "output"), "work_dir": str(work / "work"), "gpus": 1}
     _, stdout = timed([sys.executable, str(BENCH / "child.py"), json.dumps(spec)], out / f"{name}.log")
     result = json.loads(stdout.splitlines()[-1])
-    return {"wall_s": result["wall_s"], "step_stats": result["stats"]} | recipe_steps(
-        work / "output" / "training_log.jsonl"
-    )
+    steps = recipe_steps(work / "output" / "training_log.jsonl")
+    for heavy in (work / "output", work / "work" / "checkpoints"):  # 4 GB a run; recipe.yaml stays for by_hand
+        shutil.rmtree(heavy)
+    timing = {key: result[key] for key in ("wall_s", "launched_s", "seal_s")}
+    return timing | {"step_stats": result["stats"]} | steps
 
 
 def by_hand(platform_dir: Path, out: Path, name: str) -> dict:
     """AutoModel's recipe module under torchrun on the recipe.yaml the platform run wrote, as a user would."""
-    config = (platform_dir / "work" / "recipe.yaml").read_text()
+    config = (platform_dir / "work" / "recipe.yaml").read_text().replace(str(platform_dir / "work"), str(out / name))
     checkpoints = out / name / "checkpoints"
-    config = config.replace(str(platform_dir / "work" / "checkpoints"), str(checkpoints))
+    shutil.rmtree(out / name, ignore_errors=True)
     (out / name).mkdir(parents=True)
     (out / name / "recipe.yaml").write_text(config)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1"]
     command += ["-m", "nemo_automodel.recipes.llm.train_ft", "--config", str(out / name / "recipe.yaml")]
     wall, _ = timed(command, out / f"{name}.log")
-    return {"wall_s": wall, "command": " ".join(command[1:])} | recipe_steps(checkpoints / "training.jsonl")
+    result = {"wall_s": wall, "command": " ".join(command[1:])} | recipe_steps(checkpoints / "training.jsonl")
+    shutil.rmtree(checkpoints)  # 4 GB a run
+    return result
+
+
+def plan(args: argparse.Namespace, model: Path, data: Path) -> list[tuple[str, Callable[[], dict]]]:
+    """The measurements in run order: baselines, AutoModel eager, then an untimed by-hand warm-up (Megatron dataset
+    helpers, bytecode and the inductor cache are built once for all) and platform/by-hand pairs, interleaved."""
+    out, steps = args.out, args.steps
+    runs = [
+        ("baseline_eager", lambda: baseline(model, data, steps, False, out)),
+        ("baseline_compiled", lambda: baseline(model, data, steps, True, out)),
+        ("platform_eager", lambda: platform_run(model, data, steps, False, out, "platform_eager")),
+        ("platform_compiled", lambda: platform_run(model, data, steps, True, out, "platform_compiled")),
+        ("warmup", lambda: by_hand(out / "platform_compiled", out, "warmup")),
+    ]
+    for repeat in range(args.repeats):
+        runs.append(
+            ("platform_compiled", lambda r=repeat: platform_run(model, data, steps, True, out, f"platform_{r}"))
+        )
+        runs.append(("by_hand_compiled", lambda r=repeat: by_hand(out / f"platform_{r}", out, f"by_hand_{r}")))
+    return [(name, measure) for name, measure in runs if not args.only or name in args.only]
+
+
+def summarise(results: dict[str, list[dict]]) -> dict[str, float]:
+    """Ratios of medians: AutoModel (compiled, timed repeats) against the baselines, and the launch overhead."""
+    tps = {name: statistics.median(r["tokens_per_second"] for r in runs) for name, runs in results.items()}
+    summary = {}
+    for baseline_name in ("baseline_compiled", "baseline_eager"):
+        if {baseline_name, "platform_compiled"} <= tps.keys():
+            summary[f"automodel_compiled_vs_{baseline_name}"] = tps["platform_compiled"] / tps[baseline_name]
+    if {"platform_eager", "baseline_eager"} <= tps.keys():
+        summary["automodel_eager_vs_baseline_eager"] = tps["platform_eager"] / tps["baseline_eager"]
+    platform = [r for name in ("platform_eager", "platform_compiled") for r in results.get(name, [])]
+    if platform:
+        outside = statistics.median(r["wall_s"] / r["launched_s"] - 1 for r in platform)
+        summary["platform_time_outside_the_recipe"] = outside
+        summary["seal_vs_recipe_time"] = statistics.median(r["seal_s"] / r["launched_s"] for r in platform)
+    if {"platform_compiled", "by_hand_compiled"} <= results.keys():
+        pairs = results["platform_compiled"][-len(results["by_hand_compiled"]) :]  # the pairs after the warm-up
+        by_hand_runs = results["by_hand_compiled"]
+        for key, name in (("tokens_per_second", "recipe_tokens_per_second"), ("wall_s", "wall")):
+            ratio = statistics.median(r[key] for r in pairs) / statistics.median(r[key] for r in by_hand_runs)
+            summary[f"{name}_platform_vs_by_hand"] = ratio
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=40, help="timed steps after the warm-up")
-    parser.add_argument("--only", nargs="*", help="run only these measurements (smoke runs)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps after the warm-up steps")
+    parser.add_argument("--repeats", type=int, default=2, help="platform/by-hand pairs for the launch overhead")
+    parser.add_argument("--only", nargs="*", help="run only these measurements")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model, data = prepare(args.out / "cache", tokens=(WARMUP_STEPS + args.steps) * BATCH * SEQ * 2)
 
     import torch
 
-    measurements = {
-        "baseline_eager": lambda: baseline(model, data, args.steps, False, args.out),
-        "baseline_compiled": lambda: baseline(model, data, args.steps, True, args.out),
-        "platform_compiled": lambda: platform_run(model, data, args.steps, True, args.out, "platform_compiled"),
-        "by_hand_compiled": lambda: by_hand(args.out / "platform_compiled", args.out, "by_hand_compiled"),
-    }
-    results = {}
-    for name, measure in measurements.items():
-        if args.only and name not in args.only:
-            continue
-        results[name] = measure()
-        print(name, json.dumps(results[name])[:400], flush=True)
-    parameters = next(r["parameters"] for r in results.values() if "parameters" in r) if results else 0
-    for result in results.values():
-        result["mfu"] = result["tokens_per_second"] * flops_per_token(parameters) / PEAK_FLOPS if parameters else None
-    summary = {}
-    if {"baseline_compiled", "platform_compiled"} <= results.keys():
-        base = results["baseline_compiled"]["tokens_per_second"]
-        summary["automodel_vs_compiled_baseline"] = results["platform_compiled"]["tokens_per_second"] / base
-        summary["automodel_vs_eager_baseline"] = (
-            results["platform_compiled"]["tokens_per_second"] / results["baseline_eager"]["tokens_per_second"]
-        )
-    if {"platform_compiled", "by_hand_compiled"} <= results.keys():
-        summary["launch_overhead"] = results["platform_compiled"]["wall_s"] / results["by_hand_compiled"]["wall_s"] - 1
+    results: dict[str, list[dict]] = {}
+    for name, measure in plan(args, model, data):
+        result = measure()
+        print(name, json.dumps(result)[:300], flush=True)
+        if name != "warmup":
+            results.setdefault(name, []).append(result)
+    for result in (r for runs in results.values() for r in runs):
+        result["mfu"] = result["tokens_per_second"] * flops_per_token() / PEAK_FLOPS
+    summary = summarise(results)
     document = {
         "machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "host": platform.node()},
         "settings": {"model": LLAMA_1B, "seq_length": SEQ, "micro_batch": BATCH, "timed_steps": args.steps},

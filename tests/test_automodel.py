@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -250,8 +251,28 @@ def test_bins_from_another_tokenizer_are_refused(fixtures_dir: Path, tmp_path: P
 
 def test_pretraining_from_scratch_builds_the_architecture_only():
     params = CATALOG.step("pretrain/automodel").preset_values("tiny") | {"load_weights": False}
-    model = automodel.model_config(params)
+    model = automodel.model_config(params, gpus=0)
     assert (
         model["_target_"].endswith("from_config") and model["config"] == params["model.pretrained_model_name_or_path"]
     )
     assert "pretrained_model_name_or_path" not in model
+
+
+@pytest.mark.parametrize(("gpus", "weights"), [(0, "float32"), (1, "bfloat16"), (8, "float32")])
+def test_recipe_config_for_the_hardware(gpus: int, weights: str, tmp_path: Path):
+    """bf16 on one GPU means bf16 weights (AutoModel does not shard one rank, so no FSDP2 policy casts them);
+    several GPUs keep fp32 masters under the policy. GPUs get fused AdamW and NCCL; `compile` reaches FSDP2."""
+    from nemo_automodel.components.distributed.config import FSDP2Config
+
+    step = CATALOG.step("sft/automodel")
+    params = step.preset_values("default") | {"compile": True}
+    chat = InputArtifact(name="chat", type="training_jsonl", path=CHAT, version="v")
+    run = StepRun(step, params, {"training_jsonl": chat}, output_dir=tmp_path, work_dir=tmp_path / "w", gpus=gpus)
+    config = automodel.recipe_config(run, gpus)
+    assert config["model"]["torch_dtype"] == weights
+    assert config["optimizer"].get("fused", False) is (gpus > 0)
+    assert config["dist_env"]["backend"] == ("nccl" if gpus else "gloo")
+    assert config["distributed"]["enable_compile"] is True
+    assert {"enable_compile", "mp_policy"} <= {f.name for f in dataclasses.fields(FSDP2Config)}
+    command = automodel.launch_command(tmp_path / "recipe.yaml", gpus)
+    assert (f"--nproc-per-node={gpus}" in command) is (gpus > 0)

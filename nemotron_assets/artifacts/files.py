@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,14 @@ _SIGNATURES: tuple[tuple[str, str], ...] = (
     ("*.parquet", "packed_parquet"),
     ("*.jsonl", "training_jsonl"),
 )
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` as `target` (multi-GB weights are not copied within one filesystem), else copy it."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def read_provenance(path: Path) -> dict[str, Any] | None:

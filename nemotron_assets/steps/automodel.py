@@ -10,7 +10,6 @@ provenance records the exact base, tokenizer, rank, alpha, target modules and da
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import yaml
 
 from nemotron_assets.artifacts.binidx import BLEND_FILE, read_blend
-from nemotron_assets.artifacts.files import data_files, read_provenance
+from nemotron_assets.artifacts.files import data_files, link_or_copy, read_provenance
 from nemotron_assets.digests import content_digest
 from nemotron_assets.steps import InputArtifact, StepResult, StepRun
 from nemotron_assets.steps.launch import LaunchFailed
@@ -57,7 +56,7 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
         | {"num_epochs": p["step_scheduler.num_epochs"]},
         "dist_env": {"backend": "nccl" if gpus else "gloo", "timeout_minutes": 30},
         "rng": {"_target_": RECIPE_TARGETS["rng"], "seed": p["seed"], "ranked": True},
-        "model": model_config(p),
+        "model": model_config(p, gpus),
         "checkpoint": {
             "enabled": True,
             "checkpoint_dir": str(run.work_dir / "checkpoints"),
@@ -66,6 +65,7 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
         },
         "distributed": {
             "strategy": "fsdp2",
+            "enable_compile": p["compile"],  # per decoder layer; AutoModel ignores a top-level `compile:` under FSDP2
             "tp_size": 1,
             "cp_size": 1,
             "pp_size": 1,
@@ -84,7 +84,8 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
             "collate_fn": p["dataloader.collate_fn"],
             "shuffle": True,
         },
-        "optimizer": {"_target_": RECIPE_TARGETS["optimizer"], "lr": p["optimizer.lr"]},
+        "optimizer": {"_target_": RECIPE_TARGETS["optimizer"], "lr": p["optimizer.lr"]}
+        | ({"fused": True} if gpus else {}),
     }
     if lora_requested(run):
         config["peft"] = {
@@ -106,10 +107,13 @@ def training_data(run: StepRun) -> InputArtifact:
     return run.input("binidx" if "binidx" in run.inputs else "training_jsonl")
 
 
-def model_config(p: dict[str, Any]) -> dict[str, Any]:
-    """Load the model's weights, or (pretraining with load_weights false) only its architecture."""
+def model_config(p: dict[str, Any], gpus: int) -> dict[str, Any]:
+    """Load the model's weights, or (pretraining with load_weights false) only its architecture. Weights are fp32
+    masters whose compute precision FSDP2's policy sets; on one GPU AutoModel does not shard, so bf16 compute
+    needs bf16 weights."""
     model = p["model.pretrained_model_name_or_path"]
-    config = {"torch_dtype": "float32", "attn_implementation": "sdpa"}  # fp32 master weights; compute: mp_policy
+    dtype = "bfloat16" if gpus == 1 and p["precision"] == "bf16" else "float32"
+    config = {"torch_dtype": dtype, "attn_implementation": "sdpa"}
     if p.get("load_weights", True):
         return {"_target_": RECIPE_TARGETS["model"], "pretrained_model_name_or_path": model} | config
     return {"_target_": RECIPE_TARGETS["model_from_config"], "config": model} | config
@@ -199,7 +203,7 @@ def run(run: StepRun) -> StepResult:
     source = model_dir if lora else model_dir / "consolidated"
     for item in source.iterdir():
         if item.is_file():
-            shutil.copy2(item, run.output_dir / item.name)
+            link_or_copy(item, run.output_dir / item.name)
     stats, plots = training_stats(checkpoints / "training.jsonl", run.output_dir)
     provenance: dict[str, Any] = {
         "tokenizer": {"name_or_path": model, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size},

@@ -51,4 +51,7 @@ def training_stats(log: Path, output_dir: Path) -> tuple[dict[str, Any], dict[st
         "tokens_per_second": round(statistics.fmean(s["tps"] for s in steady), 1),
         "trained_tokens": sum(s.get("num_tokens_per_step", 0) for s in steps),
     }
+    mfu = [s["mfu"] for s in steady if s.get("mfu") is not None]  # the recipe's, in percent of the device's peak
+    if mfu:
+        stats["mfu_percent"] = round(statistics.fmean(mfu), 1)
     return stats, {"loss curve": LOSS_CURVE}
