@@ -82,15 +82,6 @@ def _metadata(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def pipes_launcher(context: dg.AssetExecutionContext):
-    """Launch a step's process through Dagster Pipes: its logs and messages stream into this run."""
-
-    def launch(command: list[str], env: dict[str, str]) -> None:
-        dg.PipesSubprocessClient().run(context=context, command=command, env=env)
-
-    return launch
-
-
 def plots_metadata(artifact: Path, plots: dict[str, str]) -> dict[str, dg.MetadataValue]:
     """PNG plots inside an artifact, inlined as markdown images."""
     return {
@@ -214,6 +205,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
         context: dg.AssetExecutionContext, config: Config, artifact_store: ArtifactStore, hardware: HardwareProfile
     ) -> dg.MaterializeResult:
         from nemotron_assets.execution import run_stage
+        from nemotron_assets.launchers import launcher_for
 
         profile = hardware.load()
         try:
@@ -225,7 +217,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 profile.name,
                 run_id=context.run.run_id,
                 log=context.log,
-                launcher=pipes_launcher(context),
+                launcher=launcher_for(context, profile),
                 gpus=profile.gpus_per_node,
             )
         except NamedError as e:
@@ -238,7 +230,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 "data_version": result.version,
                 "reused": result.reused,
                 "profile": profile.name,
-                "launcher": "in_process",
+                "launcher": profile.executor,
                 "step_seconds": result.provenance["timings"]["step_seconds"],
             }
             | plots_metadata(result.path, result.provenance.get("plots", {})),

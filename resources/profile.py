@@ -1,37 +1,139 @@
-"""Hardware profiles (env_profiles/*.toml): where and how steps run. `NEMOTRON_PROFILE` picks the default."""
+"""Hardware profiles (env_profiles/*.toml): where and how steps run. `NEMOTRON_PROFILE` picks the default.
+
+A profile names its executor (local, slurm, k8s, lepton, dgxcloud), the hardware of a node, the container image
+of each backend, mounts, the environment variables a job gets (names only: values are read from the submitting
+environment at launch, never stored), and the executor's own section. Unknown keys are errors.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nemotron_assets.paths import PROJECT_ROOT
 
 PROFILE_DIR = PROJECT_ROOT / "env_profiles"
 DEFAULT_PROFILE = "local_cpu"
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+Executor = Literal["local", "slurm", "k8s", "lepton", "dgxcloud"]
+REMOTE_EXECUTORS = ("slurm", "k8s", "lepton", "dgxcloud")
 
 
-class Profile(BaseModel):
-    """One hardware profile, validated."""
-
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Gpu(Section):
+    model: str = Field(description="e.g. H100, H200, A100, B200")
+    memory_gb: int = Field(ge=1)
+
+
+class Images(Section):
+    """Container image per backend; None where the profile runs none of that backend's steps."""
+
+    automodel: str | None = None
+    megatron_bridge: str | None = None
+    nemo_rl: str | None = None
+    curator: str | None = None
+    evaluator: str | None = None
+
+
+class SlurmSettings(Section):
+    partition: str
+    account: str | None = None
+    time: str = Field(default="04:00:00", pattern=r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
+    host: str | None = Field(default=None, description="Login node reached over SSH; None = sbatch on this machine.")
+    user: str | None = None
+    cpus_per_task: int | None = Field(default=None, ge=1)
+    mem: str | None = Field(default=None, description="sbatch --mem, e.g. 0 for all of a node's memory")
+    exclusive: bool = False
+    job_dir: str | None = Field(default=None, description="Shared directory for job scripts and logs.")
+
+
+class K8sSettings(Section):
+    namespace: str = "default"
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, str]] = []
+    image_pull_secrets: list[str] = []
+    service_account: str | None = None
+    shm_size_gb: int = Field(default=64, ge=1, description="/dev/shm (a memory-backed emptyDir) for NCCL and loaders")
+    pod_wait_timeout_s: int = Field(default=7 * 24 * 3600, ge=60, description="Multi-day training needs days.")
+
+
+class LeptonSettings(Section):
+    node_group: str
+    resource_shape: str = Field(description="e.g. gpu.8xh100-80gb")
+    shared_memory_size: int = Field(default=65536, ge=1, description="MiB")
+    image_pull_secrets: list[str] = []
+    mounts: list[dict[str, str]] = Field(default=[], description="{path, mount_path, from}")
+
+
+class DgxCloudSettings(Section):
+    base_url: str
+    kube_apiserver_url: str
+    project_name: str
+    app_id_env: str = Field(default="DGXC_APP_ID", description="Name of the env var holding the app id")
+    app_secret_env: str = Field(default="DGXC_APP_SECRET", description="Name of the env var holding the secret")
+    pvcs: list[dict[str, str]] = Field(default=[], description="{name, path, claimName}")
+
+    @field_validator("app_id_env", "app_secret_env")
+    @classmethod
+    def _env_name(cls, name: str) -> str:
+        return _check_env_name(name)
+
+
+class Profile(Section):
+    """One hardware profile, validated."""
 
     name: str
     description: str
-    executor: Literal["local", "slurm", "k8s", "lepton", "dgxcloud"]
+    executor: Executor
     nodes: int = Field(ge=1)
     gpus_per_node: int = Field(ge=0)
+    gpu: Gpu | None = None
+    interconnect: Literal["none", "nvlink", "infiniband", "ethernet"] = "none"
     cpus: int = Field(ge=1, description="CPUs per node")
     memory_gb: int = Field(ge=1, description="Memory per node")
+    images: Images = Images()
+    mounts: list[str] = Field(default=[], description="host:container paths")
+    env_vars: list[str] = Field(default=[], description="Names of the variables a job gets; never values")
+    slurm: SlurmSettings | None = None
+    k8s: K8sSettings | None = None
+    lepton: LeptonSettings | None = None
+    dgxcloud: DgxCloudSettings | None = None
+
+    @field_validator("env_vars")
+    @classmethod
+    def _env_names(cls, names: list[str]) -> list[str]:
+        return [_check_env_name(name) for name in names]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        if self.gpus_per_node and self.gpu is None:
+            raise ValueError("gpus_per_node > 0 needs a [gpu] section (model, memory_gb)")
+        for executor in REMOTE_EXECUTORS:
+            section = getattr(self, executor)
+            if executor == self.executor and section is None:
+                raise ValueError(f"executor {executor!r} needs a [{executor}] section")
+            if executor != self.executor and section is not None:
+                raise ValueError(f"[{executor}] section in a profile whose executor is {self.executor!r}")
+        return self
 
     @property
     def gpus(self) -> int:
         return self.nodes * self.gpus_per_node
+
+
+def _check_env_name(name: str) -> str:
+    if not ENV_NAME.match(name):
+        raise ValueError(f"{name!r} is not an environment variable name (profiles hold names, never values)")
+    return name
 
 
 def available_profiles(directory: Path = PROFILE_DIR) -> list[str]:
