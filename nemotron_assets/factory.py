@@ -15,6 +15,7 @@ from pydantic import Field, create_model
 from nemotron_assets.artifacts import has_contract
 from nemotron_assets.catalog import CATALOG, Parameter, StepSpec
 from nemotron_assets.errors import NamedError
+from nemotron_assets.guardrails import check_hardware, gpu_pool, gpus_for
 from nemotron_assets.paths import expand
 from nemotron_assets.pipelines import PipelineSpec, Source, Stage
 from resources.artifact_store import ArtifactStore
@@ -200,6 +201,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
         code_version=step.code_version,
         metadata={"step": step.id, "artifact_type": artifact.name, "preset": stage.preset},
         tags={"nemotron/category": step.category, "nemotron/runnable": str(step.entry is not None).lower()},
+        pool=gpu_pool(step),
     )
     def _asset(
         context: dg.AssetExecutionContext, config: Config, artifact_store: ArtifactStore, hardware: HardwareProfile
@@ -208,17 +210,19 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
         from nemotron_assets.launchers import launcher_for
 
         profile = hardware.load()
+        params = flat_params(step, config)
         try:
+            check_hardware(step, params, profile)  # before anything is submitted
             result = run_stage(
                 pipeline,
                 stage,
-                flat_params(step, config),
+                params,
                 artifact_store,
                 profile.name,
                 run_id=context.run.run_id,
                 log=context.log,
                 launcher=launcher_for(context, profile),
-                gpus=profile.gpus_per_node,
+                gpus=gpus_for(step, profile),
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e
