@@ -18,6 +18,7 @@ from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware, gpu_pool, gpus_for
 from nemotron_assets.paths import expand
 from nemotron_assets.pipelines import PipelineSpec, Source, Stage
+from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
 from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile
 
@@ -30,6 +31,11 @@ _PYTHON_TYPES: dict[str, Any] = {
     "float_list": list[float],
     "dict": dict[str, Any],
 }
+
+
+# Only jobs lost to the infrastructure (node failure, preemption, eviction) are retried, and a retried training run
+# resumes from its last checkpoint; a failed step or a named error would fail the same way again.
+INFRASTRUCTURE_RETRIES, RETRY_WAIT_SECONDS = 2, 15
 
 
 def _annotation(param: Parameter, default: Any) -> Any:
@@ -226,6 +232,11 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e
+        except InfrastructureFailure as e:
+            context.log.warning(f"lost to the infrastructure, retrying: {e}")
+            raise dg.RetryRequested(max_retries=INFRASTRUCTURE_RETRIES, seconds_to_wait=RETRY_WAIT_SECONDS) from e
+        except LaunchFailed as e:
+            raise dg.Failure(description=str(e), allow_retries=False) from e
         return dg.MaterializeResult(
             metadata=_metadata(result.stats)
             | {

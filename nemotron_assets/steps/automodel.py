@@ -20,7 +20,7 @@ from nemotron_assets.artifacts.binidx import BLEND_FILE, read_blend
 from nemotron_assets.artifacts.files import data_files, link_or_copy, read_provenance
 from nemotron_assets.digests import content_digest
 from nemotron_assets.steps import InputArtifact, StepResult, StepRun
-from nemotron_assets.steps.launch import LaunchFailed
+from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
 from nemotron_assets.steps.tokenizer import Tokenizer, TokenizerUnavailable, load_tokenizer
 from nemotron_assets.steps.training_log import training_stats
 
@@ -191,6 +191,8 @@ def run(run: StepRun) -> StepResult:
     failure.unlink(missing_ok=True)
     try:
         run.launch(launch_command(config_path, gpus), {"NEMOTRON_FAILURE_FILE": str(failure)})
+    except InfrastructureFailure:
+        raise
     except Exception as e:  # the launcher's own error type differs (subprocess, Pipes, scheduler)
         recorded = json.loads(failure.read_text()) if failure.exists() else {"error": "error", "detail": str(e)}
         if recorded["error"] == "oom":

@@ -12,7 +12,12 @@ Launcher = Callable[[list[str], dict[str, str]], None]
 
 
 class LaunchFailed(RuntimeError):
-    """The launched process exited with an error; its last output lines are in the message."""
+    """The launched process exited with an error; its last output lines are in the message. Not retried blindly."""
+
+
+class InfrastructureFailure(RuntimeError):
+    """The job was lost to the infrastructure (node failure, preemption, eviction), not failed by the step: a retry
+    may succeed, and a training step resumes from its last checkpoint."""
 
 
 def subprocess_launcher(log: logging.Logger) -> Launcher:
