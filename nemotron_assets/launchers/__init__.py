@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from nemotron_assets.launchers.cloud import cloud_launcher
+from nemotron_assets.launchers.k8s import k8s_launcher
 from nemotron_assets.steps.launch import Launcher
 from resources.profile import Profile
 
@@ -24,6 +26,7 @@ def pipes_subprocess(context: dg.AssetExecutionContext, profile: Profile) -> Lau
 
 
 LAUNCHERS: dict[str, Callable[[dg.AssetExecutionContext, Profile], Launcher]] = {"local": pipes_subprocess}
+LAUNCHERS.update(k8s=k8s_launcher, lepton=cloud_launcher, dgxcloud=cloud_launcher)
 
 
 def launcher_for(context: dg.AssetExecutionContext, profile: Profile) -> Launcher:

@@ -1,0 +1,107 @@
+"""Lepton and DGX Cloud launchers: nemo-run executors built from the profile, one nemo-run Experiment per command.
+
+Env-var values (and DGX Cloud's app id and secret) are read from the submitting environment when the executor is
+built for a launch; the profile names only the variables.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+
+import dagster as dg
+import nemo_run as run
+
+from nemotron_assets.launchers.k8s import backend_image, step_kind
+from nemotron_assets.steps.launch import Launcher, LaunchFailed
+from resources.profile import Profile
+
+
+def _env(profile: Profile, names: list[str]) -> dict[str, str]:
+    missing = [name for name in names if name not in os.environ]
+    if missing:
+        raise ValueError(f"profile {profile.name} needs {missing} set in the submitting environment")
+    return {name: os.environ[name] for name in names}
+
+
+def _nprocs(profile: Profile, gpus: bool) -> tuple[int, int]:
+    """(gpus_per_node, processes per node): one process per GPU, one for CPU steps."""
+    per_node = profile.gpus_per_node if gpus else 0
+    return per_node, max(per_node, 1)
+
+
+def lepton_executor(profile: Profile, image: str, gpus: bool, env: dict[str, str]) -> run.LeptonExecutor:
+    lepton = profile.lepton
+    gpus_per_node, nprocs = _nprocs(profile, gpus)
+    workspace = lepton.mounts[0]["mount_path"] if lepton.mounts else ""
+    return run.LeptonExecutor(
+        container_image=image,
+        nemo_run_dir=f"{workspace}/nemo_run",
+        nodes=profile.nodes,
+        gpus_per_node=gpus_per_node,
+        nprocs_per_node=nprocs,
+        resource_shape=lepton.resource_shape if gpus else "cpu.large",
+        node_group=lepton.node_group,
+        shared_memory_size=lepton.shared_memory_size,
+        mounts=[dict(m) for m in lepton.mounts],
+        image_pull_secrets=list(lepton.image_pull_secrets),
+        env_vars=_env(profile, profile.env_vars) | env,
+        launcher="torchrun" if nprocs > 1 or profile.nodes > 1 else None,
+    )
+
+
+def dgxcloud_executor(profile: Profile, image: str, gpus: bool, env: dict[str, str]) -> run.DGXCloudExecutor:
+    dgx = profile.dgxcloud
+    gpus_per_node, nprocs = _nprocs(profile, gpus)
+    credentials = _env(profile, [dgx.app_id_env, dgx.app_secret_env])
+    workspace = dgx.pvcs[0]["path"] if dgx.pvcs else ""
+    return run.DGXCloudExecutor(
+        base_url=dgx.base_url,
+        kube_apiserver_url=dgx.kube_apiserver_url,
+        client_id=credentials[dgx.app_id_env],
+        client_secret=credentials[dgx.app_secret_env],
+        project_name=dgx.project_name,
+        container_image=image,
+        pvc_nemo_run_dir=f"{workspace}/nemo_run",
+        nodes=profile.nodes,
+        gpus_per_node=gpus_per_node,
+        nprocs_per_node=nprocs,
+        pvcs=[dict(p) for p in dgx.pvcs],
+        env_vars=_env(profile, profile.env_vars) | env,
+        launcher="torchrun" if nprocs > 1 or profile.nodes > 1 else None,
+    )
+
+
+EXECUTORS = {"lepton": lepton_executor, "dgxcloud": dgxcloud_executor}
+
+
+def submit(executor: run.Executor, command: list[str], title: str, dryrun: bool = False) -> None:
+    """Run `command` as a nemo-run Script on `executor` and wait; raise LaunchFailed unless it succeeded.
+
+    nemo-run writes the executor (env-var values included) into its experiment directory, so that directory is a
+    temporary one, removed when the run ends.
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix="nemo_run-") as home,
+        run.Experiment(title, executor=executor, base_dir=home, enable_goodbye_message=False) as exp,
+    ):
+        exp.add(run.Script(inline=shlex.join(command)), name="step")
+        if dryrun:
+            exp.dryrun(log=False)
+            return
+        exp.run(sequential=True, detach=False)
+        states = {name: str(job.get("status")) for name, job in (exp.status(return_dict=True) or {}).items()}
+    if not states or any("SUCCEEDED" not in state for state in states.values()):
+        raise LaunchFailed(f"nemo-run experiment {title} ended with {states}")
+
+
+def cloud_launcher(context: dg.AssetExecutionContext, profile: Profile, image: str | None = None) -> Launcher:
+    """Submit each command to Lepton or DGX Cloud (by the profile's executor) and wait for it."""
+
+    def launch(command: list[str], env: dict[str, str]) -> None:
+        step_image, gpus = (image, True) if image else backend_image(profile, step_kind(context))
+        executor = EXECUTORS[profile.executor](profile, step_image, gpus, env)
+        submit(executor, command, title=f"nemotron-{context.run_id[:8]}")
+
+    return launch

@@ -1,0 +1,99 @@
+"""Kubernetes launcher: one pod per step through dagster-k8s's PipesK8sClient (logs and messages stream back).
+
+The pod spec comes from the profile's [k8s] section: GPU requests (nvidia.com/gpu), node selector, tolerations,
+a memory-backed /dev/shm, image pull secrets and service account. Env-var values are read from the submitting
+environment only at launch and handed to the client; the spec itself names no values.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+from dagster_k8s import PipesK8sClient
+
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.steps.launch import Launcher
+from resources.profile import Profile
+
+IMAGE_FIELD = {  # catalog step kind -> the profile's image for that backend
+    "automodel": "automodel",
+    "peft": "automodel",
+    "megatron_bridge": "megatron_bridge",
+    "modelopt": "megatron_bridge",
+    "nemo_rl": "nemo_rl",
+    "nemo_curator": "curator",
+    "data_designer": "curator",
+    "tokenizers": "curator",
+    "python": "curator",
+    "nemo_run": "curator",
+    "lm_eval": "evaluator",
+}
+CPU_BACKENDS = ("curator",)
+
+
+def backend_image(profile: Profile, step_kind: str) -> tuple[str, bool]:
+    """(image, needs GPUs) for a catalog step kind; a profile without that backend's image cannot run it."""
+    field = IMAGE_FIELD[step_kind]
+    image = getattr(profile.images, field)
+    if image is None:
+        raise ValueError(f"profile {profile.name} has no images.{field} for {step_kind} steps")
+    return image, field not in CPU_BACKENDS
+
+
+def step_kind(context: dg.AssetExecutionContext) -> str:
+    """The catalog kind of the step materializing this asset (asset metadata 'step')."""
+    step_id = context.assets_def.specs_by_key[context.asset_key].metadata["step"]
+    return CATALOG.step(step_id).kind
+
+
+def pod_spec(profile: Profile, gpus: bool) -> dict[str, Any]:
+    """base_pod_spec (camelCase, as the Kubernetes API) for one step's pod; no env-var values."""
+    k8s = profile.k8s
+    limits = {"cpu": str(profile.cpus), "memory": f"{profile.memory_gb}Gi"}
+    if gpus and profile.gpus_per_node:
+        limits["nvidia.com/gpu"] = str(profile.gpus_per_node)
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": "step",
+                "resources": {"limits": limits, "requests": dict(limits)},
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+            }
+        ],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{k8s.shm_size_gb}Gi"}}],
+        "nodeSelector": dict(k8s.node_selector),
+        "tolerations": [dict(t) for t in k8s.tolerations],
+        "imagePullSecrets": [{"name": name} for name in k8s.image_pull_secrets],
+    }
+    if k8s.service_account:
+        spec["serviceAccountName"] = k8s.service_account
+    return spec
+
+
+def submit_env(profile: Profile, env: dict[str, str]) -> dict[str, str]:
+    """The step's env plus the profile's named variables, valued from this process's environment now."""
+    missing = [name for name in profile.env_vars if name not in os.environ]
+    if missing:
+        raise ValueError(f"profile {profile.name} passes {missing} to the pod, but they are not set here")
+    return {name: os.environ[name] for name in profile.env_vars} | env
+
+
+def k8s_launcher(context: dg.AssetExecutionContext, profile: Profile, image: str | None = None) -> Launcher:
+    """Run each command in a pod of the profile's namespace, waiting up to pod_wait_timeout_s for it."""
+
+    def launch(command: list[str], env: dict[str, str]) -> None:
+        step_image, gpus = (image, True) if image else backend_image(profile, step_kind(context))
+        PipesK8sClient().run(
+            context=context,
+            image=step_image,
+            command=command,
+            namespace=profile.k8s.namespace,
+            env=submit_env(profile, env),
+            base_pod_spec=pod_spec(profile, gpus),
+            pod_wait_timeout=profile.k8s.pod_wait_timeout_s,
+        )
+
+    return launch
