@@ -98,3 +98,16 @@ def test_extra_sections_merge_over_generated_ones(tmp_path: Path):
 def test_k8s_profile_is_refused(tmp_path: Path):
     with pytest.raises(ValueError, match="k8s"):
         run(step_run(tmp_path, "lepton", profile="k8s"))
+
+
+def test_env_toml_contract(tmp_path: Path):
+    from nemotron_assets.artifacts import validate
+
+    run(step_run(tmp_path, "slurm"))
+    assert validate(tmp_path / "out", "env_toml")["profiles"] == len(ROLES) + 1
+    (tmp_path / "bad.toml").write_text('[slurm_sft]\nextends = "slurm_base"\n')
+    with pytest.raises(NamedError, match="invalid_env_toml: .*\\['slurm_sft'\\] extend a profile"):
+        validate(tmp_path / "bad.toml", "env_toml")
+    (tmp_path / "bad.toml").write_text("[slurm_base\n")
+    with pytest.raises(NamedError, match="invalid_env_toml"):
+        validate(tmp_path / "bad.toml", "env_toml")

@@ -10,6 +10,7 @@ from typing import Any
 from nemotron_assets.artifacts.benchmark import validate_mcq_benchmark
 from nemotron_assets.artifacts.binidx import validate_binidx
 from nemotron_assets.artifacts.checkpoints import validate_checkpoint_hf, validate_checkpoint_lora
+from nemotron_assets.artifacts.env_toml import validate_env_toml
 from nemotron_assets.artifacts.eval_results import validate_eval_results
 from nemotron_assets.artifacts.files import sniff_type
 from nemotron_assets.artifacts.jsonl import CORPUS_SHAPES, TRAINING_SHAPES, validate_jsonl
@@ -25,6 +26,7 @@ CONTRACTS: dict[str, Contract] = {
     **{t: partial(validate_jsonl, shapes=CORPUS_SHAPES) for t in JSONL_TYPES},
     "packed_parquet": validate_packed_parquet,
     "binidx": validate_binidx,
+    "env_toml": validate_env_toml,
     "checkpoint_hf": validate_checkpoint_hf,
     "checkpoint_lora": validate_checkpoint_lora,
     "eval_results": validate_eval_results,

@@ -12,11 +12,11 @@ import re
 import tomllib
 from typing import Any
 
+from nemotron_assets.artifacts.env_toml import RESERVED
 from nemotron_assets.steps import StepResult, StepRun
 from resources.profile import Profile, load_profile
 
 PREFIXES = ("lepton", "slurm", "dgxcloud")
-RESERVED = ("wandb", "cli", "cache", "artifacts")
 ENV_REF = re.compile(r"^\$\{oc\.env:([A-Z_][A-Z0-9_]*)(,[^}]*)?\}$")
 # role -> (parent role, image of the profile, GPUs?); nodes follow the profile (single-node roles set 1).
 ROLES: dict[str, tuple[str, str | None, bool]] = {
