@@ -157,4 +157,8 @@ class HardwareProfile(dg.ConfigurableResource):
     )
 
     def load(self) -> Profile:
+        """$NEMOTRON_PROFILE_DIR (your own profiles, e.g. a local Slurm's) is searched before env_profiles/."""
+        own = os.environ.get("NEMOTRON_PROFILE_DIR")
+        if own and (Path(own) / f"{self.name}.toml").exists():
+            return load_profile(self.name, Path(own))
         return load_profile(self.name)

@@ -12,6 +12,7 @@ import dagster as dg
 
 from nemotron_assets.launchers.cloud import cloud_launcher
 from nemotron_assets.launchers.k8s import k8s_launcher
+from nemotron_assets.launchers.slurm import slurm_launcher
 from nemotron_assets.steps.launch import Launcher
 from resources.profile import Profile
 
@@ -26,6 +27,7 @@ def pipes_subprocess(context: dg.AssetExecutionContext, profile: Profile) -> Lau
 
 
 LAUNCHERS: dict[str, Callable[[dg.AssetExecutionContext, Profile], Launcher]] = {"local": pipes_subprocess}
+LAUNCHERS["slurm"] = slurm_launcher
 LAUNCHERS.update(k8s=k8s_launcher, lepton=cloud_launcher, dgxcloud=cloud_launcher)
 
 

@@ -1,0 +1,167 @@
+"""Slurm launcher: each launch is one `sbatch` job built from the profile, with Dagster Pipes over the shared
+filesystem (context and message files in the job directory).
+
+The job's output log is streamed into the run while it waits. Environment variables travel by name only
+(`--export=NAME,...`: sbatch copies the values from its own environment, nothing is written into the script).
+A job lost to the infrastructure (NODE_FAIL, PREEMPTED, BOOT_FAIL, cancelled outside the run) raises an
+`InfrastructureFailure` (the asset retries it); a job whose command failed raises a `LaunchFailed` (not retried).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shlex
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+
+from nemotron_assets.paths import PROJECT_ROOT
+from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
+from resources.profile import Profile
+
+POLL_SECONDS = 1.0
+INFRASTRUCTURE_STATES = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "CANCELLED"})
+STEP_FAILURE_STATES = frozenset({"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "DEADLINE"})
+TERMINAL_STATES = INFRASTRUCTURE_STATES | STEP_FAILURE_STATES | {"COMPLETED"}
+# Process basics and the offline switches the Makefile sets; the profile's env_vars and the step's come on top.
+PASSTHROUGH = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "TMPDIR",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+)
+DEFAULT_JOB_DIR = PROJECT_ROOT / ".nemotron" / "slurm_jobs"
+_TEXT = {"capture_output": True, "text": True}
+
+
+class SlurmInfrastructureFailure(InfrastructureFailure):
+    """The job was lost to the cluster, not to its command: retrying it is safe (training resumes)."""
+
+
+class SlurmJobFailed(LaunchFailed):
+    """The job's command failed (or sbatch refused it): a retry would fail the same way."""
+
+
+def sbatch_command(profile: Profile, job_name: str, script: Path, log: Path, exports: list[str]) -> list[str]:
+    """The `sbatch --parsable` command line for one job of this profile."""
+    slurm = profile.slurm
+    options = {
+        "job-name": job_name,
+        "partition": slurm.partition,
+        "account": slurm.account,
+        "time": slurm.time,
+        "nodes": profile.nodes,
+        "ntasks-per-node": 1,
+        "gpus-per-node": profile.gpus_per_node or None,
+        "cpus-per-task": slurm.cpus_per_task,
+        "mem": slurm.mem,
+        "output": log,
+        "export": ",".join(exports),
+    }
+    flags = [f"--{name}={value}" for name, value in options.items() if value is not None]
+    return ["sbatch", "--parsable", *flags, *(["--exclusive"] if slurm.exclusive else []), str(script)]
+
+
+def job_script(command: list[str], nodes: int) -> str:
+    """The batch script: the command itself, once per node through srun when there are several."""
+    launch = "srun --kill-on-bad-exit=1" if nodes > 1 else "exec"
+    return f"#!/bin/bash\nset -euo pipefail\n{launch} {shlex.join(command)}\n"
+
+
+def export_names(profile: Profile, env: dict[str, str]) -> list[str]:
+    """Names (never values) of the variables the job gets, among the basics, the profile's and the step's."""
+    names = dict.fromkeys([*PASSTHROUGH, *profile.env_vars, *env])
+    return [name for name in names if name in os.environ or name in env]
+
+
+def job_state(job_id: str) -> dict[str, str]:
+    """JobState, ExitCode and Reason from slurmctld; from accounting once slurmctld has forgotten the job."""
+    shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], **_TEXT)
+    if shown.returncode == 0:
+        return dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
+    acct = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State,ExitCode,Reason"], **_TEXT)
+    if acct.returncode or not acct.stdout.strip():
+        return {"JobState": "NODE_FAIL", "Reason": f"job {job_id} unknown to slurmctld and accounting"}
+    state, exit_code, reason = acct.stdout.splitlines()[0].split("|")
+    return {"JobState": state.split()[0], "ExitCode": exit_code, "Reason": reason}
+
+
+def slurm_launcher(context: dg.AssetExecutionContext, profile: Profile) -> Launcher:
+    """Submit each launch as an sbatch job; stream its log and Pipes messages; raise by how it ended."""
+
+    def launch(command: list[str], env: dict[str, str]) -> None:
+        if profile.slurm.host is not None:
+            raise SlurmJobFailed(
+                f"profile {profile.name}: submission over SSH ({profile.slurm.host}) is not supported; "
+                "run Dagster on a login node (slurm.host unset)"
+            )
+        job_name = "nemotron-" + context.asset_key.to_user_string().replace("/", "-")
+        directory = Path(profile.slurm.job_dir or DEFAULT_JOB_DIR) / f"{job_name}-{uuid.uuid4().hex[:8]}"
+        directory.mkdir(parents=True)
+        with dg.open_pipes_session(
+            context=context,
+            context_injector=dg.PipesFileContextInjector(str(directory / "pipes_context.json")),
+            message_reader=dg.PipesFileMessageReader(str(directory / "pipes_messages.jsonl")),
+        ) as session:
+            job_env = env | session.get_bootstrap_env_vars()
+            _run_job(context, profile, job_name, directory, command, job_env)
+
+    return launch
+
+
+def _run_job(
+    context: dg.AssetExecutionContext,
+    profile: Profile,
+    job_name: str,
+    directory: Path,
+    command: list[str],
+    env: dict[str, str],
+) -> None:
+    script, log = directory / "job.sh", directory / "job.log"
+    script.write_text(job_script(command, profile.nodes))
+    submit = sbatch_command(profile, job_name, script, log, export_names(profile, env))
+    submitted = subprocess.run(submit, env=os.environ | env, **_TEXT)
+    if submitted.returncode:
+        raise SlurmJobFailed(f"sbatch refused the job {script}: {submitted.stderr.strip()}")
+    job_id = submitted.stdout.strip().split(";")[0]
+    context.log.info(f"Slurm job {job_id} submitted ({profile.name}); log {log}")
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    try:
+        state = _wait(job_id, log, context, tail)
+    except BaseException:  # the run was interrupted: don't leave the job holding the nodes
+        subprocess.run(["scancel", job_id], **_TEXT)
+        raise
+    ended, exit_code, reason = state["JobState"], state.get("ExitCode", "?"), state.get("Reason", "?")
+    if ended == "COMPLETED":
+        return
+    detail = f"Slurm job {job_id} ended {ended} (exit {exit_code}, reason {reason}, log {log}); last lines:\n"
+    detail += "\n".join(tail)
+    raise (SlurmInfrastructureFailure if ended in INFRASTRUCTURE_STATES else SlurmJobFailed)(detail)
+
+
+def _wait(job_id: str, log: Path, context: dg.AssetExecutionContext, tail: collections.deque[str]) -> dict[str, str]:
+    """Poll the job until it ends, forwarding new log lines to the run; return its final state."""
+    offset = 0
+    while True:
+        state = job_state(job_id)
+        if log.exists():
+            with log.open() as f:
+                f.seek(offset)
+                for line in iter(f.readline, ""):
+                    if not line.endswith("\n") and state["JobState"] not in TERMINAL_STATES:
+                        break  # a partial line: read it whole next time
+                    offset = f.tell()
+                    context.log.info(line.rstrip())
+                    tail.append(line.rstrip())
+        if state["JobState"] in TERMINAL_STATES:
+            return state
+        time.sleep(POLL_SECONDS)

@@ -1,0 +1,171 @@
+"""The Slurm launcher: sbatch commands from the shipped profiles, and real jobs on a local single-node Slurm
+(tests/slurm_cluster.py): a training step end to end over Pipes, a killed job retried and resumed, and how a job's
+end is classified."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from conftest import DATA
+from helpers import one_stage_pipeline
+from slurm_cluster import PARTITION, slurm_cluster  # noqa: F401 (the fixture)
+
+from nemotron_assets.factory import pipeline_assets
+from nemotron_assets.launchers import launcher_for
+from nemotron_assets.launchers.slurm import export_names, job_script, sbatch_command
+from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
+from resources.artifact_store import ArtifactStore
+from resources.profile import HardwareProfile, load_profile
+
+SECRET = "hf_planted_secret_value_123"
+TEST_PROFILE = f"""\
+description = "The local single-node Slurm of the tests"
+executor = "slurm"
+nodes = 1
+gpus_per_node = 0
+cpus = 2
+memory_gb = 4
+env_vars = ["HF_TOKEN"]
+
+[slurm]
+partition = "{PARTITION}"
+time = "00:10:00"
+job_dir = "{{job_dir}}"
+"""
+
+
+def test_sbatch_command_from_the_shipped_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    one, four = load_profile("slurm_1node"), load_profile("slurm_4node")
+    env = {"NEMOTRON_FAILURE_FILE": "/x/failure.json"}
+    command = sbatch_command(one, "job", tmp_path / "job.sh", tmp_path / "job.log", export_names(one, env))
+    assert command[:2] == ["sbatch", "--parsable"] and command[-1] == str(tmp_path / "job.sh")
+    expected = ["--partition=batch", "--account=my_account", "--time=04:00:00", "--nodes=1", "--gpus-per-node=8"]
+    assert set(expected + ["--mem=0", "--exclusive", "--job-name=job", f"--output={tmp_path}/job.log"]) <= set(command)
+    exported = next(flag for flag in command if flag.startswith("--export=")).removeprefix("--export=").split(",")
+    assert {"PATH", "HF_TOKEN", "NEMOTRON_FAILURE_FILE"} <= set(exported)
+    assert "WANDB_API_KEY" not in exported  # a name the profile lists but this environment does not set
+    assert SECRET not in " ".join(command) and "/x/failure.json" not in " ".join(command)
+    command = sbatch_command(four, "job", tmp_path / "job.sh", tmp_path / "job.log", [])
+    assert {"--nodes=4", "--gpus-per-node=8", "--time=2-00:00:00", "--ntasks-per-node=1"} <= set(command)
+    assert job_script(["python", "-m", "x y"], 4).endswith("srun --kill-on-bad-exit=1 python -m 'x y'\n")
+    assert job_script(["python"], 1).endswith("\nexec python\n")
+
+
+@pytest.fixture
+def slurm_profile(slurm_cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
+    """A profile `slurm_test` (0 GPUs, the local partition) in $NEMOTRON_PROFILE_DIR; returns its job directory."""
+    profiles, jobs = tmp_path / "profiles", tmp_path / "jobs"
+    profiles.mkdir()
+    (profiles / "slurm_test.toml").write_text(TEST_PROFILE.format(job_dir=jobs))
+    monkeypatch.setenv("NEMOTRON_PROFILE_DIR", str(profiles))
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    assert HardwareProfile(name="slurm_test").load().gpus_per_node == 0
+    return jobs
+
+
+def materialize_lora(tmp_path: Path, fixtures_dir: Path) -> tuple[dg.DagsterInstance, dg.ExecuteInJobResult]:
+    pipeline = one_stage_pipeline("peft/automodel", DATA / "tiny_chat.jsonl")
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        pipeline_assets(pipeline),
+        resources={
+            "artifact_store": ArtifactStore(root=str(tmp_path / "store")),
+            "hardware": HardwareProfile(name="slurm_test"),
+        },
+        selection=dg.AssetSelection.groups("t"),
+        instance=instance,
+        raise_on_error=False,
+    )
+    return instance, result
+
+
+def messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [entry.user_message for entry in instance.all_logs(run_id)]
+
+
+def test_training_step_through_slurm_and_pipes(slurm_profile: Path, fixtures_dir: Path, tmp_path: Path):
+    instance, result = materialize_lora(tmp_path, fixtures_dir)
+    assert result.success
+    metadata = result.asset_materializations_for_node("t__out")[0].metadata
+    assert metadata["launcher"].value == "slurm" and metadata["profile"].value == "slurm_test"
+    assert metadata["steps"].value == 10
+    streamed = messages(instance, result.run_id)
+    assert any(m.startswith("Slurm job ") and "submitted" in m for m in streamed)
+    assert any(m.startswith("step 9: loss") for m in streamed)  # reported by the trainer over Pipes
+    (job,) = slurm_profile.iterdir()
+    assert SECRET not in (job / "job.sh").read_text()
+    log_lines = [line for line in (job / "job.log").read_text().splitlines() if line.strip()]
+    assert log_lines and set(log_lines) <= set(streamed)  # the job's output, streamed into the run
+
+
+def scancel_when(condition, name: str, timeout: float = 300) -> threading.Thread:
+    """Cancel the job named `name` (as an admin would) once `condition()` holds."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        subprocess.run(["scancel", f"--name={name}"], check=True)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_cancelled_training_job_is_retried_and_resumes(slurm_profile: Path, fixtures_dir: Path, tmp_path: Path):
+    work = tmp_path / "store"
+    watcher = scancel_when(lambda: any(work.glob("**/.work/*/checkpoints/LATEST")), "nemotron-t-out")
+    instance, result = materialize_lora(tmp_path, fixtures_dir)
+    watcher.join()
+    assert result.success
+    events = {e.event_type_value for e in result.all_events}
+    assert "STEP_UP_FOR_RETRY" in events
+    streamed = messages(instance, result.run_id)
+    assert any("ended CANCELLED" in m for m in streamed)
+    (loaded,) = [m for m in streamed if "Loading checkpoint from" in m]  # the job's log, streamed
+    assert int(loaded.rsplit("_step_", 1)[1]) >= 4  # step 4's checkpoint, or a later one saved on SIGTERM
+    trained = [m.split(":")[0] for m in streamed if m.startswith("step ")]
+    assert trained.count("step 0") == 1 and trained.count("step 9") == 1  # resumed, not restarted
+    assert result.asset_materializations_for_node("t__out")[0].metadata["steps"].value == 10
+
+
+def launch_in_asset(command: list[str]) -> Exception | None:
+    """Launch `command` through the slurm_test profile's launcher inside an asset; return what it raised."""
+    raised: list[Exception] = []
+
+    @dg.asset
+    def probe(context):  # noqa: ANN001 (a string annotation here is refused by Dagster)
+        try:
+            launcher_for(context, HardwareProfile(name="slurm_test").load())(command, {})
+        except Exception as e:
+            raised.append(e)
+        return dg.MaterializeResult()
+
+    assert dg.materialize([probe]).success
+    return raised[0] if raised else None
+
+
+def test_failed_command_is_a_step_failure(slurm_profile: Path):
+    error = launch_in_asset([sys.executable, "-c", "import sys; print('bad input, giving up'); sys.exit(3)"])
+    assert isinstance(error, LaunchFailed) and not isinstance(error, InfrastructureFailure)
+    assert "ended FAILED (exit 3:0" in str(error) and "bad input, giving up" in str(error)
+
+
+def test_cancelled_job_is_an_infrastructure_failure(slurm_profile: Path):
+    running = lambda: any("working" in log.read_text() for log in slurm_profile.glob("*/job.log"))  # noqa: E731
+    watcher = scancel_when(running, "nemotron-probe")
+    error = launch_in_asset([sys.executable, "-c", "import time; print('working', flush=True); time.sleep(120)"])
+    watcher.join()
+    assert isinstance(error, InfrastructureFailure) and "ended CANCELLED" in str(error)
+    assert "working" in str(error)  # the job's tail
+
+
+def test_successful_command_raises_nothing(slurm_profile: Path):
+    assert launch_in_asset([sys.executable, "-c", "print('fine')"]) is None
