@@ -11,7 +11,7 @@ from dagster_k8s import PipesK8sClient
 from dagster_k8s.pipes import build_pod_body
 from kubernetes.client import ApiClient, V1Pod
 
-from nemotron_assets.launchers import LAUNCHERS, cloud, k8s
+from nemotron_assets.launchers import cloud, k8s, launcher_factory
 from resources.profile import load_profile
 
 SECRET = "s3cr3t-value-planted-by-the-test"
@@ -33,8 +33,8 @@ def pod(gpus: bool) -> V1Pod:
 
 
 def test_registered():
-    assert LAUNCHERS["k8s"] is k8s.k8s_launcher
-    assert LAUNCHERS["lepton"] is LAUNCHERS["dgxcloud"] is cloud.cloud_launcher
+    assert launcher_factory("k8s") is k8s.k8s_launcher
+    assert launcher_factory("lepton") is launcher_factory("dgxcloud") is cloud.cloud_launcher
 
 
 def test_pod_spec_validates_against_kubernetes_models(secrets):

@@ -6,15 +6,15 @@ on this machine; each remote executor submits it to its scheduler and streams th
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import dagster as dg
 
-from nemotron_assets.launchers.cloud import cloud_launcher
-from nemotron_assets.launchers.k8s import k8s_launcher
-from nemotron_assets.launchers.slurm import slurm_launcher
 from nemotron_assets.steps.launch import Launcher
 from resources.profile import Profile
+
+LauncherFactory = Callable[[dg.AssetExecutionContext, Profile], Launcher]
 
 
 def pipes_subprocess(context: dg.AssetExecutionContext, profile: Profile) -> Launcher:
@@ -26,12 +26,23 @@ def pipes_subprocess(context: dg.AssetExecutionContext, profile: Profile) -> Lau
     return launch
 
 
-LAUNCHERS: dict[str, Callable[[dg.AssetExecutionContext, Profile], Launcher]] = {"local": pipes_subprocess}
-LAUNCHERS["slurm"] = slurm_launcher
-LAUNCHERS.update(k8s=k8s_launcher, lepton=cloud_launcher, dgxcloud=cloud_launcher)
+# Remote launchers are imported when a run uses them ('module:factory'): nemo-run alone takes seconds to import.
+LAUNCHERS: dict[str, LauncherFactory | str] = {
+    "local": pipes_subprocess,
+    "slurm": "nemotron_assets.launchers.slurm:slurm_launcher",
+    "k8s": "nemotron_assets.launchers.k8s:k8s_launcher",
+    "lepton": "nemotron_assets.launchers.cloud:cloud_launcher",
+    "dgxcloud": "nemotron_assets.launchers.cloud:cloud_launcher",
+}
+
+
+def launcher_factory(executor: str) -> LauncherFactory:
+    factory = LAUNCHERS[executor]
+    if isinstance(factory, str):
+        module, _, name = factory.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return factory
 
 
 def launcher_for(context: dg.AssetExecutionContext, profile: Profile) -> Launcher:
-    if profile.executor not in LAUNCHERS:
-        raise NotImplementedError(f"no launcher for executor {profile.executor!r} yet (profile {profile.name})")
-    return LAUNCHERS[profile.executor](context, profile)
+    return launcher_factory(profile.executor)(context, profile)
