@@ -1,4 +1,4 @@
-"""nemotron-assets: query the catalog, validate artifacts, build fixtures, summarize a demo run."""
+"""nemotron-assets: query the catalog, validate artifacts, build fixtures, run a local Slurm, summarize a demo run."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.fixtures import DEFAULT_FIXTURES, FIXTURES
+from nemotron_assets.paths import STATE_DIR
 
 
 def _print_json(value: Any) -> None:
@@ -87,6 +88,25 @@ def cmd_fixtures_build(args: argparse.Namespace) -> int:
         return 2
     for name in args.names or DEFAULT_FIXTURES:
         print(f"{name}: {FIXTURES[name]()}")
+    return 0
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from nemotron_assets import local_slurm
+
+    directory = Path(args.dir).resolve()
+    if args.action == "down":
+        local_slurm.stop(directory)
+        return 0
+    try:
+        local_slurm.start(directory)
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(
+        f"export SLURM_CONF={directory}/slurm.conf NEMOTRON_PROFILE_DIR={directory} "
+        f"NEMOTRON_PROFILE={local_slurm.PROFILE}"
+    )
     return 0
 
 
@@ -201,6 +221,11 @@ def parser() -> argparse.ArgumentParser:
         "names", nargs="*", metavar="NAME", help=f"{', '.join(FIXTURES)}; default: {' '.join(DEFAULT_FIXTURES)}"
     )
     build.set_defaults(func=cmd_fixtures_build)
+
+    slurm = commands.add_parser("slurm", help="a single-node Slurm on this machine, to try the Slurm launcher")
+    slurm.add_argument("action", choices=["up", "down"], help="up: start it and print the exports; down: stop it")
+    slurm.add_argument("--dir", default=str(STATE_DIR / "slurm"), help="its configuration, state and logs")
+    slurm.set_defaults(func=cmd_slurm)
 
     demo = commands.add_parser("demo", help="demo helpers").add_subparsers(required=True, metavar="ACTION")
     summary = demo.add_parser("summary", help="summarize the latest materializations of a pipeline in $DAGSTER_HOME")

@@ -18,7 +18,7 @@ from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware, gpu_pool, gpus_for
 from nemotron_assets.paths import expand
 from nemotron_assets.pipelines import PipelineSpec, Source, Stage
-from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
+from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
 from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile
 
@@ -192,6 +192,16 @@ def gating_deps(pipeline: PipelineSpec) -> dict[str, list[dg.AssetKey]]:
     return deps
 
 
+def recording(launcher: Launcher, launched: list[str]) -> Launcher:
+    """`launcher`, noting each command's program in `launched` (a step that launches nothing ran in-process)."""
+
+    def launch(command: list[str], env: dict[str, str]) -> None:
+        launched.append(command[0])
+        launcher(command, env)
+
+    return launch
+
+
 def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) -> dg.AssetsDefinition:
     step = CATALOG.step(stage.step)
     artifact = CATALOG.types[step.primary_output]
@@ -217,6 +227,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
 
         profile = hardware.load()
         params = flat_params(step, config)
+        launched: list[str] = []
         try:
             check_hardware(step, params, profile)  # before anything is submitted
             result = run_stage(
@@ -227,7 +238,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 profile.name,
                 run_id=context.run.run_id,
                 log=context.log,
-                launcher=launcher_for(context, profile),
+                launcher=recording(launcher_for(context, profile), launched),
                 gpus=gpus_for(step, profile),
             )
         except NamedError as e:
@@ -245,7 +256,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 "data_version": result.version,
                 "reused": result.reused,
                 "profile": profile.name,
-                "launcher": profile.executor,
+                "launcher": profile.executor if launched else "in_process",
                 "step_seconds": result.provenance["timings"]["step_seconds"],
             }
             | plots_metadata(result.path, result.provenance.get("plots", {})),

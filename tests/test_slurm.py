@@ -4,6 +4,7 @@ end is classified."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -18,7 +19,8 @@ from slurm_cluster import PARTITION, slurm_cluster  # noqa: F401 (the fixture)
 
 from nemotron_assets.factory import pipeline_assets
 from nemotron_assets.launchers import launcher_for
-from nemotron_assets.launchers.slurm import export_names, job_script, sbatch_command
+from nemotron_assets.launchers.slurm import export_names, job_script, log_line, sbatch_command
+from nemotron_assets.local_slurm import missing_programs
 from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
 from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile, load_profile
@@ -101,7 +103,7 @@ def test_training_step_through_slurm_and_pipes(slurm_profile: Path, fixtures_dir
     assert any(m.startswith("step 9: loss") for m in streamed)  # reported by the trainer over Pipes
     (job,) = slurm_profile.iterdir()
     assert SECRET not in (job / "job.sh").read_text()
-    log_lines = [line for line in (job / "job.log").read_text().splitlines() if line.strip()]
+    log_lines = [log_line(line) for line in (job / "job.log").read_bytes().decode().split("\n") if line.strip()]
     assert log_lines and set(log_lines) <= set(streamed)  # the job's output, streamed into the run
 
 
@@ -169,3 +171,21 @@ def test_cancelled_job_is_an_infrastructure_failure(slurm_profile: Path):
 
 def test_successful_command_raises_nothing(slurm_profile: Path):
     assert launch_in_asset([sys.executable, "-c", "print('fine')"]) is None
+
+
+def test_slurm_up_and_down_from_the_command_line(tmp_path: Path):
+    """`nemotron-assets slurm up` leaves a working cluster and a matching profile behind; `down` stops it."""
+    if missing_programs():
+        pytest.skip("Slurm not installed here; .ci/run installs it from Debian")
+    cli = [sys.executable, "-m", "nemotron_assets.cli", "slurm"]
+    up = subprocess.run([*cli, "up", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr
+        exports = dict(item.split("=", 1) for item in up.stdout.split()[1:])
+        assert exports["NEMOTRON_PROFILE"] == "slurm_local" and exports["NEMOTRON_PROFILE_DIR"] == str(tmp_path)
+        assert load_profile("slurm_local", tmp_path).slurm.partition == PARTITION
+        info = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=os.environ | exports)
+        assert info.stdout.strip() == "idle"
+    finally:
+        subprocess.run([*cli, "down", "--dir", str(tmp_path)], check=True, timeout=120)
+    assert not (tmp_path / "daemons.pid").exists()

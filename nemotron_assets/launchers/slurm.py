@@ -148,20 +148,26 @@ def _run_job(
     raise (SlurmInfrastructureFailure if ended in INFRASTRUCTURE_STATES else SlurmJobFailed)(detail)
 
 
+def log_line(text: str) -> str:
+    """A line of the job's log as the run shows it: a progress bar redrawn with carriage returns, at its last state."""
+    return text.rstrip().split("\r")[-1]
+
+
 def _wait(job_id: str, log: Path, context: dg.AssetExecutionContext, tail: collections.deque[str]) -> dict[str, str]:
     """Poll the job until it ends, forwarding new log lines to the run; return its final state."""
     offset = 0
     while True:
         state = job_state(job_id)
         if log.exists():
-            with log.open() as f:
+            with log.open("rb") as f:
                 f.seek(offset)
-                for line in iter(f.readline, ""):
-                    if not line.endswith("\n") and state["JobState"] not in TERMINAL_STATES:
+                for raw in f:  # binary: lines end at b"\n" only
+                    if not raw.endswith(b"\n") and state["JobState"] not in TERMINAL_STATES:
                         break  # a partial line: read it whole next time
-                    offset = f.tell()
-                    context.log.info(line.rstrip())
-                    tail.append(line.rstrip())
+                    offset += len(raw)
+                    line = log_line(raw.decode(errors="replace"))
+                    context.log.info(line)
+                    tail.append(line)
         if state["JobState"] in TERMINAL_STATES:
             return state
         time.sleep(POLL_SECONDS)
