@@ -8,10 +8,12 @@ from pathlib import Path
 import nemo_run as run
 import pytest
 from dagster_k8s import PipesK8sClient
+from dagster_k8s.client import DagsterK8sError
 from dagster_k8s.pipes import build_pod_body
 from kubernetes.client import ApiClient, V1Pod
 
 from nemotron_assets.launchers import cloud, k8s, launcher_factory
+from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
 from resources.profile import load_profile
 
 SECRET = "s3cr3t-value-planted-by-the-test"
@@ -74,6 +76,24 @@ def test_launch_passes_values_only_to_the_client(secrets, monkeypatch: pytest.Mo
     assert {"name": "HF_TOKEN", "value": SECRET} in container["env"]
 
 
+@pytest.mark.parametrize(
+    ("message", "raised"),
+    [
+        ('Pod "p" was unexpectedly killed', InfrastructureFailure),
+        ("Pod p terminated but some containers exited with errors: reason Evicted", InfrastructureFailure),
+        ("Timed out while waiting for pod to become ready with pod info: ...", InfrastructureFailure),
+        ("Pod p terminated but some containers exited with errors: exit code 1", LaunchFailed),
+    ],
+)
+def test_pods_lost_to_the_cluster_are_infrastructure_failures(secrets, monkeypatch, message: str, raised: type):
+    def fail(self, **kwargs):
+        raise DagsterK8sError(message)
+
+    monkeypatch.setattr(PipesK8sClient, "run", fail)
+    with pytest.raises(raised, match=message[:20]):
+        k8s.k8s_launcher(None, load_profile("k8s"), image="img:1")(["python", "-c", "0"], {})
+
+
 def test_launch_refuses_unset_env_vars(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(ValueError, match="HF_TOKEN"):
@@ -125,3 +145,10 @@ def test_dryrun_through_nemo_run(secrets, tmp_path: Path, monkeypatch: pytest.Mo
     assert "container_image: img:1" in prepared["step_executor.yaml"]
     assert SECRET in prepared["step_executor.yaml"]  # nemo-run stores env values: hence the temporary directory
     assert not any(tmp_path.rglob("*")) and not Path(prepared["dir"]).exists()
+
+
+def test_nemo_run_outcomes():
+    assert cloud.outcome("t", {"step": "AppState.SUCCEEDED"}) is None
+    assert isinstance(cloud.outcome("t", {"step": "AppState.FAILED"}), LaunchFailed)
+    assert isinstance(cloud.outcome("t", {"step": "AppState.CANCELLED"}), InfrastructureFailure)
+    assert isinstance(cloud.outcome("t", {}), LaunchFailed)  # nothing ran

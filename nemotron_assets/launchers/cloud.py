@@ -14,7 +14,7 @@ import dagster as dg
 import nemo_run as run
 
 from nemotron_assets.launchers.k8s import backend_image, step_kind
-from nemotron_assets.steps.launch import Launcher, LaunchFailed
+from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
 from resources.profile import Profile
 
 
@@ -92,8 +92,17 @@ def submit(executor: run.Executor, command: list[str], title: str, dryrun: bool 
             return
         exp.run(sequential=True, detach=False)
         states = {name: str(job.get("status")) for name, job in (exp.status(return_dict=True) or {}).items()}
-    if not states or any("SUCCEEDED" not in state for state in states.values()):
-        raise LaunchFailed(f"nemo-run experiment {title} ended with {states}")
+    if failure := outcome(title, states):
+        raise failure
+
+
+def outcome(title: str, states: dict[str, str]) -> Exception | None:
+    """None when every job succeeded; a job cancelled from outside or lost track of (nemo-run's CANCELLED, UNKNOWN)
+    is an InfrastructureFailure, anything else that did not succeed a LaunchFailed."""
+    if states and all("SUCCEEDED" in state for state in states.values()):
+        return None
+    lost = any(mark in state for state in states.values() for mark in ("CANCELLED", "UNKNOWN"))
+    return (InfrastructureFailure if lost else LaunchFailed)(f"nemo-run experiment {title} ended with {states}")
 
 
 def cloud_launcher(context: dg.AssetExecutionContext, profile: Profile, image: str | None = None) -> Launcher:

@@ -12,9 +12,10 @@ from typing import Any
 
 import dagster as dg
 from dagster_k8s import PipesK8sClient
+from dagster_k8s.client import DagsterK8sError
 
 from nemotron_assets.catalog import CATALOG
-from nemotron_assets.steps.launch import Launcher
+from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
 from resources.profile import Profile
 
 IMAGE_FIELD = {  # catalog step kind -> the profile's image for that backend
@@ -31,6 +32,9 @@ IMAGE_FIELD = {  # catalog step kind -> the profile's image for that backend
     "lm_eval": "evaluator",
 }
 CPU_BACKENDS = ("curator",)
+# What dagster-k8s reports when the cluster, not the step, ended a pod: deleted (node drained or lost, preempted),
+# evicted, or never scheduled within the launch timeout.
+INFRASTRUCTURE_SIGNS = ("was unexpectedly killed", "Evicted", "Timed out while waiting for pod to become ready")
 
 
 def backend_image(profile: Profile, step_kind: str) -> tuple[str, bool]:
@@ -86,14 +90,18 @@ def k8s_launcher(context: dg.AssetExecutionContext, profile: Profile, image: str
 
     def launch(command: list[str], env: dict[str, str]) -> None:
         step_image, gpus = (image, True) if image else backend_image(profile, step_kind(context))
-        PipesK8sClient().run(
-            context=context,
-            image=step_image,
-            command=command,
-            namespace=profile.k8s.namespace,
-            env=submit_env(profile, env),
-            base_pod_spec=pod_spec(profile, gpus),
-            pod_wait_timeout=profile.k8s.pod_wait_timeout_s,
-        )
+        try:
+            PipesK8sClient().run(
+                context=context,
+                image=step_image,
+                command=command,
+                namespace=profile.k8s.namespace,
+                env=submit_env(profile, env),
+                base_pod_spec=pod_spec(profile, gpus),
+                pod_wait_timeout=profile.k8s.pod_wait_timeout_s,
+            )
+        except DagsterK8sError as e:
+            lost = any(sign in str(e) for sign in INFRASTRUCTURE_SIGNS)
+            raise (InfrastructureFailure if lost else LaunchFailed)(str(e)) from e
 
     return launch
