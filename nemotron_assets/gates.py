@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_TOLERANCE = {"sft": 0.01, "peft": 0.01, "pretrain": 0.01, "rl": 0.01, "convert": 0.001, "optimize": 0.02}
+QUALITY_CATEGORIES = tuple(DEFAULT_TOLERANCE)  # the catalog categories whose stages change model quality
 MUST_MATCH = ("convert",)
 
 

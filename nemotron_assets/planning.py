@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nemotron_assets.catalog import CATALOG
+from nemotron_assets.gates import QUALITY_CATEGORIES
 
 GPU_ARCH = {"h100": "hopper", "h200": "hopper", "a100-40gb": "ampere", "a100-80gb": "ampere", "b200": "blackwell"}
 GPUS = (*GPU_ARCH, "cpu")
@@ -38,7 +39,6 @@ PARALLELISM: dict[tuple[str, str], tuple[int, int, int, int, str | None]] = {
 QUANT_FORMAT = {"hopper": "fp8", "blackwell": "nvfp4"}
 # Step parameters that name the model a stage works for: the planner sets them all to the planned model.
 MODEL_PARAMS = ("tokenizer", "model.pretrained_model_name_or_path", "hf_model_path", "policy.model_name", "hf_model_id")
-QUALITY_CATEGORIES = ("sft", "peft", "pretrain", "rl", "convert", "optimize")
 CHECKPOINTS = ("checkpoint_megatron", "checkpoint_hf", "checkpoint_lora")
 INPUT_ROLES = ("base_model", "reward_model")
 JSONL_FAMILY = ("training_jsonl", "raw_jsonl", "filtered_jsonl", "translated_jsonl", "synthetic_jsonl")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nemotron_assets.catalog import CATALOG
-from nemotron_assets.gates import DEFAULT_TOLERANCE
+from nemotron_assets.gates import DEFAULT_TOLERANCE, QUALITY_CATEGORIES
 from nemotron_assets.pipelines.models import Stage
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def _scored(evaluation: Stage) -> set[str]:
 
 def _bookended(stage: Stage) -> bool:
     step = CATALOG.step(stage.step)
-    return stage.evaluate and step.category in DEFAULT_TOLERANCE and scorable_port(step.primary_output) is not None
+    return stage.evaluate and step.category in QUALITY_CATEGORIES and scorable_port(step.primary_output) is not None
 
 
 def _tolerance(spec: PipelineSpec, stage: Stage) -> dict[str, float]:
