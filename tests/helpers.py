@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
+
 from nemotron_assets.execution import Materialization, run_stage
+from nemotron_assets.factory import pipeline_assets
 from nemotron_assets.pipelines import PipelineSpec
 from resources.artifact_store import ArtifactStore
+from resources.profile import HardwareProfile
 
 STEP_INPUT = {
     "data_prep/sft_packing": "training_jsonl",
@@ -40,3 +44,16 @@ def published(store: ArtifactStore, key: tuple[str, ...] = ("t", "out")) -> list
     """Everything in an asset's store directory: versions, staging leftovers, the CURRENT pointer."""
     directory = store.artifact_dir(key)
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def materialize_in_dagster(
+    pipeline: PipelineSpec, root: Path, profile: str = "local_cpu", instance: dg.DagsterInstance | None = None
+) -> dg.ExecuteInProcessResult:
+    """Every asset of `pipeline`, materialized in process by Dagster into a store at `root` on `profile`."""
+    return dg.materialize(
+        pipeline_assets(pipeline),
+        resources={"artifact_store": ArtifactStore(root=str(root)), "hardware": HardwareProfile(name=profile)},
+        selection=dg.AssetSelection.groups(pipeline.name),
+        instance=instance,
+        raise_on_error=False,
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DATA
-from helpers import materialize, one_stage_pipeline, published
+from helpers import materialize, materialize_in_dagster, one_stage_pipeline, published
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nemotron_assets.artifacts import validate
@@ -186,16 +186,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(fixtures_dir: Path, tmp_p
 def test_training_through_dagster_pipes(fixtures_dir: Path, tmp_path: Path):
     import dagster as dg
 
-    from nemotron_assets.factory import pipeline_assets
-    from resources.profile import HardwareProfile
-
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(
-        pipeline_assets(lora_and_merge(fixtures_dir / "tiny-llama")),
-        resources={"artifact_store": ArtifactStore(root=str(tmp_path)), "hardware": HardwareProfile(name="local_cpu")},
-        selection=dg.AssetSelection.groups("t"),
-        instance=instance,
-    )
+    result = materialize_in_dagster(lora_and_merge(fixtures_dir / "tiny-llama"), tmp_path, instance=instance)
     assert result.success
     metadata = result.asset_materializations_for_node("t__lora")[0].metadata
     assert metadata["steps"].value == 10 and metadata["final_loss"].value < metadata["first_loss"].value

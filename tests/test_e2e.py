@@ -10,9 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from conftest import DATA
-from helpers import published
+from helpers import materialize_in_dagster, published
 
-from nemotron_assets.factory import pipeline_assets
 from nemotron_assets.pipelines import PipelineSpec
 from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile
@@ -110,23 +109,14 @@ def chain(source: Path) -> PipelineSpec:
     )
 
 
-def run_in_process(pipeline: PipelineSpec, root: Path) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        pipeline_assets(pipeline),
-        resources={"artifact_store": ArtifactStore(root=str(root)), "hardware": HardwareProfile(name="local_cpu")},
-        raise_on_error=False,
-        selection=dg.AssetSelection.groups("chain"),
-    )
-
-
 def test_failing_blocking_check_stops_downstream(fixtures_dir: Path, tmp_path: Path):
     pipeline = chain(DATA / "tiny_dpo.jsonl")
-    assert run_in_process(pipeline, tmp_path).success
+    assert materialize_in_dagster(pipeline, tmp_path).success
     first = ArtifactStore(root=str(tmp_path)).current(("chain", "first"))[1]
     shard = next(first.rglob("*.jsonl"))
     shard.write_text(shard.read_text() + shard.read_text().splitlines()[0] + "\n")  # edited after publication
 
-    result = run_in_process(pipeline, tmp_path)
+    result = materialize_in_dagster(pipeline, tmp_path)
     assert not result.success
     evaluation = next(e for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey(["chain", "first"]))
     assert not evaluation.passed and evaluation.metadata["error"].value == "artifact_digest_mismatch"
@@ -137,7 +127,7 @@ def test_failing_blocking_check_stops_downstream(fixtures_dir: Path, tmp_path: P
 def test_named_error_fails_the_step_without_retries(fixtures_dir: Path, tmp_path: Path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "chosen": "same", "rejected": "same"}\n')
-    result = run_in_process(chain(bad), tmp_path / "store")
+    result = materialize_in_dagster(chain(bad), tmp_path / "store")
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "invalid_dpo_preference_schema" in failure.event_specific_data.error.message

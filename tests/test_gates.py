@@ -9,11 +9,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from conftest import DATA
+from helpers import materialize_in_dagster
 
 from nemotron_assets.factory import pipeline_assets
 from nemotron_assets.pipelines import PipelineError, PipelineSpec
-from resources.artifact_store import ArtifactStore
-from resources.profile import HardwareProfile
 
 EVAL_DATA = {"mcq_benchmark_parquet": "mcq", "training_jsonl": "chat"}
 
@@ -44,15 +43,6 @@ def gated(tolerance: float | None = None) -> PipelineSpec:
     )
 
 
-def run(pipeline: PipelineSpec, root: Path) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        pipeline_assets(pipeline),
-        resources={"artifact_store": ArtifactStore(root=str(root)), "hardware": HardwareProfile(name="local_cpu")},
-        selection=dg.AssetSelection.groups("g"),
-        raise_on_error=False,
-    )
-
-
 def gate(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
     return next(e for e in result.get_asset_check_evaluations() if e.check_name == "quality_gate")
 
@@ -63,7 +53,7 @@ def materialized(result: dg.ExecuteInProcessResult) -> set[str]:
 
 def test_passing_gate_lets_downstream_run(fixtures_dir: Path, tmp_path: Path):
     # The tiny model's MCQ accuracy is noise (one of 48 questions is 0.021): a tolerance above that.
-    result = run(gated(0.05), tmp_path)
+    result = materialize_in_dagster(gated(0.05), tmp_path)
     assert result.success
     evaluation = gate(result)
     assert evaluation.passed and evaluation.asset_key == dg.AssetKey(["g", "eval_lora"])
@@ -73,7 +63,7 @@ def test_passing_gate_lets_downstream_run(fixtures_dir: Path, tmp_path: Path):
 
 
 def test_failing_gate_blocks_downstream(fixtures_dir: Path, tmp_path: Path):
-    result = run(gated(-1.0), tmp_path)  # require a gain of 1.0 on every score
+    result = materialize_in_dagster(gated(-1.0), tmp_path)  # require a gain of 1.0 on every score
     assert not result.success
     evaluation = gate(result)
     assert not evaluation.passed and "may not get worse by more than -1.0" in evaluation.description

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dagster as dg
 import pytest
 from conftest import DATA
+from helpers import materialize_in_dagster
 
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
-from nemotron_assets.factory import pipeline_assets
 from nemotron_assets.guardrails import check_hardware, gpu_pool, gpus_for, minimum_gpus
 from nemotron_assets.pipelines import PipelineSpec
-from resources.artifact_store import ArtifactStore
-from resources.profile import HardwareProfile, load_profile
+from resources.profile import load_profile
 
 SUPER3 = "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-BF16"
 
@@ -72,15 +70,7 @@ def test_an_unmet_minimum_fails_before_anything_is_launched(tmp_path: Path):
             ],
         }
     )
-    result = dg.materialize(
-        pipeline_assets(pipeline),
-        resources={
-            "artifact_store": ArtifactStore(root=str(tmp_path / "store")),
-            "hardware": HardwareProfile(name="local_cpu"),
-        },
-        selection=dg.AssetSelection.groups("g"),
-        raise_on_error=False,
-    )
+    result = materialize_in_dagster(pipeline, tmp_path / "store")
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert failure.step_failure_data.user_failure_data.metadata["error"].value == "insufficient_hardware"
     assert not (tmp_path / "store" / "g" / "dpo").exists()  # nothing staged, nothing published

@@ -8,13 +8,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from conftest import DATA
+from helpers import materialize_in_dagster
 
 from nemotron_assets import launchers
-from nemotron_assets.factory import pipeline_assets
 from nemotron_assets.pipelines import PipelineSpec
 from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
-from resources.artifact_store import ArtifactStore
-from resources.profile import HardwareProfile
 
 PIPELINE = PipelineSpec.parse(
     {
@@ -45,21 +43,12 @@ def failing_first(error: Exception, attempts: list[int]):
     return factory
 
 
-def materialize(root: Path) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        pipeline_assets(PIPELINE),
-        resources={"artifact_store": ArtifactStore(root=str(root)), "hardware": HardwareProfile(name="local_cpu")},
-        selection=dg.AssetSelection.groups("r"),
-        raise_on_error=False,
-    )
-
-
 def test_a_job_lost_to_the_infrastructure_is_retried(
     fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     attempts: list[int] = []
     monkeypatch.setitem(launchers.LAUNCHERS, "local", failing_first(InfrastructureFailure("node lost"), attempts))
-    result = materialize(tmp_path)
+    result = materialize_in_dagster(PIPELINE, tmp_path)
     assert result.success and attempts == [0, 1]
     assert any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
     assert result.asset_materializations_for_node("r__lora")[0].metadata["steps"].value == 10
@@ -68,7 +57,7 @@ def test_a_job_lost_to_the_infrastructure_is_retried(
 def test_a_failed_step_is_not_retried_and_publishes_nothing(fixtures_dir: Path, tmp_path: Path, monkeypatch):
     attempts: list[int] = []
     monkeypatch.setitem(launchers.LAUNCHERS, "local", failing_first(LaunchFailed("exit 1"), attempts))
-    result = materialize(tmp_path)
+    result = materialize_in_dagster(PIPELINE, tmp_path)
     assert not result.success and attempts == [0]
     assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
     assert not [p for p in (tmp_path / "r" / "lora").glob("*") if p.name != ".work"]

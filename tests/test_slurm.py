@@ -14,15 +14,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from conftest import DATA
-from helpers import one_stage_pipeline
+from helpers import materialize_in_dagster, one_stage_pipeline
 from slurm_cluster import PARTITION, slurm_cluster  # noqa: F401 (the fixture)
 
-from nemotron_assets.factory import pipeline_assets
 from nemotron_assets.launchers import launcher_for
 from nemotron_assets.launchers.slurm import export_names, job_script, log_line, sbatch_command
 from nemotron_assets.local_slurm import missing_programs
 from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
-from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile, load_profile
 
 SECRET = "hf_planted_secret_value_123"
@@ -75,16 +73,7 @@ def slurm_profile(slurm_cluster: Path, tmp_path: Path, monkeypatch: pytest.Monke
 def materialize_lora(tmp_path: Path, fixtures_dir: Path) -> tuple[dg.DagsterInstance, dg.ExecuteInJobResult]:
     pipeline = one_stage_pipeline("peft/automodel", DATA / "tiny_chat.jsonl")
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(
-        pipeline_assets(pipeline),
-        resources={
-            "artifact_store": ArtifactStore(root=str(tmp_path / "store")),
-            "hardware": HardwareProfile(name="slurm_test"),
-        },
-        selection=dg.AssetSelection.groups("t"),
-        instance=instance,
-        raise_on_error=False,
-    )
+    result = materialize_in_dagster(pipeline, tmp_path / "store", "slurm_test", instance)
     return instance, result
 
 
