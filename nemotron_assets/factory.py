@@ -228,6 +228,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
         profile = hardware.load()
         params = flat_params(step, config)
         launched: list[str] = []
+        gpus = gpus_for(step, profile)
         try:
             check_hardware(step, params, profile)  # before anything is submitted
             result = run_stage(
@@ -238,8 +239,8 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 profile.name,
                 run_id=context.run.run_id,
                 log=context.log,
-                launcher=recording(launcher_for(context, profile), launched),
-                gpus=gpus_for(step, profile),
+                launcher=recording(launcher_for(context, profile, gpus), launched),
+                gpus=gpus,
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e

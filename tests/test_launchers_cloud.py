@@ -12,6 +12,8 @@ from dagster_k8s.client import DagsterK8sError
 from dagster_k8s.pipes import build_pod_body
 from kubernetes.client import ApiClient, V1Pod
 
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.guardrails import gpus_for
 from nemotron_assets.launchers import cloud, k8s, launcher_factory
 from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
 from resources.profile import load_profile
@@ -25,10 +27,10 @@ def secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, SECRET)
 
 
-def pod(gpus: bool) -> V1Pod:
+def pod(gpus: int) -> V1Pod:
     """The pod dagster-k8s would create, round-tripped through the kubernetes client's JSON (de)serializer."""
     profile = load_profile("k8s")
-    image, _ = k8s.backend_image(profile, "automodel")
+    image = k8s.backend_image(profile, "automodel")
     body = build_pod_body("p", image, ["torchrun", "train.py"], {}, None, k8s.pod_spec(profile, gpus))
     api = ApiClient()
     return api._ApiClient__deserialize(api.sanitize_for_serialization(body), "V1Pod")
@@ -40,7 +42,7 @@ def test_registered():
 
 
 def test_pod_spec_validates_against_kubernetes_models(secrets):
-    spec = pod(gpus=True).spec
+    spec = pod(gpus=8).spec
     (container,) = spec.containers
     assert container.image == "nvcr.io/nvidia/nemo-automodel:26.04" and container.command == ["torchrun", "train.py"]
     assert container.resources.limits == {"cpu": "96", "memory": "1000Gi", "nvidia.com/gpu": "8"}
@@ -58,15 +60,15 @@ def test_pod_spec_validates_against_kubernetes_models(secrets):
 
 def test_cpu_steps_request_no_gpus():
     profile = load_profile("k8s")
-    image, gpus = k8s.backend_image(profile, "nemo_curator")
-    assert image.endswith("nemo-curator:26.02") and not gpus
-    assert "nvidia.com/gpu" not in pod(gpus=False).spec.containers[0].resources.limits
+    assert k8s.backend_image(profile, "nemo_curator").endswith("nemo-curator:26.02")
+    gpus = gpus_for(CATALOG.step("curate/nemo_curator"), profile)  # the one decision every launcher follows
+    assert gpus == 0 and "nvidia.com/gpu" not in pod(gpus).spec.containers[0].resources.limits
 
 
 def test_launch_passes_values_only_to_the_client(secrets, monkeypatch: pytest.MonkeyPatch):
     calls = []
     monkeypatch.setattr(PipesK8sClient, "run", lambda self, **kwargs: calls.append(kwargs))
-    k8s.k8s_launcher(None, load_profile("k8s"), image="img:1")(["python", "-c", "0"], {"STEP": "1"})
+    k8s.k8s_launcher(None, load_profile("k8s"), 8, image="img:1")(["python", "-c", "0"], {"STEP": "1"})
     (call,) = calls
     assert call["pod_wait_timeout"] == 604800 and call["namespace"] == "nemotron"
     assert call["env"] == {"HF_TOKEN": SECRET, "WANDB_API_KEY": SECRET, "STEP": "1"}
@@ -91,7 +93,7 @@ def test_pods_lost_to_the_cluster_are_infrastructure_failures(secrets, monkeypat
 
     monkeypatch.setattr(PipesK8sClient, "run", fail)
     with pytest.raises(raised, match=message[:20]):
-        k8s.k8s_launcher(None, load_profile("k8s"), image="img:1")(["python", "-c", "0"], {})
+        k8s.k8s_launcher(None, load_profile("k8s"), 8, image="img:1")(["python", "-c", "0"], {})
 
 
 def test_launch_refuses_unset_env_vars(monkeypatch: pytest.MonkeyPatch):
@@ -102,7 +104,7 @@ def test_launch_refuses_unset_env_vars(monkeypatch: pytest.MonkeyPatch):
 
 def test_lepton_executor(secrets):
     profile = load_profile("lepton")
-    ex = cloud.lepton_executor(profile, "img:1", True, {"STEP": "1"})
+    ex = cloud.lepton_executor(profile, "img:1", 8, {"STEP": "1"})
     assert isinstance(ex, run.LeptonExecutor)
     assert (ex.container_image, ex.nodes, ex.gpus_per_node, ex.nprocs_per_node) == ("img:1", 1, 8, 8)
     assert (ex.resource_shape, ex.node_group, ex.shared_memory_size) == ("gpu.8xh100-80gb", "my-node-group", 65536)
@@ -110,20 +112,20 @@ def test_lepton_executor(secrets):
     assert ex.image_pull_secrets == ["ngc-registry"] and ex.nemo_run_dir == "/mnt/lustre-shared/nemo_run"
     assert ex.env_vars["HF_TOKEN"] == SECRET and ex.env_vars["STEP"] == "1"
     assert ex.nnodes() == 1 and ex.nproc_per_node() == 8
-    cpu = cloud.lepton_executor(profile, "img:1", False, {})
+    cpu = cloud.lepton_executor(profile, "img:1", 0, {})
     assert (cpu.gpus_per_node, cpu.nprocs_per_node, cpu.resource_shape) == (0, 1, "cpu.large")
 
 
 def test_dgxcloud_executor_reads_credentials_from_named_vars(secrets, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DGXC_APP_ID", "app-id")
-    ex = cloud.dgxcloud_executor(load_profile("dgxcloud"), "img:1", True, {})
+    ex = cloud.dgxcloud_executor(load_profile("dgxcloud"), "img:1", 8, {})
     assert isinstance(ex, run.DGXCloudExecutor)
     assert (ex.client_id, ex.client_secret, ex.project_name) == ("app-id", SECRET, "nemotron")
     assert ex.pvcs == [{"name": "workspace", "path": "/workspace", "claimName": "nemotron-workspace"}]
     assert (ex.pvc_nemo_run_dir, ex.nodes, ex.gpus_per_node, ex.nprocs_per_node) == ("/workspace/nemo_run", 1, 8, 8)
     monkeypatch.delenv("DGXC_APP_SECRET")
     with pytest.raises(ValueError, match="DGXC_APP_SECRET"):
-        cloud.dgxcloud_executor(load_profile("dgxcloud"), "img:1", True, {})
+        cloud.dgxcloud_executor(load_profile("dgxcloud"), "img:1", 8, {})
 
 
 @pytest.mark.parametrize("name", ["lepton", "dgxcloud"])
@@ -139,7 +141,7 @@ def test_dryrun_through_nemo_run(secrets, tmp_path: Path, monkeypatch: pytest.Mo
         prepared["dir"] = exp._exp_dir
 
     monkeypatch.setattr(run.Experiment, "dryrun", keep)
-    executor = cloud.EXECUTORS[name](load_profile(name), "img:1", True, {})
+    executor = cloud.EXECUTORS[name](load_profile(name), "img:1", 8, {})
     cloud.submit(executor, ["python", "-m", "train", "--config", "c.yaml"], title="nemotron-test", dryrun=True)
     assert "python -m train --config c.yaml" in prepared["step.sh"]
     assert "container_image: img:1" in prepared["step_executor.yaml"]

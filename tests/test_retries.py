@@ -29,8 +29,8 @@ PIPELINE = PipelineSpec.parse(
 def failing_first(error: Exception, attempts: list[int]):
     """The local launcher, except that its first launch raises `error`."""
 
-    def factory(context: dg.AssetExecutionContext, profile):
-        real = launchers.pipes_subprocess(context, profile)
+    def factory(context: dg.AssetExecutionContext, profile, gpus: int):
+        real = launchers.pipes_subprocess(context, profile, gpus)
 
         def launch(command: list[str], env: dict[str, str]) -> None:
             attempts.append(context.retry_number)

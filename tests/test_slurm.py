@@ -44,7 +44,7 @@ def test_sbatch_command_from_the_shipped_profiles(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("HF_TOKEN", SECRET)
     one, four = load_profile("slurm_1node"), load_profile("slurm_4node")
     env = {"NEMOTRON_FAILURE_FILE": "/x/failure.json"}
-    command = sbatch_command(one, "job", tmp_path / "job.sh", tmp_path / "job.log", export_names(one, env))
+    command = sbatch_command(one, 8, "job", tmp_path / "job.sh", tmp_path / "job.log", export_names(one, env))
     assert command[:2] == ["sbatch", "--parsable"] and command[-1] == str(tmp_path / "job.sh")
     expected = ["--partition=batch", "--account=my_account", "--time=04:00:00", "--nodes=1", "--gpus-per-node=8"]
     assert set(expected + ["--mem=0", "--exclusive", "--job-name=job", f"--output={tmp_path}/job.log"]) <= set(command)
@@ -52,7 +52,7 @@ def test_sbatch_command_from_the_shipped_profiles(tmp_path: Path, monkeypatch: p
     assert {"PATH", "HF_TOKEN", "NEMOTRON_FAILURE_FILE"} <= set(exported)
     assert "WANDB_API_KEY" not in exported  # a name the profile lists but this environment does not set
     assert SECRET not in " ".join(command) and "/x/failure.json" not in " ".join(command)
-    command = sbatch_command(four, "job", tmp_path / "job.sh", tmp_path / "job.log", [])
+    command = sbatch_command(four, 8, "job", tmp_path / "job.sh", tmp_path / "job.log", [])
     assert {"--nodes=4", "--gpus-per-node=8", "--time=2-00:00:00", "--ntasks-per-node=1"} <= set(command)
     assert job_script(["python", "-m", "x y"], 4).endswith("srun --kill-on-bad-exit=1 python -m 'x y'\n")
     assert job_script(["python"], 1).endswith("\nexec python\n")
@@ -134,7 +134,7 @@ def launch_in_asset(command: list[str]) -> Exception | None:
     @dg.asset
     def probe(context):  # noqa: ANN001 (a string annotation here is refused by Dagster)
         try:
-            launcher_for(context, HardwareProfile(name="slurm_test").load())(command, {})
+            launcher_for(context, HardwareProfile(name="slurm_test").load(), 0)(command, {})
         except Exception as e:
             raised.append(e)
         return dg.MaterializeResult()

@@ -7,6 +7,7 @@ on this machine; each remote executor submits it to its scheduler and streams th
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 
 import dagster as dg
@@ -14,10 +15,18 @@ import dagster as dg
 from nemotron_assets.steps.launch import Launcher
 from resources.profile import Profile
 
-LauncherFactory = Callable[[dg.AssetExecutionContext, Profile], Launcher]
+LauncherFactory = Callable[[dg.AssetExecutionContext, Profile, int], Launcher]  # (context, profile, GPUs per node)
 
 
-def pipes_subprocess(context: dg.AssetExecutionContext, profile: Profile) -> Launcher:
+def env_values(profile: Profile, names: list[str]) -> dict[str, str]:
+    """The values of variables the profile names, read from this process's environment at launch."""
+    missing = [name for name in names if name not in os.environ]
+    if missing:
+        raise ValueError(f"profile {profile.name} needs {missing} set in the submitting environment")
+    return {name: os.environ[name] for name in names}
+
+
+def pipes_subprocess(context: dg.AssetExecutionContext, profile: Profile, gpus: int) -> Launcher:
     """A Pipes subprocess on this machine: its logs and messages stream into the run."""
 
     def launch(command: list[str], env: dict[str, str]) -> None:
@@ -44,5 +53,6 @@ def launcher_factory(executor: str) -> LauncherFactory:
     return factory
 
 
-def launcher_for(context: dg.AssetExecutionContext, profile: Profile) -> Launcher:
-    return launcher_factory(profile.executor)(context, profile)
+def launcher_for(context: dg.AssetExecutionContext, profile: Profile, gpus: int) -> Launcher:
+    """The profile's launcher for a step that may use `gpus` GPUs per node (guardrails.gpus_for decides)."""
+    return launcher_factory(profile.executor)(context, profile, gpus)

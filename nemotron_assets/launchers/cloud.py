@@ -6,55 +6,42 @@ built for a launch; the profile names only the variables.
 
 from __future__ import annotations
 
-import os
 import shlex
 import tempfile
 
 import dagster as dg
 import nemo_run as run
 
+from nemotron_assets.launchers import env_values
 from nemotron_assets.launchers.k8s import backend_image, step_kind
 from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
 from resources.profile import Profile
 
 
-def _env(profile: Profile, names: list[str]) -> dict[str, str]:
-    missing = [name for name in names if name not in os.environ]
-    if missing:
-        raise ValueError(f"profile {profile.name} needs {missing} set in the submitting environment")
-    return {name: os.environ[name] for name in names}
-
-
-def _nprocs(profile: Profile, gpus: bool) -> tuple[int, int]:
-    """(gpus_per_node, processes per node): one process per GPU, one for CPU steps."""
-    per_node = profile.gpus_per_node if gpus else 0
-    return per_node, max(per_node, 1)
-
-
-def lepton_executor(profile: Profile, image: str, gpus: bool, env: dict[str, str]) -> run.LeptonExecutor:
+def lepton_executor(profile: Profile, image: str, gpus: int, env: dict[str, str]) -> run.LeptonExecutor:
     lepton = profile.lepton
-    gpus_per_node, nprocs = _nprocs(profile, gpus)
+    nprocs = max(gpus, 1)  # one process per GPU, one for CPU steps
     workspace = lepton.mounts[0]["mount_path"] if lepton.mounts else ""
     return run.LeptonExecutor(
         container_image=image,
         nemo_run_dir=f"{workspace}/nemo_run",
         nodes=profile.nodes,
-        gpus_per_node=gpus_per_node,
+        gpus_per_node=gpus,
         nprocs_per_node=nprocs,
         resource_shape=lepton.resource_shape if gpus else "cpu.large",
         node_group=lepton.node_group,
         shared_memory_size=lepton.shared_memory_size,
         mounts=[dict(m) for m in lepton.mounts],
         image_pull_secrets=list(lepton.image_pull_secrets),
-        env_vars=_env(profile, profile.env_vars) | env,
+        env_vars=env_values(profile, profile.env_vars) | env,
         launcher="torchrun" if nprocs > 1 or profile.nodes > 1 else None,
     )
 
 
-def dgxcloud_executor(profile: Profile, image: str, gpus: bool, env: dict[str, str]) -> run.DGXCloudExecutor:
+def dgxcloud_executor(profile: Profile, image: str, gpus: int, env: dict[str, str]) -> run.DGXCloudExecutor:
     dgx = profile.dgxcloud
-    gpus_per_node, nprocs = _nprocs(profile, gpus)
-    credentials = _env(profile, [dgx.app_id_env, dgx.app_secret_env])
+    nprocs = max(gpus, 1)
+    credentials = env_values(profile, [dgx.app_id_env, dgx.app_secret_env])
     workspace = dgx.pvcs[0]["path"] if dgx.pvcs else ""
     return run.DGXCloudExecutor(
         base_url=dgx.base_url,
@@ -65,10 +52,10 @@ def dgxcloud_executor(profile: Profile, image: str, gpus: bool, env: dict[str, s
         container_image=image,
         pvc_nemo_run_dir=f"{workspace}/nemo_run",
         nodes=profile.nodes,
-        gpus_per_node=gpus_per_node,
+        gpus_per_node=gpus,
         nprocs_per_node=nprocs,
         pvcs=[dict(p) for p in dgx.pvcs],
-        env_vars=_env(profile, profile.env_vars) | env,
+        env_vars=env_values(profile, profile.env_vars) | env,
         launcher="torchrun" if nprocs > 1 or profile.nodes > 1 else None,
     )
 
@@ -105,11 +92,13 @@ def outcome(title: str, states: dict[str, str]) -> Exception | None:
     return (InfrastructureFailure if lost else LaunchFailed)(f"nemo-run experiment {title} ended with {states}")
 
 
-def cloud_launcher(context: dg.AssetExecutionContext, profile: Profile, image: str | None = None) -> Launcher:
+def cloud_launcher(
+    context: dg.AssetExecutionContext, profile: Profile, gpus: int, image: str | None = None
+) -> Launcher:
     """Submit each command to Lepton or DGX Cloud (by the profile's executor) and wait for it."""
 
     def launch(command: list[str], env: dict[str, str]) -> None:
-        step_image, gpus = (image, True) if image else backend_image(profile, step_kind(context))
+        step_image = image or backend_image(profile, step_kind(context))
         executor = EXECUTORS[profile.executor](profile, step_image, gpus, env)
         submit(executor, command, title=f"nemotron-{context.run_id[:8]}")
 

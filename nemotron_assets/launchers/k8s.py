@@ -7,7 +7,6 @@ environment only at launch and handed to the client; the spec itself names no va
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dagster as dg
@@ -15,6 +14,7 @@ from dagster_k8s import PipesK8sClient
 from dagster_k8s.client import DagsterK8sError
 
 from nemotron_assets.catalog import CATALOG
+from nemotron_assets.launchers import env_values
 from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
 from resources.profile import Profile
 
@@ -31,19 +31,18 @@ IMAGE_FIELD = {  # catalog step kind -> the profile's image for that backend
     "nemo_run": "curator",
     "lm_eval": "evaluator",
 }
-CPU_BACKENDS = ("curator",)
 # What dagster-k8s reports when the cluster, not the step, ended a pod: deleted (node drained or lost, preempted),
 # evicted, or never scheduled within the launch timeout.
 INFRASTRUCTURE_SIGNS = ("was unexpectedly killed", "Evicted", "Timed out while waiting for pod to become ready")
 
 
-def backend_image(profile: Profile, step_kind: str) -> tuple[str, bool]:
-    """(image, needs GPUs) for a catalog step kind; a profile without that backend's image cannot run it."""
+def backend_image(profile: Profile, step_kind: str) -> str:
+    """The image of a catalog step kind's backend; a profile without that backend's image cannot run it."""
     field = IMAGE_FIELD[step_kind]
     image = getattr(profile.images, field)
     if image is None:
         raise ValueError(f"profile {profile.name} has no images.{field} for {step_kind} steps")
-    return image, field not in CPU_BACKENDS
+    return image
 
 
 def step_kind(context: dg.AssetExecutionContext) -> str:
@@ -52,12 +51,12 @@ def step_kind(context: dg.AssetExecutionContext) -> str:
     return CATALOG.step(step_id).kind
 
 
-def pod_spec(profile: Profile, gpus: bool) -> dict[str, Any]:
-    """base_pod_spec (camelCase, as the Kubernetes API) for one step's pod; no env-var values."""
+def pod_spec(profile: Profile, gpus: int) -> dict[str, Any]:
+    """base_pod_spec (camelCase, as the Kubernetes API) for one step's pod with `gpus` GPUs; no env-var values."""
     k8s = profile.k8s
     limits = {"cpu": str(profile.cpus), "memory": f"{profile.memory_gb}Gi"}
-    if gpus and profile.gpus_per_node:
-        limits["nvidia.com/gpu"] = str(profile.gpus_per_node)
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [
@@ -79,17 +78,14 @@ def pod_spec(profile: Profile, gpus: bool) -> dict[str, Any]:
 
 def submit_env(profile: Profile, env: dict[str, str]) -> dict[str, str]:
     """The step's env plus the profile's named variables, valued from this process's environment now."""
-    missing = [name for name in profile.env_vars if name not in os.environ]
-    if missing:
-        raise ValueError(f"profile {profile.name} passes {missing} to the pod, but they are not set here")
-    return {name: os.environ[name] for name in profile.env_vars} | env
+    return env_values(profile, profile.env_vars) | env
 
 
-def k8s_launcher(context: dg.AssetExecutionContext, profile: Profile, image: str | None = None) -> Launcher:
+def k8s_launcher(context: dg.AssetExecutionContext, profile: Profile, gpus: int, image: str | None = None) -> Launcher:
     """Run each command in a pod of the profile's namespace, waiting up to pod_wait_timeout_s for it."""
 
     def launch(command: list[str], env: dict[str, str]) -> None:
-        step_image, gpus = (image, True) if image else backend_image(profile, step_kind(context))
+        step_image = image or backend_image(profile, step_kind(context))
         try:
             PipesK8sClient().run(
                 context=context,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from nemotron_assets.paths import PROJECT_ROOT
+from nemotron_assets.paths import STATE_DIR
 from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
 from resources.profile import Profile
 
@@ -39,7 +39,7 @@ PASSTHROUGH = (
     "TRANSFORMERS_OFFLINE",
     "HF_DATASETS_OFFLINE",
 )
-DEFAULT_JOB_DIR = PROJECT_ROOT / ".nemotron" / "slurm_jobs"
+DEFAULT_JOB_DIR = STATE_DIR / "slurm_jobs"
 _TEXT = {"capture_output": True, "text": True}
 
 
@@ -51,8 +51,10 @@ class SlurmJobFailed(LaunchFailed):
     """The job's command failed (or sbatch refused it): a retry would fail the same way."""
 
 
-def sbatch_command(profile: Profile, job_name: str, script: Path, log: Path, exports: list[str]) -> list[str]:
-    """The `sbatch --parsable` command line for one job of this profile."""
+def sbatch_command(
+    profile: Profile, gpus: int, job_name: str, script: Path, log: Path, exports: list[str]
+) -> list[str]:
+    """The `sbatch --parsable` command line for one job of this profile, with `gpus` GPUs per node."""
     slurm = profile.slurm
     options = {
         "job-name": job_name,
@@ -61,7 +63,7 @@ def sbatch_command(profile: Profile, job_name: str, script: Path, log: Path, exp
         "time": slurm.time,
         "nodes": profile.nodes,
         "ntasks-per-node": 1,
-        "gpus-per-node": profile.gpus_per_node or None,
+        "gpus-per-node": gpus or None,
         "cpus-per-task": slurm.cpus_per_task,
         "mem": slurm.mem,
         "output": log,
@@ -95,7 +97,7 @@ def job_state(job_id: str) -> dict[str, str]:
     return {"JobState": state.split()[0], "ExitCode": exit_code, "Reason": reason}
 
 
-def slurm_launcher(context: dg.AssetExecutionContext, profile: Profile) -> Launcher:
+def slurm_launcher(context: dg.AssetExecutionContext, profile: Profile, gpus: int) -> Launcher:
     """Submit each launch as an sbatch job; stream its log and Pipes messages; raise by how it ended."""
 
     def launch(command: list[str], env: dict[str, str]) -> None:
@@ -113,7 +115,7 @@ def slurm_launcher(context: dg.AssetExecutionContext, profile: Profile) -> Launc
             message_reader=dg.PipesFileMessageReader(str(directory / "pipes_messages.jsonl")),
         ) as session:
             job_env = env | session.get_bootstrap_env_vars()
-            _run_job(context, profile, job_name, directory, command, job_env)
+            _run_job(context, profile, gpus, job_name, directory, command, job_env)
 
     return launch
 
@@ -121,6 +123,7 @@ def slurm_launcher(context: dg.AssetExecutionContext, profile: Profile) -> Launc
 def _run_job(
     context: dg.AssetExecutionContext,
     profile: Profile,
+    gpus: int,
     job_name: str,
     directory: Path,
     command: list[str],
@@ -128,7 +131,7 @@ def _run_job(
 ) -> None:
     script, log = directory / "job.sh", directory / "job.log"
     script.write_text(job_script(command, profile.nodes))
-    submit = sbatch_command(profile, job_name, script, log, export_names(profile, env))
+    submit = sbatch_command(profile, gpus, job_name, script, log, export_names(profile, env))
     submitted = subprocess.run(submit, env=os.environ | env, **_TEXT)
     if submitted.returncode:
         raise SlurmJobFailed(f"sbatch refused the job {script}: {submitted.stderr.strip()}")
