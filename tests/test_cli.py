@@ -66,7 +66,7 @@ def test_validate_prints_stats_or_the_named_error(tmp_path: Path):
     assert result.returncode == 1
     error = json.loads(result.stdout)
     assert error["error"] == "invalid_role" and "map ShareGPT" in error["recovery"]
-    assert cli("validate", str(bad), "--type", "checkpoint_megatron").returncode == 2  # no contract yet
+    assert cli("validate", str(bad), "--type", "benchmark_source_corpus").returncode == 2  # no contract yet
 
 
 def test_fixtures_build_defaults_to_the_tiny_ones(tmp_path: Path, monkeypatch):

@@ -9,7 +9,11 @@ from typing import Any
 
 from nemotron_assets.artifacts.benchmark import validate_mcq_benchmark
 from nemotron_assets.artifacts.binidx import validate_binidx
-from nemotron_assets.artifacts.checkpoints import validate_checkpoint_hf, validate_checkpoint_lora
+from nemotron_assets.artifacts.checkpoints import (
+    validate_checkpoint_hf,
+    validate_checkpoint_lora,
+    validate_checkpoint_megatron,
+)
 from nemotron_assets.artifacts.env_toml import validate_env_toml
 from nemotron_assets.artifacts.eval_results import validate_eval_results
 from nemotron_assets.artifacts.files import sniff_type
@@ -29,6 +33,7 @@ CONTRACTS: dict[str, Contract] = {
     "env_toml": validate_env_toml,
     "checkpoint_hf": validate_checkpoint_hf,
     "checkpoint_lora": validate_checkpoint_lora,
+    "checkpoint_megatron": validate_checkpoint_megatron,
     "eval_results": validate_eval_results,
     "mcq_benchmark_parquet": validate_mcq_benchmark,
     "translated_mcq_benchmark_parquet": validate_mcq_benchmark,

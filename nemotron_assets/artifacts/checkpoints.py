@@ -1,9 +1,10 @@
-"""checkpoint_hf and checkpoint_lora contracts: required files present, safetensors intact, provenance recorded."""
+"""checkpoint_hf, checkpoint_lora and checkpoint_megatron contracts: files present and complete, provenance recorded."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -78,4 +79,51 @@ def validate_checkpoint_lora(path: Path) -> dict[str, Any]:
         "base_model": base["name_or_path"],
         "base_fingerprint": base["fingerprint"],
         "adapter_parameters": sum(safetensors_parameters(w, error) for w in weights),
+    }
+
+
+MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
+MEGATRON_ITERATION = re.compile(r"iter_(\d{7})")
+DIST_CKPT_FILES = ("metadata.json", ".metadata", "common.pt")
+
+
+def megatron_iteration_dir(path: Path) -> Path:
+    """The concrete iter_NNNNNNN directory of a Megatron checkpoint: `path` itself, or the one its run
+    directory's tracker (latest_checkpointed_iteration.txt) names."""
+    path = Path(path)
+    if MEGATRON_ITERATION.fullmatch(path.name):
+        return path
+    tracker = path / MEGATRON_TRACKER
+    if not tracker.exists():
+        raise contract_error(
+            "bad_megatron_checkpoint_path", f"{path}: neither an iter_NNNNNNN directory nor a run directory"
+        )
+    text = tracker.read_text().strip()
+    if not text.isdigit():
+        raise contract_error("incomplete_megatron_checkpoint", f"{tracker}: {text!r} is not an iteration number")
+    return path / f"iter_{int(text):07d}"
+
+
+def validate_checkpoint_megatron(path: Path) -> dict[str, Any]:
+    """A complete Megatron distributed checkpoint (torch_dist): one iter_NNNNNNN directory with metadata.json,
+    .metadata, common.pt and its .distcp shards, given directly or through its run directory's tracker."""
+    iteration_dir = megatron_iteration_dir(path)
+    if not iteration_dir.is_dir():
+        raise contract_error("incomplete_megatron_checkpoint", f"{iteration_dir}: named by the tracker, missing")
+    missing = [name for name in DIST_CKPT_FILES if not (iteration_dir / name).exists()]
+    shards = sorted(iteration_dir.glob("*.distcp"))
+    if missing or not shards:
+        lacking = ", ".join([*missing, *([] if shards else ["*.distcp shards"])])
+        raise contract_error("incomplete_megatron_checkpoint", f"{iteration_dir}: no {lacking}")
+    metadata = _json(iteration_dir / "metadata.json", "incomplete_megatron_checkpoint")
+    tracker = iteration_dir.parent / MEGATRON_TRACKER
+    latest = tracker.read_text().strip() if tracker.exists() else ""
+    return {
+        "iteration": int(MEGATRON_ITERATION.fullmatch(iteration_dir.name).group(1)),
+        "iteration_dir": iteration_dir.name,
+        "latest_iteration": int(latest) if latest.isdigit() else None,
+        "checkpoint_format": metadata.get("sharded_backend"),
+        "shards": len(shards),
+        "bytes": sum(f.stat().st_size for f in iteration_dir.iterdir() if f.is_file()),
+        "has_run_config": (iteration_dir / "run_config.yaml").exists(),
     }

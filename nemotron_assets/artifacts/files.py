@@ -16,6 +16,7 @@ PROVENANCE_FILE = "provenance.json"
 # File signatures of the artifact families, for telling a user what they passed instead.
 _SIGNATURES: tuple[tuple[str, str], ...] = (
     ("adapter_config.json", "checkpoint_lora"),
+    ("*.distcp", "checkpoint_megatron"),
     ("config.json", "checkpoint_hf"),
     ("blend.json", "binidx"),
     ("*.idx", "binidx"),
