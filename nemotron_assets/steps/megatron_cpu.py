@@ -3,9 +3,10 @@
 `megatron.bridge` imports `transformer_engine` at module level (LoRA layers, checkpointing) although the GPT
 models it builds on CPU use Megatron-Core's local layer spec. `import_bridge()` first imports the Megatron-Core
 and ModelOpt modules that probe for TE (so they record "no TE"), then imports Megatron-Bridge behind a temporary
-stand-in finder for `transformer_engine.*`, and removes the stand-in again. `init_cpu()` starts a one-process
-gloo group and makes the few CUDA calls on the conversion path (RoPE device, RNG state, synchronize) CPU-safe.
-Where TE and CUDA exist (GPU images), neither is applied.
+stand-in finder for `transformer_engine.*`, and removes the stand-in again. `init_distributed()` joins torchrun's
+process group (or starts a one-process one); without CUDA it uses gloo and makes the few CUDA calls on the
+conversion path (RoPE device, RNG state, synchronize) CPU-safe. `cpu_provider()` selects Megatron-Core's local
+(non-TE) layers. Where TE and CUDA exist, the stand-in is not used.
 """
 
 from __future__ import annotations
@@ -77,24 +78,32 @@ def import_bridge() -> types.ModuleType:
     return bridge
 
 
-def init_cpu() -> None:
-    """One-process gloo group, model parallel 1x1, and CPU-safe CUDA calls on the conversion path."""
+def init_distributed(tp: int = 1, pp: int = 1) -> None:
+    """The process group (torchrun's, or a one-process one), model parallel tp x pp, and on CPU: gloo and
+    CPU-safe CUDA calls on the conversion path."""
     import os
 
     import torch
     import torch.distributed as dist
-    from megatron.core import parallel_state
-    from megatron.core.tensor_parallel import random
+    from megatron.core import parallel_state, tensor_parallel
 
+    cuda = torch.cuda.is_available()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group("gloo", rank=0, world_size=1)
-    parallel_state.initialize_model_parallel(1, 1)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    parallel_state.initialize_model_parallel(tp, pp)
+    if cuda:
+        tensor_parallel.model_parallel_cuda_manual_seed(0)
+        return
     torch.cuda.current_device = lambda: "cpu"  # RoPE moves inv_freq to the "current device"
     torch.cuda.get_rng_state = torch.get_rng_state  # the checkpoint saver records RNG state
     torch.cuda.synchronize = lambda *args, **kwargs: None
-    random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
 
 
 def _free_port() -> int:

@@ -1,0 +1,150 @@
+"""convert/hf_to_megatron and convert/megatron_to_hf: Megatron-Bridge's AutoBridge in a child process
+(megatron_convert_launch), with fidelity as the gate.
+
+hf_to_megatron writes a Megatron run directory (latest_checkpointed_iteration.txt + iter_0000000); the checkpoint
+it saved is exported back to HF and must give the source's logits within `tolerance` (relative to the largest
+logit), or nothing is published. megatron_to_hf reads one concrete iter_NNNNNNN directory (a run directory given as
+`megatron_path` is refused; an upstream artifact is resolved through its tracker and the directory recorded) and
+its HF export must reproduce the Megatron model's logits. One process (`distributed` false, or no GPUs) or torchrun
+over the node's GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from nemotron_assets.artifacts import validate
+from nemotron_assets.artifacts.checkpoints import MEGATRON_ITERATION, megatron_iteration_dir
+from nemotron_assets.errors import NamedError
+from nemotron_assets.steps import StepResult, StepRun
+from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
+
+CHILD = "nemotron_assets.steps.megatron_convert_launch"
+# Files that mark a directory as a training run, optimizer state or adapter, not a clean HF model.
+NOT_CLEAN = ("adapter_config.json", "optimizer.pt", "trainer_state.json", "latest_checkpointed_iteration.txt")
+
+
+def hf_to_megatron(run: StepRun) -> StepResult:
+    p = run.params
+    source = hf_source(run)
+    unclean = [name for name in NOT_CLEAN if (source / name).exists()]
+    if unclean:
+        raise run.error("source_not_clean_hf_checkpoint", f"{source} holds {', '.join(unclean)}")
+    try:
+        validate(source, "checkpoint_hf")
+    except NamedError as e:
+        raise run.error("source_not_clean_hf_checkpoint", e.detail) from None
+    for output in (run.output_dir, p.get("megatron_path")):
+        if output and overlaps(Path(output), source):
+            raise run.error("output_path_overlaps_source", f"{output} overlaps the source {source}")
+    arguments = ["import", "--hf", str(source), "--megatron", str(run.output_dir)]
+    arguments += ["--dtype", p.get("dtype") or p["torch_dtype"], *common_arguments(p)]
+    report = convert(run, arguments)
+    relative = gate(run, report, "round_trip", "round_trip_logits_mismatch", "HF -> Megatron -> HF")
+    stats = report | {"relative_round_trip_difference": relative}
+    return StepResult(stats, {"converted_from": {"hf": str(source)}})
+
+
+def megatron_to_hf(run: StepRun) -> StepResult:
+    p = run.params
+    checkpoint = megatron_source(run)
+    hf = hf_config_source(run)
+    if overlaps(run.output_dir, checkpoint.parent):
+        raise run.error("output_path_overlaps_source", f"{run.output_dir} overlaps {checkpoint.parent}")
+    arguments = ["export", "--hf", str(hf), "--megatron", str(checkpoint), "--out", str(run.output_dir)]
+    arguments += ["--dtype", "float32", *common_arguments(p)]
+    arguments += [flag for flag, on in (("--strict", p["strict"]), ("--progress", p["show_progress"])) if on]
+    report = convert(run, arguments)
+    relative = gate(run, report, "export", "export_logits_mismatch", "Megatron -> HF export")
+    iteration = int(MEGATRON_ITERATION.fullmatch(checkpoint.name).group(1))
+    stats = report | {"relative_export_difference": relative, "iteration": iteration}
+    return StepResult(stats, {"exported_from": {"megatron": str(checkpoint), "iteration": iteration, "hf": str(hf)}})
+
+
+def gate(run: StepRun, report: dict[str, Any], kind: str, error: str, what: str) -> float:
+    """The `kind` logit difference relative to the largest logit; the named error when over the tolerance."""
+    difference = report[f"{kind}_logit_difference"]
+    relative = difference / report["largest_logit"]
+    if relative > run.params["tolerance"]:
+        raise run.error(
+            error,
+            f"{what} changed the logits by {difference:.3g} ({relative:.3g} of the largest), "
+            f"over the tolerance {run.params['tolerance']}",
+        )
+    return relative
+
+
+def hf_source(run: StepRun) -> Path:
+    """The HF model to import: the consumed checkpoint_hf, else hf_model_id as a local directory."""
+    if "checkpoint_hf" in run.inputs:
+        return run.input("checkpoint_hf").path
+    source = Path(run.params["hf_model_id"])
+    if not source.is_dir():
+        raise run.error("source_not_clean_hf_checkpoint", f"{source} is not a local HF model directory")
+    return source
+
+
+def hf_config_source(run: StepRun) -> Path:
+    """The HF directory whose config and tokenizer match the checkpoint (hf_model_id)."""
+    hf = Path(run.params["hf_model_id"])
+    try:
+        validate(hf, "checkpoint_hf")
+    except NamedError as e:
+        raise run.error("missing_hf_config_or_tokenizer", e.detail) from None
+    return hf
+
+
+def megatron_source(run: StepRun) -> Path:
+    """The concrete iter_NNNNNNN directory to export, complete on disk."""
+    given = run.params.get("megatron_path")
+    if given and not MEGATRON_ITERATION.fullmatch(Path(given).name):
+        raise run.error("bad_megatron_checkpoint_path", f"{given} is not an iter_NNNNNNN directory")
+    if not given and "checkpoint_megatron" not in run.inputs:
+        raise run.error("bad_megatron_checkpoint_path", "no megatron_path and no checkpoint_megatron input")
+    path = Path(given) if given else run.input("checkpoint_megatron").path
+    try:
+        validate(path, "checkpoint_megatron")
+        return megatron_iteration_dir(path)
+    except NamedError as e:
+        name = "incomplete_or_async_checkpoint" if e.name == "incomplete_megatron_checkpoint" else e.name
+        if name == "artifact_missing":
+            name = "bad_megatron_checkpoint_path"
+        raise run.error(name, e.detail) from None
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def common_arguments(p: dict[str, Any]) -> list[str]:
+    flags = [f"--{name}={p[name]}" for name in ("tp", "pp", "ep", "etp")]
+    return flags + (["--trust"] if p["trust_remote_code"] else [])
+
+
+def launch_command(arguments: list[str], p: dict[str, Any], gpus: int) -> list[str]:
+    """One process, or torchrun over the node's GPUs when `distributed` (the world must fit tp x pp)."""
+    if not (p["distributed"] and gpus):
+        return [sys.executable, "-m", CHILD, *arguments]
+    nproc = min(p["torchrun.nproc_per_node"], gpus)
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "-m", CHILD, *arguments]
+
+
+def convert(run: StepRun, arguments: list[str]) -> dict[str, Any]:
+    """Launch the child; return its report, or raise the named failure it recorded."""
+    run.work_dir.mkdir(parents=True, exist_ok=True)
+    report = run.work_dir / "report.json"
+    report.unlink(missing_ok=True)
+    try:
+        run.launch(launch_command([*arguments, "--report", str(report)], run.params, run.gpus))
+    except InfrastructureFailure:
+        raise
+    except Exception as e:  # the launcher's own error type differs (subprocess, Pipes, scheduler)
+        recorded = json.loads(report.read_text()) if report.exists() else {}
+        if recorded.get("error"):
+            raise run.error(recorded["error"], recorded["detail"][-500:]) from None
+        raise LaunchFailed(str(e)) from e
+    return json.loads(report.read_text())

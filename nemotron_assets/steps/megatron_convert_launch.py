@@ -1,0 +1,175 @@
+"""Child process of convert/hf_to_megatron and convert/megatron_to_hf: Megatron-Bridge's AutoBridge, then proof.
+
+    python -m nemotron_assets.steps.megatron_convert_launch import --hf DIR --megatron OUT --report R.json
+    python -m nemotron_assets.steps.megatron_convert_launch export --megatron ITER_DIR --hf DIR --out OUT --report R
+    torchrun --nproc-per-node N -m nemotron_assets.steps.megatron_convert_launch ...            (multi-GPU)
+
+import: HF -> Megatron dist checkpoint, then the saved checkpoint is loaded back and exported to HF in a scratch
+directory; the report holds the largest logit difference between the source and that round-trip model (and the
+Megatron model's own forward against the source). export: the iter_* checkpoint -> HF directory; the report holds
+the largest difference between the Megatron model's logits and the exported model's. Logits are compared in
+float32 on a fixed probe of token ids. An AutoBridge-unsupported architecture is reported by name. The parent
+applies the tolerance. The dist-ckpt saver spawns processes, hence the `__main__` guard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+PROBE_TOKENS = 24
+
+
+def main() -> None:
+    args = _arguments()
+    import torch
+
+    from nemotron_assets.steps import megatron_cpu
+
+    megatron_cpu.import_bridge()
+    cpu = not torch.cuda.is_available()
+    megatron_cpu.init_distributed(args.tp, args.pp)
+    from megatron.bridge import AutoBridge
+
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(args.hf, trust_remote_code=args.trust)
+    if not AutoBridge.supports(config):
+        detail = f"architectures {getattr(config, 'architectures', None)} have no AutoBridge mapping"
+        _report(args.report, {"error": "unsupported_or_custom_architecture", "detail": detail})
+        raise SystemExit(3)
+    dtype = getattr(torch, args.dtype)
+    bridge = AutoBridge.from_hf_pretrained(args.hf, torch_dtype=dtype, trust_remote_code=args.trust)
+    if args.direction == "import":
+        report = import_checkpoint(bridge, args, dtype, cpu)
+    else:
+        report = export_checkpoint(bridge, args, cpu)
+    _report(args.report, report)
+
+
+def import_checkpoint(bridge, args: argparse.Namespace, dtype, cpu: bool) -> dict[str, Any]:
+    """HF -> Megatron, saved; then the saved checkpoint -> HF again, compared with the source."""
+    from transformers import AutoModelForCausalLM
+
+    from nemotron_assets.artifacts.checkpoints import megatron_iteration_dir
+
+    provider = bridge.to_megatron_provider(load_weights=True)
+    _parallelism(provider, args, cpu)
+    provider.finalize()
+    models = provider.provide_distributed_model(wrap_with_ddp=False, use_cpu_initialization=cpu)
+    bridge.save_megatron_model(models, args.megatron, hf_tokenizer_path=args.hf)
+    probe = _probe(bridge.hf_pretrained.config.vocab_size)
+    source = _hf_logits(AutoModelForCausalLM.from_pretrained(args.hf, dtype=dtype), probe)
+    megatron = _megatron_logits(models, probe)
+    del models
+    reloaded = load_checkpoint(megatron_iteration_dir(Path(args.megatron)), cpu)
+    with tempfile.TemporaryDirectory(prefix="round_trip_") as scratch:
+        bridge.save_hf_pretrained(reloaded, scratch, show_progress=False)
+        round_trip = _hf_logits(AutoModelForCausalLM.from_pretrained(scratch, dtype=dtype), probe)
+    return {
+        "largest_logit": source.abs().max().item(),
+        "round_trip_logit_difference": (round_trip - source).abs().max().item(),
+        "megatron_logit_difference": (megatron - source).abs().max().item(),
+        "parameters": sum(p.numel() for p in reloaded[0].parameters()),
+    }
+
+
+def export_checkpoint(bridge, args: argparse.Namespace, cpu: bool) -> dict[str, Any]:
+    """The iter_* checkpoint -> HF directory; its logits must be the Megatron model's."""
+    from transformers import AutoModelForCausalLM
+
+    models = load_checkpoint(Path(args.megatron), cpu)
+    bridge.save_hf_pretrained(models, args.out, show_progress=args.progress, strict=args.strict)
+    probe = _probe(bridge.hf_pretrained.config.vocab_size)
+    megatron = _megatron_logits(models, probe)
+    exported = _hf_logits(AutoModelForCausalLM.from_pretrained(args.out, dtype=megatron.dtype), probe)
+    return {
+        "largest_logit": megatron.abs().max().item(),
+        "export_logit_difference": (exported - megatron).abs().max().item(),
+        "parameters": sum(p.numel() for p in models[0].parameters()),
+    }
+
+
+def load_checkpoint(iteration_dir: Path, cpu: bool) -> list:
+    """A saved iter_* checkpoint as Megatron models, built from its own run_config.yaml."""
+    from megatron.bridge.training.model_load_save import build_and_load_model, load_model_config
+
+    from nemotron_assets.steps import megatron_cpu
+
+    config, mlm_args = load_model_config(str(iteration_dir))
+    if cpu:
+        megatron_cpu.cpu_provider(config)
+    config.perform_initialization = False
+    models = build_and_load_model(str(iteration_dir), config, None, mlm_args, False, cpu, True)
+    return models if isinstance(models, list) else [models]
+
+
+def _parallelism(provider, args: argparse.Namespace, cpu: bool) -> None:
+    from nemotron_assets.steps import megatron_cpu
+
+    if cpu:
+        megatron_cpu.cpu_provider(provider)
+    provider.tensor_model_parallel_size = args.tp
+    provider.pipeline_model_parallel_size = args.pp
+    if getattr(provider, "num_moe_experts", None):
+        provider.expert_model_parallel_size = args.ep
+        provider.expert_tensor_parallel_size = args.etp
+
+
+def _probe(vocab_size: int):
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (1, PROBE_TOKENS), generator=generator)
+
+
+def _hf_logits(model, probe):
+    import torch
+
+    model.float().eval()
+    with torch.no_grad():
+        return model(probe).logits.float()
+
+
+def _megatron_logits(models, probe):
+    """The Megatron model's logits in float32 (explicit causal mask: the default one is built on CUDA)."""
+    import torch
+
+    model = models[0]
+    device = next(model.parameters()).device
+    model.float().eval()
+    tokens = probe.to(device)
+    positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0)
+    mask = torch.triu(torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool, device=device), 1)[None, None]
+    with torch.no_grad():
+        logits = model(tokens, positions, mask)
+    return logits.float().cpu()
+
+
+def _report(path: str, report: dict[str, Any]) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(path).write_text(json.dumps(report))
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("direction", choices=["import", "export"])
+    parser.add_argument("--hf", required=True, help="HF model directory (import: source; export: config/tokenizer)")
+    parser.add_argument("--megatron", required=True, help="import: output run directory; export: iter_* directory")
+    parser.add_argument("--out", help="export: HF output directory")
+    parser.add_argument("--report", required=True)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--trust", action="store_true", help="trust_remote_code")
+    parser.add_argument("--strict", action="store_true")
+    parser.add_argument("--progress", action="store_true")
+    for name in ("tp", "pp", "ep", "etp"):
+        parser.add_argument(f"--{name}", type=int, default=1)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()

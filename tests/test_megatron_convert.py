@@ -1,0 +1,156 @@
+"""convert/hf_to_megatron and convert/megatron_to_hf: real AutoBridge conversions of the tiny Llama on CPU through the
+stage runner (round trip = the gate), and each named error, publishing nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import materialize, published
+
+from nemotron_assets.artifacts import validate
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.errors import NamedError
+from nemotron_assets.pipelines import PipelineSpec
+from nemotron_assets.steps import megatron_convert
+from resources.artifact_store import ArtifactStore
+
+PORTS = {"convert/hf_to_megatron": "checkpoint_hf", "convert/megatron_to_hf": "checkpoint_megatron"}
+
+
+def stage(step: str, source: Path, **config: Any) -> PipelineSpec:
+    return PipelineSpec.parse(
+        {
+            "name": "t",
+            "description": "test",
+            "sources": [{"name": "data", "type": PORTS[step], "path": str(source)}],
+            "stages": [
+                {"name": "out", "step": step, "consumes": {PORTS[step]: "data"}, "preset": "tiny", "config": config}
+            ],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def round_trip(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """tiny Llama -> Megatron (gated by its round trip) -> HF, each published by the stage runner."""
+    model = fixtures_dir / "tiny-llama"
+    store = ArtifactStore(root=str(tmp_path_factory.mktemp("store")))
+    imported = materialize(stage("convert/hf_to_megatron", model), store)
+    exported = materialize(
+        stage("convert/megatron_to_hf", imported.path, hf_model_id=str(model)),
+        ArtifactStore(root=str(tmp_path_factory.mktemp("store2"))),
+    )
+    return {"model": model, "imported": imported, "exported": exported}
+
+
+def test_hf_to_megatron_round_trip_is_exact(round_trip):
+    provenance = round_trip["imported"].provenance
+    assert provenance["type"] == "checkpoint_megatron"
+    assert provenance["contract"]["iteration"] == 0 and provenance["contract"]["checkpoint_format"] == "torch_dist"
+    stats = provenance["stats"]
+    assert stats["round_trip_logit_difference"] <= 1e-4 * stats["largest_logit"]
+    assert stats["megatron_logit_difference"] < 1e-5 and stats["parameters"] == 123_712
+    assert (round_trip["imported"].path / "iter_0000000" / "run_config.yaml").exists()
+
+
+def test_megatron_to_hf_loads_in_transformers_with_the_source_logits(round_trip):
+    from transformers import AutoModelForCausalLM
+
+    exported = round_trip["exported"]
+    assert exported.provenance["exported_from"]["iteration"] == 0
+    assert exported.provenance["exported_from"]["megatron"].endswith("iter_0000000")  # resolved via the tracker
+    assert validate(exported.path, "checkpoint_hf")["parameters"] > 0
+    probe = torch.arange(1, 40).unsqueeze(0)
+    with torch.no_grad():
+        source = AutoModelForCausalLM.from_pretrained(round_trip["model"]).eval()(probe).logits
+        back = AutoModelForCausalLM.from_pretrained(exported.path, dtype=torch.float32).eval()(probe).logits
+    assert torch.allclose(source, back, atol=1e-5)
+
+
+def expect(error: str, step: str, source: Path, store: ArtifactStore, **config: Any) -> NamedError:
+    with pytest.raises(NamedError) as e:
+        materialize(stage(step, source, **config), store)
+    assert e.value.name == error and e.value.recovery == CATALOG.step(step).recovery(error)
+    assert not [p for p in published(store) if not p.startswith(".")]  # nothing published
+    return e.value
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(root=str(tmp_path / "store"))
+
+
+def test_adapter_or_training_folder_is_not_a_clean_source(fixtures_dir: Path, store, tmp_path: Path):
+    source = tmp_path / "run"
+    shutil.copytree(fixtures_dir / "tiny-llama", source)
+    (source / "optimizer.pt").write_bytes(b"x")
+    expect("source_not_clean_hf_checkpoint", "convert/hf_to_megatron", source, store)
+
+
+def test_output_inside_the_source(fixtures_dir: Path, store, tmp_path: Path):
+    source = tmp_path / "model"
+    shutil.copytree(fixtures_dir / "tiny-llama", source)
+    error = expect("output_path_overlaps_source", "convert/hf_to_megatron", source, store, megatron_path=str(source))
+    assert "fresh directory" in error.recovery
+
+
+def test_unsupported_architecture_is_named(fixtures_dir: Path, store, tmp_path: Path):
+    source = tmp_path / "model"
+    shutil.copytree(fixtures_dir / "tiny-llama", source)
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps(config | {"architectures": ["LlamaModel"]}))
+    expect("unsupported_or_custom_architecture", "convert/hf_to_megatron", source, store)
+
+
+def test_round_trip_mismatch_publishes_nothing(fixtures_dir: Path, store, monkeypatch):
+    """A conversion that maps a weight wrongly changes the logits; the gate refuses it."""
+    report = {"largest_logit": 1.3, "round_trip_logit_difference": 0.4, "megatron_logit_difference": 0.4}
+    monkeypatch.setattr(megatron_convert, "convert", lambda run, arguments: report)
+    error = expect("round_trip_logits_mismatch", "convert/hf_to_megatron", fixtures_dir / "tiny-llama", store)
+    assert "0.4" in error.detail
+
+
+def test_run_directory_as_megatron_path(round_trip, store):
+    run_dir = round_trip["imported"].path
+    error = expect(
+        "bad_megatron_checkpoint_path", "convert/megatron_to_hf", run_dir, store,
+        megatron_path=str(run_dir), hf_model_id=str(round_trip["model"]),
+    )  # fmt: skip
+    assert "iter_NNNNNNN" in error.recovery
+
+
+def test_incomplete_checkpoint(round_trip, store, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(round_trip["imported"].path, run_dir)
+    (run_dir / "iter_0000000" / "metadata.json").unlink()
+    (run_dir / "provenance.json").unlink()
+    expect(
+        "incomplete_or_async_checkpoint", "convert/megatron_to_hf", run_dir, store,
+        megatron_path=str(run_dir / "iter_0000000"), hf_model_id=str(round_trip["model"]),
+    )  # fmt: skip
+
+
+def test_export_needs_the_hf_config_and_tokenizer(round_trip, store):
+    expect("missing_hf_config_or_tokenizer", "convert/megatron_to_hf", round_trip["imported"].path, store)
+
+
+def test_export_mismatch_publishes_nothing(round_trip, store, monkeypatch):
+    report = {"largest_logit": 1.3, "export_logit_difference": 0.2}
+    monkeypatch.setattr(megatron_convert, "convert", lambda run, arguments: report)
+    expect(
+        "export_logits_mismatch", "convert/megatron_to_hf", round_trip["imported"].path, store,
+        hf_model_id=str(round_trip["model"]),
+    )  # fmt: skip
+
+
+def test_distributed_conversion_launches_torchrun_over_the_node():
+    params = {"distributed": True, "torchrun.nproc_per_node": 8}
+    command = megatron_convert.launch_command(["import"], params, gpus=8)
+    assert command[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=8"]
+    assert command[-1] == "import" and megatron_convert.CHILD in command
+    assert megatron_convert.launch_command(["import"], params, gpus=0)[1:3] == ["-m", megatron_convert.CHILD]
