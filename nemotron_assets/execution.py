@@ -151,7 +151,8 @@ def run_stage(
     def build(staging: Path) -> dict[str, Any]:
         started = time.time()
         logger = log or logging.getLogger(step.id)
-        result = step_function(step)(StepRun(step, params, inputs, staging, work_dir, gpus, logger, launcher))
+        run = StepRun(step, params, inputs, staging, work_dir, gpus, logger, launcher, profile=profile)
+        result = step_function(step)(run)
         provenance = {
             "type": step.primary_output,
             "asset_key": "/".join(key),

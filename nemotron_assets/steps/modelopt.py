@@ -1,0 +1,79 @@
+"""What the ModelOpt steps share: the target GPU from the hardware profile, input/output overlap checks, the
+calibration texts drawn from training data, and running a task of `modelopt_launch` in a child process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from nemotron_assets.artifacts.files import data_files
+from nemotron_assets.artifacts.jsonl import CORPUS_SHAPES, RecordStream
+from nemotron_assets.steps import StepRun
+from resources.profile import HardwareProfile
+
+ARCHITECTURES = {  # GPU model -> architecture; what each architecture's tensor cores run
+    **dict.fromkeys(("B100", "B200", "GB200", "B300", "GB300"), "blackwell"),
+    **dict.fromkeys(("H100", "H200", "GH200", "H800", "H20"), "hopper"),
+    **dict.fromkeys(("L4", "L40", "L40S"), "ada"),
+}
+FP8 = ("fp8", "fp8_blockwise", "w4a8_awq")
+INT = ("int8_sq", "int4_awq")
+SUPPORTED = {"blackwell": (*FP8, *INT, "nvfp4"), "hopper": (*FP8, *INT), "ada": (*FP8, *INT)}
+AUTO = {"blackwell": "nvfp4", "hopper": "fp8", "ada": "fp8"}  # what `auto` picks: the architecture's own format
+
+
+def target_gpu(run: StepRun, parameter: str) -> str | None:
+    """The GPU the result is for: the parameter when set, else the hardware profile's [gpu] model."""
+    if run.params.get(parameter):
+        return run.params[parameter]
+    gpu = HardwareProfile(name=run.profile).load().gpu
+    return gpu.model if gpu else None
+
+
+def architecture(gpu: str) -> str:
+    """'H100' / 'NVIDIA H100 80GB' / 'h200-141gb' -> hopper; unknown models -> 'other' (integer formats only)."""
+    name = gpu.upper().removeprefix("NVIDIA").strip().split()[0].split("-")[0]
+    return ARCHITECTURES.get(name, "other")
+
+
+def check_apart(run: StepRun, error: str, output: str | None, *sources: Path | str) -> None:
+    """`error` when an output directory parameter points at or inside a source (or a source inside it)."""
+    if not output:
+        return
+    out = Path(output).resolve()
+    for source in sources:
+        src = Path(source).resolve()
+        if out == src or src in out.parents or out in src.parents:
+            raise run.error(error, f"{out} overlaps the source {src}")
+
+
+def record_text(record: dict[str, Any], tokenizer) -> str:
+    """One training record as the text the model sees: chat through its template, preference pairs and RL prompts
+    with their preferred answer, plain text as is."""
+    if "chosen" in record:
+        return f"{record['prompt']}\n{record['chosen']}"
+    if "messages" in record:
+        return tokenizer.apply_chat_template(record["messages"], tokenize=False)
+    prompt = next(record[f] for f in ("prompt", "question", "problem", "input", "text") if record.get(f))
+    answer = record.get("answer") or record.get("ground_truth")
+    return f"{prompt}\n{answer}" if isinstance(answer, str) else prompt
+
+
+def training_texts(run: StepRun, tokenizer, limit: int) -> list[str]:
+    """Up to `limit` texts from the consumed training_jsonl, in file order."""
+    files = data_files(run.input("training_jsonl").path, (".jsonl",))
+    stream = RecordStream(files, CORPUS_SHAPES, max_rows=limit)
+    return [record_text(record, tokenizer) for record in stream]
+
+
+def run_task(run: StepRun, task: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Run `modelopt_launch <task>` on `job` through the step's launcher; return its result.json."""
+    run.work_dir.mkdir(parents=True, exist_ok=True)
+    path = run.work_dir / f"{task}.json"
+    path.write_text(json.dumps(job))
+    result = run.work_dir / "result.json"
+    result.unlink(missing_ok=True)
+    run.launch([sys.executable, "-m", "nemotron_assets.steps.modelopt_launch", task, "--job", str(path)])
+    return json.loads(result.read_text())

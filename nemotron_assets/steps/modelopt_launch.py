@@ -1,0 +1,104 @@
+"""Child process of the ModelOpt steps: the torch work, run through the profile's launcher.
+
+    python -m nemotron_assets.steps.modelopt_launch quantize --job job.json
+
+`quantize`: load the HF model, measure its mean token NLL on held-out texts, calibrate ModelOpt's quantizers on the
+calibration texts (`mtq.quantize` with the recipe's config: fake-quant on CPU, real kernels on GPU), measure the
+quantized model's NLL on the same texts, and write the deployable checkpoint with `export_hf_checkpoint`.
+It writes result.json beside the job file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+RECIPES = {  # args.export_quant_cfg -> ModelOpt config name
+    "fp8": "FP8_DEFAULT_CFG",
+    "fp8_blockwise": "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG",
+    "int8_sq": "INT8_SMOOTHQUANT_CFG",
+    "int4_awq": "INT4_AWQ_CFG",
+    "w4a8_awq": "W4A8_AWQ_BETA_CFG",
+    "nvfp4": "NVFP4_DEFAULT_CFG",
+}
+
+
+def quant_config(recipe: str) -> dict[str, Any]:
+    import modelopt.torch.quantization as mtq
+
+    return getattr(mtq, RECIPES[recipe])
+
+
+def validated_quantizers(recipe: str) -> int:
+    """Validate the recipe's config with ModelOpt's own schema; return how many quantizer rules it enables."""
+    from modelopt.torch.quantization.config import QuantizeConfig
+
+    config = QuantizeConfig.model_validate(quant_config(recipe))
+    return sum(1 for entry in config.quant_cfg if entry.enable is not False and entry.cfg is not None)
+
+
+def batches(tokenizer, texts: list[str], max_tokens: int, device: str):
+    for text in texts:
+        yield tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens).to(device)
+
+
+def mean_nll(model, tokenizer, texts: list[str], max_tokens: int, device: str) -> float:
+    """Mean next-token negative log-likelihood over the texts (token-weighted)."""
+    import torch
+
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in batches(tokenizer, texts, max_tokens, device):
+            n = batch["input_ids"].shape[1] - 1
+            if n < 1:
+                continue
+            total += model(**batch, labels=batch["input_ids"]).loss.item() * n
+            tokens += n
+    return total / tokens
+
+
+def quantize(job: dict[str, Any]) -> dict[str, Any]:
+    import modelopt.torch.quantization as mtq
+    import torch
+    from modelopt.torch.export import export_hf_checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(job["model"])
+    model = AutoModelForCausalLM.from_pretrained(job["model"], dtype="auto").to(device).eval()
+    measure = job["holdout"] or job["calibration"]
+    before = mean_nll(model, tokenizer, measure, job["max_tokens"], device)
+
+    def forward_loop(m) -> None:
+        with torch.no_grad():
+            for batch in batches(tokenizer, job["calibration"], job["max_tokens"], device):
+                m(**batch)
+
+    model = mtq.quantize(model, quant_config(job["recipe"]), forward_loop=forward_loop)
+    after = mean_nll(model, tokenizer, measure, job["max_tokens"], device)
+    quantizers = [m for name, m in model.named_modules() if name.endswith("_quantizer") and m.is_enabled]
+    export_hf_checkpoint(model, export_dir=job["output"])
+    tokenizer.save_pretrained(job["output"])
+    return {
+        "device": device,
+        "enabled_quantizers": len(quantizers),
+        "nll_before": before,
+        "nll_after": after,
+        "measured_on": "holdout" if job["holdout"] else "calibration",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("task", choices=["quantize"])
+    parser.add_argument("--job", required=True, type=Path)
+    args = parser.parse_args()
+    job = json.loads(args.job.read_text())
+    task = {"quantize": quantize}[args.task]
+    (args.job.parent / "result.json").write_text(json.dumps(task(job)))
+
+
+if __name__ == "__main__":
+    main()

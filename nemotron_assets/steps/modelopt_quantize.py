@@ -1,0 +1,80 @@
+"""optimize/modelopt/quantize: post-training quantization of an HF model with ModelOpt, calibrated on the training
+data, exported as a deployable HF checkpoint (quantized weights + hf_quant_config.json).
+
+The format follows the GPU the checkpoint is for (`deploy_gpu`, else the hardware profile's [gpu] model): `auto`
+picks NVFP4 on Blackwell and FP8 on Hopper/Ada; a format the GPU cannot run is refused before any work. The first
+`args.calib_size` rows of the consumed training_jsonl calibrate; the next `holdout_size` rows measure the model's
+mean token NLL before and after quantization (the quantized model's own forward: fake-quant on CPU), and a relative
+increase over `max_drop` fails the step. NVFP4 calibration needs CUDA: on CPU its config is validated by ModelOpt's
+schema and the step says it cannot run here.
+"""
+
+from __future__ import annotations
+
+import json
+
+from nemotron_assets.steps import StepResult, StepRun
+from nemotron_assets.steps.modelopt import AUTO, SUPPORTED, architecture, run_task, target_gpu, training_texts
+from nemotron_assets.steps.modelopt_launch import validated_quantizers
+
+
+def recipe_for(run: StepRun) -> tuple[str, str | None]:
+    """(ModelOpt recipe, target GPU), or unsupported_quant_recipe."""
+    wanted, gpu = run.params["args.export_quant_cfg"], target_gpu(run, "deploy_gpu")
+    if gpu is None:
+        if wanted == "auto":
+            raise run.error("unsupported_quant_recipe", f"profile {run.profile} has no GPU to pick the format for")
+        return wanted, None
+    arch = architecture(gpu)
+    recipe = AUTO.get(arch, "int8_sq") if wanted == "auto" else wanted
+    if recipe not in SUPPORTED.get(arch, ("int8_sq", "int4_awq")):
+        raise run.error("unsupported_quant_recipe", f"{recipe} does not run on {gpu} ({arch})")
+    return recipe, gpu
+
+
+def run(run: StepRun) -> StepResult:
+    from transformers import AutoTokenizer
+
+    p = run.params
+    recipe, gpu = recipe_for(run)
+    if recipe == "nvfp4" and not run.gpus:
+        rules = validated_quantizers(recipe)
+        raise run.error(
+            "unsupported_quant_recipe",
+            f"nvfp4 calibration needs a CUDA GPU (Blackwell); its ModelOpt config is valid ({rules} quantizer rules) "
+            f"but this run has no GPU (profile {run.profile})",
+        )
+    model = run.input("checkpoint_hf").path
+    calib, holdout = p["args.calib_size"], p["holdout_size"]
+    texts = training_texts(run, AutoTokenizer.from_pretrained(model), calib + holdout)
+    if len(texts) < calib:
+        raise run.error(
+            "tiny_calibration_used_as_quality_signal",
+            f"args.calib_size is {calib} but {run.input('training_jsonl').name} holds only {len(texts)} rows",
+        )
+    job = {
+        "model": str(model),
+        "recipe": recipe,
+        "calibration": texts[:calib],
+        "holdout": texts[calib:],
+        "max_tokens": p["calib_max_tokens"],
+        "output": str(run.output_dir),
+    }
+    result = run_task(run, "quantize", job)
+    increase = (result["nll_after"] - result["nll_before"]) / result["nll_before"]
+    if increase > p["max_drop"]:
+        raise run.error(
+            "quantization_quality_drop",
+            f"mean token NLL on {result['measured_on']} rows rose {increase:.2%} "
+            f"({result['nll_before']:.4f} -> {result['nll_after']:.4f}), over max_drop {p['max_drop']:.2%}",
+        )
+    exported = json.loads((run.output_dir / "hf_quant_config.json").read_text())["quantization"]
+    stats = result | {
+        "recipe": recipe,
+        "quant_algo": exported["quant_algo"],
+        "calibration_samples": calib,
+        "holdout_samples": len(job["holdout"]),
+        "relative_nll_increase": increase,
+    }
+    record = {"recipe": recipe, "quant_algo": exported["quant_algo"], "deploy_gpu": gpu, "calib_size": calib}
+    return StepResult(stats, {"quantization": record | {"calibration_data": run.input("training_jsonl").version}})

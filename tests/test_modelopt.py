@@ -1,0 +1,154 @@
+"""optimize/modelopt/quantize: real ModelOpt PTQ of the tiny Llama on CPU, calibrated on its chat data, exported
+with export_hf_checkpoint; the format follows the profile's GPU; every named error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DATA
+from helpers import materialize
+from safetensors import safe_open
+
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.errors import NamedError
+from nemotron_assets.pipelines import PipelineSpec
+from nemotron_assets.steps import InputArtifact, StepRun, modelopt_quantize
+from nemotron_assets.steps.modelopt import architecture
+from resources.artifact_store import ArtifactStore
+
+QUANTIZE = "optimize/modelopt/quantize"
+CHAT = DATA / "tiny_chat.jsonl"
+
+
+def quantize_pipeline(model: Path, data: Path = CHAT, **config: Any) -> PipelineSpec:
+    return PipelineSpec.parse(
+        {
+            "name": "t",
+            "description": "quantize",
+            "sources": [
+                {"name": "model", "type": "checkpoint_hf", "path": str(model)},
+                {"name": "data", "type": "training_jsonl", "path": str(data)},
+            ],
+            "stages": [
+                {
+                    "name": "out",
+                    "step": QUANTIZE,
+                    "consumes": {"checkpoint_hf": "model", "training_jsonl": "data"},
+                    "preset": "tiny",
+                    "config": config,
+                }
+            ],
+        }
+    )
+
+
+def step_run(tmp_path: Path, model: Path, profile: str = "local_cpu", gpus: int = 0, **params: Any) -> StepRun:
+    """A quantize StepRun (tiny preset) for the checks that come before any work."""
+    step = CATALOG.step(QUANTIZE)
+    inputs = {
+        "checkpoint_hf": InputArtifact("model", "checkpoint_hf", model, "v1"),
+        "training_jsonl": InputArtifact("data", "training_jsonl", CHAT, "v2"),
+    }
+    return StepRun(
+        step, step.preset_values("tiny") | params, inputs, tmp_path / "out", tmp_path / "work", gpus, profile=profile
+    )
+
+
+@pytest.fixture(scope="module")
+def quantized(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    store = ArtifactStore(root=str(tmp_path_factory.mktemp("store")))
+    return materialize(quantize_pipeline(fixtures_dir / "tiny-llama"), store)
+
+
+def test_fp8_ptq_exports_a_deployable_checkpoint(quantized):
+    out = quantized.path
+    assert json.loads((out / "hf_quant_config.json").read_text())["quantization"]["quant_algo"] == "FP8"
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "modelopt"
+    with safe_open(out / "model.safetensors", "pt") as f:
+        dtypes = {name: str(f.get_slice(name).get_dtype()) for name in f.keys()}  # noqa: SIM118
+    assert dtypes["model.layers.0.mlp.up_proj.weight"] == "F8_E4M3"
+    assert any(name.endswith("weight_scale") for name in dtypes)
+    assert dtypes["model.embed_tokens.weight"] == "F32"  # excluded from quantization, as ModelOpt exports it
+    stats = quantized.stats
+    assert stats["recipe"] == "fp8" and stats["enabled_quantizers"] > 0
+    assert stats["measured_on"] == "holdout" and stats["calibration_samples"] == 8
+    assert stats["nll_before"] > 0 and abs(stats["relative_nll_increase"]) < 0.02
+    assert quantized.provenance["quantization"] == {
+        "recipe": "fp8",
+        "quant_algo": "FP8",
+        "deploy_gpu": "H100",
+        "calib_size": 8,
+        "calibration_data": quantized.provenance["inputs"][1]["version"],
+    }
+    assert quantized.provenance["contract"]["has_chat_template"]
+
+
+def test_format_follows_the_profiles_gpu(tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    model = fixtures_dir / "tiny-llama"
+    hopper = step_run(tmp_path, model, "slurm_4node", **{"deploy_gpu": None})
+    assert modelopt_quantize.recipe_for(hopper) == ("fp8", "H100")
+    blackwell = tmp_path / "profiles"
+    blackwell.mkdir()
+    text = (Path(__file__).parents[1] / "env_profiles" / "slurm_1node.toml").read_text()
+    (blackwell / "b200.toml").write_text(text.replace('model = "H100"', 'model = "B200"'))
+    monkeypatch.setenv("NEMOTRON_PROFILE_DIR", str(blackwell))
+    assert modelopt_quantize.recipe_for(step_run(tmp_path, model, "b200", **{"deploy_gpu": None})) == ("nvfp4", "B200")
+    assert [architecture(g) for g in ("NVIDIA H200 141GB", "gb200", "A100")] == ["hopper", "blackwell", "other"]
+
+
+@pytest.mark.parametrize(
+    ("profile", "params", "message"),
+    [
+        ("slurm_4node", {"deploy_gpu": None, "args.export_quant_cfg": "nvfp4"}, "nvfp4 does not run on H100"),
+        ("local_cpu", {"deploy_gpu": "A100", "args.export_quant_cfg": "fp8"}, "fp8 does not run on A100"),
+        ("local_cpu", {"deploy_gpu": None}, "no GPU to pick the format for"),
+        ("local_cpu", {"deploy_gpu": "B200"}, "nvfp4 calibration needs a CUDA GPU"),
+    ],
+)
+def test_unsupported_quant_recipe(tmp_path: Path, fixtures_dir: Path, profile: str, params: dict, message: str):
+    with pytest.raises(NamedError) as e:
+        modelopt_quantize.run(step_run(tmp_path, fixtures_dir / "tiny-llama", profile, **params))
+    assert e.value.name == "unsupported_quant_recipe" and message in e.value.detail
+    assert "nvfp4 on Blackwell" in e.value.recovery
+    assert not (tmp_path / "out").exists()
+
+
+def test_nvfp4_config_is_validated_by_modelopt(tmp_path: Path, fixtures_dir: Path):
+    with pytest.raises(NamedError, match=r"config is valid \(\d+ quantizer rules\)"):
+        modelopt_quantize.run(step_run(tmp_path, fixtures_dir / "tiny-llama", **{"deploy_gpu": "B200"}))
+
+
+def test_too_few_calibration_rows(tmp_path: Path, fixtures_dir: Path):
+    with pytest.raises(NamedError) as e:
+        modelopt_quantize.run(step_run(tmp_path, fixtures_dir / "tiny-llama", **{"args.calib_size": 100}))
+    assert e.value.name == "tiny_calibration_used_as_quality_signal" and "holds only 48 rows" in e.value.detail
+    assert "representative calibration set" in e.value.recovery
+
+
+def outlier_model(source: Path, target: Path) -> Path:
+    """The tiny Llama with one large weight in every linear layer: per-tensor scales coarsen, INT8 loses quality."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and "lm_head" not in name:
+                module.weight[0, 0] = 1000 * module.weight.abs().max()
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+    return target
+
+
+def test_quality_drop_over_max_drop_publishes_nothing(fixtures_dir: Path, tmp_path: Path):
+    model = outlier_model(fixtures_dir / "tiny-llama", tmp_path / "outlier")
+    store = ArtifactStore(root=str(tmp_path / "store"))
+    pipeline = quantize_pipeline(model, **{"args.export_quant_cfg": "int8_sq", "max_drop": 0.0001})
+    with pytest.raises(NamedError) as e:
+        materialize(pipeline, store)
+    assert e.value.name == "quantization_quality_drop" and "over max_drop 0.01%" in e.value.detail
+    assert "gentler recipe" in e.value.recovery
+    assert not list((tmp_path / "store").rglob("model.safetensors"))
