@@ -5,7 +5,8 @@
 `quantize`: load the HF model, measure its mean token NLL on held-out texts, calibrate ModelOpt's quantizers on the
 calibration texts (`mtq.quantize` with the recipe's config: fake-quant on CPU, real kernels on GPU), measure the
 quantized model's NLL on the same texts, and write the deployable checkpoint with `export_hf_checkpoint`.
-It writes result.json beside the job file.
+`distill`: train the student on the teacher's logits with `modelopt.torch.distill` (logits KD loss between the two
+lm_heads), then export the plain student and save it. Each writes result.json beside the job file.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def batches(tokenizer, texts: list[str], max_tokens: int, device: str):
         yield tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens).to(device)
 
 
-def mean_nll(model, tokenizer, texts: list[str], max_tokens: int, device: str) -> float:
-    """Mean next-token negative log-likelihood over the texts (token-weighted)."""
+def mean_nll(model, tokenizer, texts: list[str], max_tokens: int, device: str) -> float | None:
+    """Mean next-token negative log-likelihood over the texts (token-weighted); None without texts."""
     import torch
 
     total, tokens = 0.0, 0
@@ -56,7 +57,7 @@ def mean_nll(model, tokenizer, texts: list[str], max_tokens: int, device: str) -
                 continue
             total += model(**batch, labels=batch["input_ids"]).loss.item() * n
             tokens += n
-    return total / tokens
+    return total / tokens if tokens else None
 
 
 def quantize(job: dict[str, Any]) -> dict[str, Any]:
@@ -90,13 +91,46 @@ def quantize(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def distill(job: dict[str, Any]) -> dict[str, Any]:
+    import modelopt.torch.distill as mtd
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(job["student"])
+    teacher = AutoModelForCausalLM.from_pretrained(job["teacher"]).to(device).eval()
+    student = AutoModelForCausalLM.from_pretrained(job["student"]).to(device)
+    before = mean_nll(student, tokenizer, job["holdout"], job["max_tokens"], device)
+    criterion = {("lm_head", "lm_head"): mtd.LogitsDistillationLoss()}
+    model = mtd.convert(student, mode=[("kd_loss", {"teacher_model": teacher, "criterion": criterion})])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=job["lr"])
+    texts, size, losses = job["train"], job["batch_size"], []
+    model.train()
+    for step in range(job["steps"]):
+        total = 0.0
+        for text in (texts[(step * size + i) % len(texts)] for i in range(size)):
+            batch = tokenizer(text, return_tensors="pt", truncation=True, max_length=job["max_tokens"]).to(device)
+            model(**batch)  # the teacher runs inside, without gradients
+            loss = model.compute_kd_loss() / size
+            loss.backward()
+            total += loss.item()
+        losses.append(total)
+        optimizer.step()
+        optimizer.zero_grad()
+    student = mtd.export(model).eval()
+    after = mean_nll(student, tokenizer, job["holdout"], job["max_tokens"], device)
+    student.save_pretrained(job["output"])
+    tokenizer.save_pretrained(job["output"])
+    return {"device": device, "kd_loss": losses, "student_nll_before": before, "student_nll_after": after}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("task", choices=["quantize"])
+    parser.add_argument("task", choices=["quantize", "distill"])
     parser.add_argument("--job", required=True, type=Path)
     args = parser.parse_args()
     job = json.loads(args.job.read_text())
-    task = {"quantize": quantize}[args.task]
+    task = {"quantize": quantize, "distill": distill}[args.task]
     (args.job.parent / "result.json").write_text(json.dumps(task(job)))
 
 

@@ -1,0 +1,53 @@
+"""optimize/modelopt/distill: knowledge distillation of an HF student from its teacher (usually the original
+checkpoint the student was pruned or quantized from) with ModelOpt's `modelopt.torch.distill`, on training data.
+
+Teacher and student must share one tokenizer (same content fingerprint), or the logits they are compared on do not
+mean the same tokens. The first `holdout_size` rows measure the student's mean token NLL before and after; the
+rest train it for `args.train_iters` steps of `args.gbs` samples. The distilled student is a plain HF checkpoint.
+"""
+
+from __future__ import annotations
+
+from nemotron_assets.steps import StepResult, StepRun
+from nemotron_assets.steps.automodel import base_model_record
+from nemotron_assets.steps.modelopt import run_task, training_texts
+from nemotron_assets.steps.tokenizer import TokenizerUnavailable, load_tokenizer
+
+
+def run(run: StepRun) -> StepResult:
+    from transformers import AutoTokenizer
+
+    p = run.params
+    teacher, student = p["args.teacher_hf_path"], run.input("checkpoint_hf").path
+    try:
+        tokenizers = {"teacher": load_tokenizer(teacher), "student": load_tokenizer(str(student))}
+    except TokenizerUnavailable as e:
+        raise run.error("teacher_student_or_tokenizer_mismatch", f"cannot load a tokenizer: {e}") from None
+    fingerprints = {role: t.fingerprint for role, t in tokenizers.items()}
+    if fingerprints["teacher"] != fingerprints["student"]:
+        raise run.error(
+            "teacher_student_or_tokenizer_mismatch",
+            f"teacher {teacher} tokenizer {fingerprints['teacher'][:12]} (vocab {tokenizers['teacher'].vocab_size}), "
+            f"student {run.input('checkpoint_hf').name} {fingerprints['student'][:12]} "
+            f"(vocab {tokenizers['student'].vocab_size})",
+        )
+    holdout = p["holdout_size"]
+    texts = training_texts(run, AutoTokenizer.from_pretrained(student), holdout + p["args.gbs"] * p["args.train_iters"])
+    if len(texts) <= holdout:
+        raise run.error("not_enough_training_rows", f"{len(texts)} rows, all needed for the {holdout} held-out ones")
+    job = {
+        "teacher": teacher,
+        "student": str(student),
+        "holdout": texts[:holdout],
+        "train": texts[holdout:],
+        "steps": p["args.train_iters"],
+        "batch_size": p["args.gbs"],
+        "lr": p["args.lr"],
+        "max_tokens": p["args.seq_length"],
+        "output": str(run.output_dir),
+    }
+    result = run_task(run, "distill", job)
+    losses = result.pop("kd_loss")
+    stats = result | {"kd_loss_first": losses[0], "kd_loss_last": losses[-1], "train_samples": len(job["train"])}
+    provenance = {"distillation": {"teacher": base_model_record(teacher), "data": run.input("training_jsonl").version}}
+    return StepResult(stats, provenance)
