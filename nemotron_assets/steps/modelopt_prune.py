@@ -1,0 +1,66 @@
+"""optimize/modelopt/prune: ModelOpt Minitron structured pruning of an HF model through Megatron-Bridge, with
+ModelOpt's own example script (prune_minitron.py) in the Megatron-Bridge container.
+
+Minitron (`mtp.prune(mode="mcore_minitron")`) prunes Megatron-Core models only, one process per pipeline stage
+(world size = args.pp_size), so the step needs that many GPUs. The checks that come before any GPU is asked for: a
+target parameter count (NAS search) or an exact export config, never both; a target below the model's size; layers
+that split over the pipeline stages. The pruned HF checkpoint is written straight into the artifact.
+"""
+
+from __future__ import annotations
+
+import json
+
+from nemotron_assets.artifacts.checkpoints import validate_checkpoint_hf
+from nemotron_assets.steps import StepResult, StepRun
+
+SCRIPT = "/opt/Model-Optimizer/examples/megatron_bridge/prune_minitron.py"
+PASSED = (  # parameters handed to the script under their own flag names
+    "args.pp_size",
+    "args.num_layers_in_first_pipeline_stage",
+    "args.num_layers_in_last_pipeline_stage",
+    "args.calib_dataset_name",
+    "args.calib_num_samples",
+    "args.seq_length",
+    "args.prune_target_params",
+)
+
+
+def check(run: StepRun) -> dict[str, int]:
+    """The named errors a pruning request can have; returns the source model's layer and parameter counts."""
+    p = run.params
+    target, export = p.get("args.prune_target_params"), p.get("args.prune_export_config")
+    if (target is None) == (not export):
+        state = "both are set" if export else "neither is set"
+        raise run.error("target_and_export_config_both_set", f"args.prune_target_params and export config: {state}")
+    source = run.input("checkpoint_hf").path
+    size = validate_checkpoint_hf(source)["parameters"]
+    if target is not None and target >= size:
+        raise run.error("target_not_below_model_size", f"target {target:.3g} parameters, the model has {size:.3g}")
+    layers = json.loads((source / "config.json").read_text())["num_hidden_layers"]
+    pp, uneven = p["args.pp_size"], p.get("args.num_layers_in_first_pipeline_stage") is not None
+    if layers % pp and not uneven:
+        raise run.error("invalid_parallel_divisibility", f"{layers} layers do not split over pp_size {pp}")
+    if run.gpus < pp:
+        raise run.error("insufficient_hardware", f"pp_size {pp} needs {pp} GPUs on a node; this run has {run.gpus}")
+    return {"layers": layers, "parameters": size}
+
+
+def prune_command(run: StepRun) -> list[str]:
+    """torchrun over args.pp_size processes running ModelOpt's prune_minitron.py into the artifact directory."""
+    p = run.params
+    flags = [f"--hf_model_name_or_path={run.input('checkpoint_hf').path}", f"--output_hf_path={run.output_dir}"]
+    flags += [f"--{name.removeprefix('args.')}={p[name]}" for name in PASSED if p.get(name) is not None]
+    if p.get("args.prune_export_config"):
+        flags.append(f"--prune_export_config={json.dumps(p['args.prune_export_config'])}")
+    if p.get("args.hparams_to_skip"):
+        flags += ["--hparams_to_skip", *p["args.hparams_to_skip"]]
+    return ["torchrun", f"--nproc_per_node={p['args.pp_size']}", SCRIPT, *flags, *p["extra_args"]]
+
+
+def run(run: StepRun) -> StepResult:
+    source = check(run)
+    run.launch(prune_command(run))
+    pruned = validate_checkpoint_hf(run.output_dir)
+    stats = {"parameters_before": source["parameters"], "parameters_after": pruned["parameters"]}
+    return StepResult(stats | {"kept": pruned["parameters"] / source["parameters"]})
