@@ -1,0 +1,85 @@
+"""NeMo-RL run configurations for rl/nemo_rl/dpo (examples/run_dpo.py) and rl/nemo_rl/rlvr, rlhf
+(examples/run_grpo.py), in the keys of NeMo-RL's own example YAMLs (dpo.yaml, grpo_math_1B.yaml): the step's
+parameters, the data splits, the policy to start from, the Megatron training backend, Ray's cluster size.
+
+Each config inherits the container's example config (`defaults:`, resolved by NeMo-RL's loader) and overrides what
+the step decides, so every key NeMo-RL has but the step does not set keeps NeMo-RL's default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NEMO_RL = "/opt/nemo-rl"
+ENTRIES = {  # step -> (entry script, example config it inherits), paths in the nemo-rl container
+    "rl/nemo_rl/dpo": ("examples/run_dpo.py", "examples/configs/dpo.yaml"),
+    "rl/nemo_rl/rlvr": ("examples/run_grpo.py", "examples/configs/grpo_math_1B.yaml"),
+    "rl/nemo_rl/rlhf": ("examples/run_grpo.py", "examples/configs/grpo_math_1B.yaml"),
+}
+PREFIXES = ("dpo.", "grpo.", "loss_fn.", "policy.", "env.", "checkpointing.")  # parameters that are config keys
+LOCAL = ("policy.model_name", "checkpointing.checkpoint_dir")  # set by the step from its inputs and work directory
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'a.b': 1, 'a.c': 2} -> {'a': {'b': 1, 'c': 2}}."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return tree
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge; `extra` wins."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def step_keys(params: dict[str, Any]) -> dict[str, Any]:
+    """The step parameters that are NeMo-RL config keys, as set (unset ones keep NeMo-RL's defaults)."""
+    return {k: v for k, v in params.items() if k.startswith(PREFIXES) and k not in LOCAL and v is not None}
+
+
+def data_section(step_id: str, train: str, validation: str, fields: dict[str, str]) -> dict[str, Any]:
+    """data.train / data.validation / data.default for local JSONL files: preference pairs for DPO, prompts with
+    their verifier field for the math environment, NeMo-Gym rows for RLHF."""
+    if step_id == "rl/nemo_rl/dpo":
+        default = {"dataset_name": "BinaryPreferenceDataset", "prompt_key": "prompt"}
+        default |= {"chosen_key": "chosen", "rejected_key": "rejected"}
+    elif step_id == "rl/nemo_rl/rlhf":
+        default = {"dataset_name": "NemoGymDataset", "env_name": "nemo_gym", "processor": "nemo_gym_data_processor"}
+    else:
+        default = {"dataset_name": "ResponseDataset", "input_key": fields["prompt"], "output_key": fields["answer"]}
+        default |= {"env_name": "math", "processor": "math_hf_data_processor"}
+    return {"train": {"data_path": train}, "validation": {"data_path": validation}, "default": default}
+
+
+def run_config(
+    step_id: str,
+    params: dict[str, Any],
+    policy: str,
+    data: dict[str, Any],
+    cluster: dict[str, int],
+    output: dict[str, str],
+) -> dict[str, Any]:
+    """The complete override config: inherits the example YAML; Megatron backend (the policy's checkpoints are
+    Megatron distributed checkpoints, like the SFT checkpoint it starts from)."""
+    config = {
+        "defaults": f"{NEMO_RL}/{ENTRIES[step_id][1]}",
+        "policy": {
+            "model_name": policy,
+            "tokenizer": {"name": policy},
+            "dtensor_cfg": {"enabled": False},
+            "megatron_cfg": {"enabled": True},
+        },
+        "checkpointing": {"enabled": True, "checkpoint_dir": output["checkpoints"]},
+        "logger": {"log_dir": output["logs"]},
+        "data": data,
+        "cluster": cluster,
+    }
+    return merge(config, nested(step_keys(params)))
