@@ -48,23 +48,51 @@ def expand_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: expand(v) if isinstance(v, str) else v for k, v in params.items()}
 
 
-def resolve_input(pipeline: PipelineSpec, name: str, store: ArtifactStore) -> InputArtifact:
-    """A source's path and content digest, or a stage output's current published version."""
+def store_key(pipeline: PipelineSpec, name: str, partition: str | None) -> tuple[str, ...]:
+    """An artifact's key in the store: `<pipeline>/<artifact>`, plus the partition key for a partitioned one."""
+    return (pipeline.name, name, partition) if pipeline.partitions_of(name) else (pipeline.name, name)
+
+
+def resolve_input(
+    pipeline: PipelineSpec, name: str, store: ArtifactStore, partition: str | None = None
+) -> InputArtifact:
+    """A source's path and content digest, or a stage output's current published version; for a partitioned
+    artifact, the consumer's partition of it, or all its partitions when the consumer is unpartitioned."""
     type_name = pipeline.artifact_type(name)
     source = pipeline.source(name)
+    if pipeline.partitions_of(name) and partition is None:
+        return all_partitions(pipeline, name, store)
     if source is not None:
         try:
             path = Path(expand(source.path))
         except KeyError as e:
             raise contract_error("artifact_missing", f"source {pipeline.name}/{name}: {e.args[0]}; set it") from None
+        path = path / partition if source.partitioned else path
         if not path.exists() and not any(ch in str(path) for ch in "*?["):
             raise contract_error("artifact_missing", f"source {pipeline.name}/{name}: {path} does not exist")
         return InputArtifact(name, type_name, path, content_digest(path))
-    current = store.current((pipeline.name, name))
+    key = store_key(pipeline, name, partition)
+    current = store.current(key)
     if current is None:
-        raise contract_error("artifact_missing", f"{pipeline.name}/{name} has not been materialized yet")
+        raise contract_error("artifact_missing", f"{'/'.join(key)} has not been materialized yet")
     version, path = current
     return InputArtifact(name, type_name, path, version)
+
+
+def all_partitions(pipeline: PipelineSpec, name: str, store: ArtifactStore) -> InputArtifact:
+    """Every published partition of a partitioned stage output, as one input versioned by all of them."""
+    type_name = pipeline.artifact_type(name)
+    directory = store.artifact_dir((pipeline.name, name))
+    keys = sorted(p.name for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []
+    parts = tuple(
+        InputArtifact(key, type_name, current[1], current[0])
+        for key in keys
+        if (current := store.current((pipeline.name, name, key))) is not None
+    )
+    if not parts:
+        raise contract_error("artifact_missing", f"{pipeline.name}/{name}: no partition has been materialized yet")
+    versions = {part.name: part.version for part in parts}
+    return InputArtifact(name, type_name, directory, json_digest(versions)[:16], parts)
 
 
 def reject_fed(step: StepSpec, artifact: InputArtifact) -> None:
@@ -122,6 +150,7 @@ def run_stage(
     log: logging.Logger | None = None,
     launcher: Launcher | None = None,
     gpus: int = 0,
+    partition: str | None = None,
 ) -> Materialization:
     """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
     step = CATALOG.step(stage.step)
@@ -134,11 +163,12 @@ def run_stage(
             except ValueError as e:
                 raise contract_error("invalid_parameter", f"{pipeline.name}/{stage.name}: {e}") from None
     params = expand_params(params)
-    inputs = {port: resolve_input(pipeline, name, store) for port, name in stage.consumes.items()}
+    inputs = {port: resolve_input(pipeline, name, store, partition) for port, name in stage.consumes.items()}
     for port, artifact in inputs.items():
-        reject_fed(step, artifact)
-        check_type(artifact.path, port)
-    key = (pipeline.name, stage.name)
+        for part in artifact.parts or (artifact,):
+            reject_fed(step, part)
+            check_type(part.path, port)
+    key = store_key(pipeline, stage.name, partition)
     version = data_version(step, params, inputs)
     existing = store.version_dir(key, version)
     published = read_provenance(existing)
@@ -161,6 +191,7 @@ def run_stage(
             "params": params,
             "inputs": [
                 {"port": port, "name": a.name, "type": a.type, "path": str(a.path), "version": a.version}
+                | ({"partitions": {part.name: part.version for part in a.parts}} if a.parts else {})
                 for port, a in sorted(inputs.items())
             ],
             "code": code_identity(),

@@ -13,6 +13,7 @@ import dagster as dg
 from pydantic import Field, create_model
 
 from nemotron_assets.artifacts import has_contract
+from nemotron_assets.automation import automation_condition, freshness_policy, partitions_def, pipeline_automation
 from nemotron_assets.catalog import CATALOG, Parameter, StepSpec
 from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware, gpu_pool, gpus_for
@@ -114,8 +115,11 @@ def _contract_result(path_text: str, type_name: str, verify_digests: bool) -> dg
     return dg.AssetCheckResult(passed=True, metadata=_metadata(stats | {"path": path_text}))
 
 
-def contract_check(key: dg.AssetKey, type_name: str, source: Source | None) -> dg.AssetChecksDefinition:
-    """Blocking check: the artifact satisfies its type's contract (and, once published, its recorded digests)."""
+def contract_check(
+    key: dg.AssetKey, type_name: str, source: Source | None, partitioned: bool = False
+) -> dg.AssetChecksDefinition:
+    """Blocking check: the artifact (the run's partition of it) satisfies its type's contract (and, once
+    published, its recorded digests)."""
 
     @dg.asset_check(
         asset=key,
@@ -123,10 +127,11 @@ def contract_check(key: dg.AssetKey, type_name: str, source: Source | None) -> d
         blocking=True,
         description=f"The {type_name} contract: {CATALOG.types[type_name].description}",
     )
-    def _check(artifact_store: ArtifactStore) -> dg.AssetCheckResult:
+    def _check(context: dg.AssetCheckExecutionContext, artifact_store: ArtifactStore) -> dg.AssetCheckResult:
         if source is not None:
             return _contract_result(expand(source.path), type_name, verify_digests=False)
-        current = artifact_store.current(key.path)
+        partition = [context.op_execution_context.partition_key] if partitioned else []
+        current = artifact_store.current(key.path + partition)
         if current is None:
             return dg.AssetCheckResult(passed=False, description=f"{key.to_user_string()} has no published artifact")
         return _contract_result(str(current[1]), type_name, verify_digests=True)
@@ -146,6 +151,7 @@ def gate_check(pipeline: PipelineSpec, target: Stage, before: Stage, after: Stag
     configured = pipeline.params(after).get("gate_tolerance")
     tolerance = DEFAULT_TOLERANCE[category] if configured is None else configured
     keys = [dg.AssetKey([pipeline.name, s.name]) for s in (before, after)]
+    target_key = (pipeline.name, target.name)
 
     @dg.asset_check(
         asset=keys[1],
@@ -155,7 +161,7 @@ def gate_check(pipeline: PipelineSpec, target: Stage, before: Stage, after: Stag
         description=f"{target.name}: {before.name} vs {after.name}, {category} gate, tolerance {tolerance}.",
     )
     def _gate(artifact_store: ArtifactStore) -> dg.AssetCheckResult:
-        from nemotron_assets.gates import compare
+        from nemotron_assets.gates import compare, settle
 
         sides = [artifact_store.current(key.path) for key in keys]
         if None in sides:
@@ -165,7 +171,8 @@ def gate_check(pipeline: PipelineSpec, target: Stage, before: Stage, after: Stag
             f"| {r.metric} | {r.before:.4g} | {r.after:.4g} | {r.improvement:+.4g} | {'yes' if r.passed else 'NO'} |"
             for r in rows
         )
-        metadata = {"tolerance": tolerance, "comparison": dg.MetadataValue.md(table)}
+        current = settle(artifact_store, target_key, sides[1][1], passed)
+        metadata = {"tolerance": tolerance, "comparison": dg.MetadataValue.md(table), "current": current or "none"}
         return dg.AssetCheckResult(passed=passed, description=reason, metadata=metadata)
 
     return _gate
@@ -179,6 +186,7 @@ def source_spec(pipeline: PipelineSpec, source: Source) -> dg.AssetSpec:
         group_name=pipeline.name,
         kinds={artifact.kind},
         metadata={"artifact_type": source.type, "path": source.path},
+        partitions_def=partitions_def(pipeline, source.name),
     )
 
 
@@ -218,6 +226,9 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
         metadata={"step": step.id, "artifact_type": artifact.name, "preset": stage.preset},
         tags={"nemotron/category": step.category, "nemotron/runnable": str(step.entry is not None).lower()},
         pool=gpu_pool(step),
+        partitions_def=partitions_def(pipeline, stage.name),
+        automation_condition=automation_condition(pipeline, stage),
+        freshness_policy=freshness_policy(pipeline, stage),
     )
     def _asset(
         context: dg.AssetExecutionContext, config: Config, artifact_store: ArtifactStore, hardware: HardwareProfile
@@ -241,6 +252,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 log=context.log,
                 launcher=recording(launcher_for(context, profile, gpus), launched),
                 gpus=gpus,
+                partition=context.partition_key if stage.partitioned else None,
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e
@@ -273,7 +285,7 @@ def pipeline_assets(pipeline: PipelineSpec) -> list[Any]:
     for source in pipeline.sources:
         spec = source_spec(pipeline, source)
         defs.append(spec)
-        if has_contract(source.type):
+        if has_contract(source.type) and not source.partitioned:  # a drop is type-checked by its consumer
             defs.append(contract_check(spec.key, source.type, source))
     gates = gating_deps(pipeline)
     for stage in pipeline.stages:
@@ -281,15 +293,16 @@ def pipeline_assets(pipeline: PipelineSpec) -> list[Any]:
         defs.append(asset)
         output = CATALOG.step(stage.step).primary_output
         if has_contract(output):
-            defs.append(contract_check(asset.key, output, None))
+            defs.append(contract_check(asset.key, output, None, stage.partitioned))
     defs += [gate_check(pipeline, *bookend) for bookend in pipeline.bookends()]
     return defs
 
 
 def build_definitions(pipelines: list[PipelineSpec]) -> dg.Definitions:
     defs = [d for pipeline in pipelines for d in pipeline_assets(pipeline)]
-    return dg.Definitions(
+    assets = dg.Definitions(
         assets=[d for d in defs if not isinstance(d, dg.AssetChecksDefinition)],
         asset_checks=[d for d in defs if isinstance(d, dg.AssetChecksDefinition)],
         resources={"artifact_store": ArtifactStore(), "hardware": HardwareProfile()},
     )
+    return dg.Definitions.merge(assets, *(pipeline_automation(pipeline) for pipeline in pipelines))

@@ -10,6 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nemotron_assets.artifacts.files import read_provenance
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from resources.artifact_store import ArtifactStore
 
 DEFAULT_TOLERANCE = {"sft": 0.01, "peft": 0.01, "pretrain": 0.01, "rl": 0.01, "convert": 0.001, "optimize": 0.02}
 QUALITY_CATEGORIES = tuple(DEFAULT_TOLERANCE)  # the catalog categories whose stages change model quality
@@ -45,3 +53,22 @@ def compare(before: Path, after: Path, category: str, tolerance: float) -> tuple
         f"{failed} {rule} {tolerance}" if failed else f"every score {rule.replace('may not', 'did not')} {tolerance}"
     )
     return not failed, rows, reason
+
+
+def settle(store: ArtifactStore, key: Sequence[str], evaluated: Path, passed: bool) -> str | None:
+    """Promotion by a gate: passing marks the checkpoint version its after-evaluation scored PROMOTED; failing puts
+    CURRENT back on the PROMOTED version (withdraws it before any pass), so consumers never read a regressed
+    checkpoint and its files stay for inspection. Returns the version consumers read now."""
+    from resources.artifact_store import PROMOTED
+
+    scored = next(i["version"] for i in read_provenance(evaluated)["inputs"] if i["name"] == key[-1])
+    if passed:
+        store.set_current(key, scored, PROMOTED)
+    else:
+        good = store.current(key, PROMOTED)
+        if good:
+            store.set_current(key, good[0])
+        else:
+            store.withdraw(key)
+    current = store.current(key)
+    return current[0] if current else None

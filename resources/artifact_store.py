@@ -1,7 +1,8 @@
 """The artifact store: version-addressed artifact directories, published atomically, sealed with digests.
 
 Layout: <root>/<pipeline>/<artifact>/<version>/ holds one complete artifact and its provenance.json;
-<root>/<pipeline>/<artifact>/CURRENT names the version consumers read. An artifact is built in a
+<root>/<pipeline>/<artifact>/CURRENT names the version consumers read; PROMOTED, for a gated checkpoint, the last
+version its quality gate passed. An artifact is built in a
 temporary sibling directory and renamed into place only once it is complete and valid, so a killed run
 never leaves a half-written artifact where a consumer can see it.
 """
@@ -26,6 +27,7 @@ from nemotron_assets.paths import setting
 
 T = TypeVar("T")
 CURRENT = "CURRENT"
+PROMOTED = "PROMOTED"
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -45,19 +47,23 @@ class ArtifactStore(dg.ConfigurableResource):
     def version_dir(self, key: Sequence[str], version: str) -> Path:
         return self.artifact_dir(key) / version
 
-    def current(self, key: Sequence[str]) -> tuple[str, Path] | None:
-        """(version, path) of the artifact consumers should read, or None before the first publication."""
-        pointer = self.artifact_dir(key) / CURRENT
-        if not pointer.exists():
+    def current(self, key: Sequence[str], pointer: str = CURRENT) -> tuple[str, Path] | None:
+        """(version, path) of the artifact consumers should read (or another pointer's), None when unset."""
+        path = self.artifact_dir(key) / pointer
+        if not path.exists():
             return None
-        version = pointer.read_text().strip()
+        version = path.read_text().strip()
         return version, self.version_dir(key, version)
 
-    def set_current(self, key: Sequence[str], version: str) -> None:
+    def set_current(self, key: Sequence[str], version: str, pointer: str = CURRENT) -> None:
         directory = self.artifact_dir(key)
-        with tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".{CURRENT}.", delete=False) as f:
+        with tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".{pointer}.", delete=False) as f:
             f.write(version)
-        os.replace(f.name, directory / CURRENT)
+        os.replace(f.name, directory / pointer)
+
+    def withdraw(self, key: Sequence[str]) -> None:
+        """No version is current any more (consumers find the artifact missing); nothing is deleted."""
+        (self.artifact_dir(key) / CURRENT).unlink(missing_ok=True)
 
     def publish(self, key: Sequence[str], version: str, build: Callable[[Path], T]) -> tuple[Path, T]:
         """Run `build(staging_dir)`, then rename the directory into place and make it current.

@@ -40,6 +40,7 @@ class Port(StrictModel):
 
     type: str
     required: bool = True
+    all_partitions: bool = Field(False, description="Takes every partition of a partitioned artifact at once.")
     description: str = ""
 
 

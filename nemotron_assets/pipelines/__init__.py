@@ -17,7 +17,7 @@ import yaml
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.catalog.models import StrictModel, check_value
 from nemotron_assets.pipelines.bookends import check_roles, expand, pairs
-from nemotron_assets.pipelines.models import Evaluation, PipelineError, Source, Stage
+from nemotron_assets.pipelines.models import Automation, Evaluation, PipelineError, Source, Stage
 
 PIPELINE_DIR = Path(__file__).resolve().parent
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
@@ -29,6 +29,7 @@ class PipelineSpec(StrictModel):
     sources: tuple[Source, ...] = ()
     stages: tuple[Stage, ...]
     evaluation: Evaluation | None = None
+    automation: Automation | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> PipelineSpec:
@@ -42,7 +43,9 @@ class PipelineSpec(StrictModel):
         check_roles(spec)
         stages = expand(spec)
         spec._check_stages([s for s in stages if s.name not in seen], seen)
-        return spec.model_copy(update={"stages": stages})
+        spec = spec.model_copy(update={"stages": stages})
+        spec._check_partitions()
+        return spec
 
     def error(self, message: str) -> PipelineError:
         return PipelineError(f"pipeline {self.name}: {message}")
@@ -93,6 +96,34 @@ class PipelineSpec(StrictModel):
         missing = [p.type for p in step.consumes if p.required and p.type not in stage.consumes]
         if missing:
             raise self.error(f"stage {stage.name}: {step.id} needs {missing}")
+
+    def _check_partitions(self) -> None:
+        """A partitioned stage consumes one partitioned artifact; a whole partitioned artifact goes only to a port
+        that takes all its partitions."""
+        for stage in self.stages:
+            step = CATALOG.step(stage.step)
+            roots = {self.partitions_of(name) for name in stage.consumes.values()} - {None}
+            if stage.partitioned and len(roots) != 1:
+                raise self.error(f"stage {stage.name} is partitioned, so it consumes one partitioned artifact")
+            whole = [port.type for port in step.consumes if port.all_partitions]
+            for port_type, name in stage.consumes.items():
+                partitioned = self.partitions_of(name) is not None
+                whole_ok = port_type in whole and self.source(name) is None  # sources go per partition
+                if partitioned and not stage.partitioned and not whole_ok:
+                    raise self.error(
+                        f"stage {stage.name} consumes the partitioned {name} whole, but {step.id} takes one "
+                        f"{port_type}: make the stage `partitioned: true` or combine the partitions first"
+                    )
+
+    def partitions_of(self, name: str) -> str | None:
+        """The partitioned source whose partitions an artifact has (None: unpartitioned)."""
+        source = self.source(name)
+        if source is not None:
+            return name if source.partitioned else None
+        stage = self.stage(name)
+        if not stage.partitioned:
+            return None
+        return next(filter(None, (self.partitions_of(n) for n in stage.consumes.values())), None)
 
     def artifact_type(self, name: str) -> str:
         for source in self.sources:

@@ -20,6 +20,9 @@ class Source(StrictModel):
     type: str
     path: str = Field(description="File, directory or glob; may use ${VAR} (e.g. ${NEMOTRON_DATA}).")
     description: str = ""
+    partitioned: bool = Field(
+        False, description="true = `path` is a watched directory; each file or directory in it is one partition."
+    )
 
 
 class Stage(StrictModel):
@@ -32,6 +35,9 @@ class Stage(StrictModel):
     config: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
     evaluate: bool = Field(True, description="false = no automatic eval bookends (so no quality gate) around it")
+    partitioned: bool = Field(
+        False, description="true = one artifact per partition of the partitioned artifact it consumes"
+    )
 
 
 class Evaluation(StrictModel):
@@ -44,3 +50,15 @@ class Evaluation(StrictModel):
         default_factory=dict, description="stage or category -> gate tolerance; a stage's own entry wins"
     )
     names: dict[str, str] = Field(default_factory=dict, description="artifact -> name of its evaluation (eval_<it>)")
+
+
+class Automation(StrictModel):
+    """When the pipeline refreshes itself: GPU stages on a schedule, cheap data stages when their inputs change."""
+
+    cron: str = Field(description="Cron of the schedule running the GPU stages; may use ${VAR}.")
+    timezone: str = "UTC"
+    max_runtime_hours: float = Field(24, description="dagster/max_runtime of a scheduled run")
+    max_retries: int = Field(1, description="dagster/max_retries of a scheduled run (infrastructure failures)")
+    freshness_hours: float = Field(
+        192, description="A promoted checkpoint older than this fails its freshness policy (default: 8 days)"
+    )

@@ -16,12 +16,14 @@ from nemotron_assets.steps.launch import Launcher, subprocess_launcher
 
 @dataclass(frozen=True)
 class InputArtifact:
-    """An artifact a stage consumes: its pipeline name, type, location and data version."""
+    """An artifact a stage consumes: its pipeline name, type, location and data version; a partitioned artifact
+    consumed whole lists its partitions (each named by its partition key) in `parts`."""
 
     name: str
     type: str
     path: Path
     version: str
+    parts: tuple[InputArtifact, ...] = ()
 
 
 @dataclass(frozen=True)
