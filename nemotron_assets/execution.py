@@ -151,6 +151,7 @@ def run_stage(
     launcher: Launcher | None = None,
     gpus: int = 0,
     partition: str | None = None,
+    cpus: int | None = None,
 ) -> Materialization:
     """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
     step = CATALOG.step(stage.step)
@@ -181,7 +182,7 @@ def run_stage(
     def build(staging: Path) -> dict[str, Any]:
         started = time.time()
         logger = log or logging.getLogger(step.id)
-        run = StepRun(step, params, inputs, staging, work_dir, gpus, logger, launcher, profile=profile)
+        run = StepRun(step, params, inputs, staging, work_dir, gpus, logger, launcher, cpus, profile=profile)
         result = step_function(step)(run)
         provenance = {
             "type": step.primary_output,

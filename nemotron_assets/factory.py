@@ -253,6 +253,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 launcher=recording(launcher_for(context, profile, gpus), launched),
                 gpus=gpus,
                 partition=context.partition_key if stage.partitioned else None,
+                cpus=profile.cpus,
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e

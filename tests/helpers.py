@@ -19,6 +19,8 @@ STEP_INPUT = {
     "data_prep/rl_prep": "training_jsonl",
     "sft/automodel": "training_jsonl",
     "peft/automodel": "training_jsonl",
+    "curate/nemo_curator": "raw_jsonl",
+    "translate/nemo_curator": "filtered_jsonl",
 }
 
 
@@ -35,9 +37,11 @@ def one_stage_pipeline(step: str, source: Path | str, source_type: str | None = 
     )
 
 
-def materialize(pipeline: PipelineSpec, store: ArtifactStore, stage: str = "out", **overrides: Any) -> Materialization:
+def materialize(
+    pipeline: PipelineSpec, store: ArtifactStore, stage: str = "out", cpus: int | None = None, **overrides: Any
+) -> Materialization:
     spec = pipeline.stage(stage)
-    return run_stage(pipeline, spec, pipeline.params(spec) | overrides, store, "local_cpu")
+    return run_stage(pipeline, spec, pipeline.params(spec) | overrides, store, "local_cpu", cpus=cpus)
 
 
 def published(store: ArtifactStore, key: tuple[str, ...] = ("t", "out")) -> list[str]:

@@ -42,6 +42,7 @@ class StepRun:
     gpus: int = 0  # GPUs of this node the step may use (from the hardware profile)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("nemotron_assets.steps"))
     launcher: Launcher | None = None
+    cpus: int | None = None  # CPUs of this node the step may use (from the hardware profile); None = unknown
     profile: str = "local_cpu"  # the hardware profile's name, for steps whose configuration follows it
 
     def launch(self, command: list[str], env: dict[str, str] | None = None) -> None:

@@ -1,0 +1,123 @@
+"""curate/nemo_curator: raw JSONL -> filtered JSONL through a NeMo Curator pipeline.
+
+JsonlReader -> [fastText language id + language filter] -> [word-count filter] -> [multilingual domain classifier]
+-> JsonlWriter, on Ray Data. Records are read whole, so every field (chat `messages` included) survives; the
+language filter adds its `language` score column. Kept/dropped counts per filter come from the stages' own row counts.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from nemotron_assets.steps import StepResult, StepRun
+from nemotron_assets.steps.curator import execution_stages, ray_cpus, run_pipeline
+
+DOMAIN_MODEL = "nvidia/multilingual-domain-classifier"
+
+
+def input_files(run: StepRun) -> list[str]:
+    """The consumed raw JSONL: the file itself, or the files under the directory matching input_glob."""
+    root = run.input("raw_jsonl").path
+    files = [root] if root.is_file() else sorted(p for p in root.glob(run.params["input_glob"]) if p.is_file())
+    if not files:
+        raise run.error("input_glob_no_matches", f"{run.params['input_glob']!r} under {root} matched no file")
+    return [str(p) for p in files]
+
+
+def keep_language(codes: frozenset[str], score: str) -> bool:
+    """FastTextLangId scores are the string "[score, 'CODE']"; keep the listed codes (case-insensitive)."""
+    return str(ast.literal_eval(score)[1]).casefold() in codes
+
+
+def language_stages(run: StepRun, filters: dict[str, Any]) -> list[Any]:
+    from nemo_curator.stages.text.filters import Filter, ScoreFilter
+    from nemo_curator.stages.text.filters.fasttext import FastTextLangId
+
+    model = (run.params["models"] or {}).get("fasttext_langid")
+    if not model or not Path(model).is_file():
+        raise run.error("missing_language_model", f"models.fasttext_langid = {model!r} is not a file")
+    codes = frozenset(code.casefold() for code in run.params["language_codes"])
+    langid = FastTextLangId(model_path=model, min_langid_score=filters.get("min_langid_score", 0.3))
+    return [
+        ScoreFilter(langid, text_field=run.params["text_field"], score_field="language", name="language_score"),
+        Filter(partial(keep_language, codes), filter_field="language", name="language_codes"),
+    ]
+
+
+def word_stage(run: StepRun, filters: dict[str, Any]) -> Any:
+    from nemo_curator.stages.text.filters import ScoreFilter
+    from nemo_curator.stages.text.filters.heuristic import WordCountFilter
+
+    word_filter = WordCountFilter(min_words=filters["min_words"], max_words=filters["max_words"])
+    return ScoreFilter(word_filter, text_field=run.params["text_field"], name="word_count")
+
+
+def domain_stage(run: StepRun) -> Any:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from nemo_curator.stages.text.classifiers import MultilingualDomainClassifier
+
+    cache_dir = (run.params["models"] or {}).get("hf_cache_dir")
+    try:
+        snapshot_download(DOMAIN_MODEL, cache_dir=cache_dir, local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise run.error("missing_domain_model", f"{DOMAIN_MODEL} is not in hf_cache_dir {cache_dir!r}") from None
+    return MultilingualDomainClassifier(
+        cache_dir=cache_dir, text_field=run.params["text_field"], filter_by=run.params["domains"]
+    )
+
+
+def filter_stages(run: StepRun) -> dict[str, list[Any]]:
+    """The configured filters, in pipeline order, by the name their counts are reported under."""
+    filters = run.params["quality_filters"] or {}
+    bounds = [filters.get(k) for k in ("min_words", "max_words")]
+    if bounds.count(None) == 1:
+        raise run.error("incomplete_word_filter", f"min_words = {bounds[0]}, max_words = {bounds[1]}")
+    stages: dict[str, list[Any]] = {}
+    if run.params["language_codes"]:
+        stages["language"] = language_stages(run, filters)
+    if None not in bounds:
+        stages["word_count"] = [word_stage(run, filters)]
+    if run.params["domains"]:
+        stages["domain"] = [domain_stage(run)]
+    return stages
+
+
+def drop_empty_shards(directory: Path) -> int:
+    """The writer leaves a blank file for an input file whose records were all filtered out; remove those."""
+    shards = sorted(directory.glob("*.jsonl"))
+    for shard in shards:
+        if not shard.read_bytes().strip():
+            shard.unlink()
+    return sum(shard.exists() for shard in shards)
+
+
+def run(run: StepRun) -> StepResult:
+    from nemo_curator.stages.text.io.reader import JsonlReader
+    from nemo_curator.stages.text.io.writer import JsonlWriter
+
+    files = input_files(run)
+    filters = filter_stages(run)
+    writer = JsonlWriter(path=str(run.output_dir), mode="ignore")
+    groups = [*filters.values(), [writer]]
+    rows = run_pipeline(
+        "curate_nemo_curator", [JsonlReader(file_paths=files), *(s for g in groups for s in g)], ray_cpus(run)
+    )
+    received = [rows.get(execution_stages(group)[0].name, 0) for group in groups]
+    shards = drop_empty_shards(run.output_dir)
+    stats: dict[str, Any] = {
+        "files": len(files),
+        "shards": shards,
+        "input_records": received[0],
+        "kept_records": received[-1],
+    }
+    for (name, _), before, after in zip(filters.items(), received, received[1:], strict=False):
+        stats[f"{name}_kept"], stats[f"{name}_dropped"] = after, before - after
+    if received[-1] == 0:
+        raise run.error(
+            "empty_or_tiny_output", f"0 of {received[0]} records kept ({', '.join(filters) or 'no filters'})"
+        )
+    return StepResult(stats)

@@ -1,0 +1,60 @@
+"""Running NeMo Curator pipelines in a step: a local Ray limited to the step's CPUs, shut down afterwards,
+and per-stage row counts read back from the tasks' own performance records."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from nemotron_assets.steps import StepRun
+
+CPUS_VARIABLE = "NEMOTRON_CURATOR_RAY_NUM_CPUS"
+MIN_CPUS = 2
+
+
+def ray_cpus(run: StepRun) -> int:
+    """CPUs for Ray: `ray.num_cpus` (or $NEMOTRON_CURATOR_RAY_NUM_CPUS), else the profile's; never more than the
+    profile's, never fewer than MIN_CPUS (Ray Data's repartition takes a whole CPU next to the stages)."""
+    wanted = run.params.get("ray.num_cpus") or os.environ.get(CPUS_VARIABLE) or run.cpus or MIN_CPUS
+    if run.cpus is not None and int(wanted) > run.cpus:
+        raise run.error("not_enough_cpu_resources", f"Ray asked for {wanted} CPUs, the profile has {run.cpus}")
+    if int(wanted) < MIN_CPUS:
+        raise run.error("not_enough_cpu_resources", f"{wanted} CPU for Ray; its data pipeline needs {MIN_CPUS}")
+    return int(wanted)
+
+
+def execution_stages(stages: Sequence[Any]) -> list[Any]:
+    """Stages as the executor runs them: composite stages (readers, classifiers) decomposed."""
+    from nemo_curator.stages.base import CompositeStage
+
+    return [s for stage in stages for s in (stage.decompose() if isinstance(stage, CompositeStage) else [stage])]
+
+
+def run_pipeline(name: str, stages: Sequence[Any], cpus: int) -> dict[str, int]:
+    """Run `stages` as one Curator Pipeline on RayDataExecutor; return the rows each stage received, by name.
+
+    Each stage asks for at most an equal share of the `cpus` Ray is given, so an actor stage (a model filter)
+    cannot hold every CPU while the stages after it wait for one."""
+    import ray
+    from nemo_curator.backends.ray_data import RayDataExecutor
+    from nemo_curator.pipeline import Pipeline
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token
+    if ray.is_initialized():
+        raise RuntimeError("a Ray session is already running in this process; curation needs its own")
+    flat = execution_stages(stages)
+    share = cpus / len(flat)
+    shared = [s.with_(resources=replace(s.resources, cpus=min(s.resources.cpus, share))) for s in flat]
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        tasks = Pipeline(name=name, stages=shared).run(RayDataExecutor())
+    finally:
+        ray.shutdown()  # stops the raylet and workers this process started
+    rows: Counter[str] = Counter()
+    for task in tasks or []:
+        for perf in task._stage_perf:
+            rows[perf.stage_name] += perf.num_items_processed
+    return dict(rows)
