@@ -152,3 +152,15 @@ def test_quality_drop_over_max_drop_publishes_nothing(fixtures_dir: Path, tmp_pa
     assert e.value.name == "quantization_quality_drop" and "over max_drop 0.01%" in e.value.detail
     assert "gentler recipe" in e.value.recovery
     assert not list((tmp_path / "store").rglob("model.safetensors"))
+
+
+def test_hf_backend_refuses_to_score_the_quantized_export(quantized, tmp_path: Path):
+    """transformers loads ModelOpt's FP8 weights without their scales; eval/model_eval must not score that."""
+    from nemotron_assets.steps import model_eval
+
+    step = CATALOG.step("eval/model_eval")
+    inputs = {"checkpoint_hf": InputArtifact("out", "checkpoint_hf", quantized.path, quantized.version)}
+    run = StepRun(step, step.preset_values("default"), inputs, tmp_path / "out", tmp_path / "work")
+    with pytest.raises(NamedError) as e:
+        model_eval.local_model(run)
+    assert e.value.name == "quantized_checkpoint_needs_endpoint" and "set endpoint_url" in e.value.recovery

@@ -80,6 +80,8 @@ def local_model(run: StepRun) -> tuple[str, dict[str, Any]]:
             raise run.error("no_checkpoint_to_evaluate", "no checkpoint input and no `model` parameter")
         return f"pretrained={run.params['model']},{dtype}", {"model": run.params["model"]}
     record = checkpoint_record(checkpoint)
+    if (checkpoint.path / "hf_quant_config.json").exists():
+        raise run.error("quantized_checkpoint_needs_endpoint", f"{checkpoint.name} is a ModelOpt-quantized export")
     if checkpoint.type == "checkpoint_lora":
         base = read_provenance(checkpoint.path)["base_model"]["name_or_path"]
         return f"pretrained={base},peft={checkpoint.path},{dtype}", record | {"base_model": base}
