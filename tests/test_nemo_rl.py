@@ -118,7 +118,12 @@ def test_rlvr_config_uses_the_rows_fields(tmp_path: Path, rlvr_data: Path):
     keys = leaves(config)
     assert set(keys) <= NEMO_RL_KEYS, sorted(set(keys) - NEMO_RL_KEYS)
     assert keys["defaults"].endswith("grpo_math_1B.yaml") and "run_grpo.py" in script
-    assert (keys["data.default.input_key"], keys["data.default.output_key"]) == ("messages", "answer")
+    assert (keys["data.default.input_key"], keys["data.default.output_key"]) == ("input", "output")
+    train = Path(keys["data.train.data_path"])
+    assert train == tmp_path / "work" / "data" / "train.jsonl"
+    first = json.loads(train.read_text().splitlines()[0])
+    source = json.loads((rlvr_data / "train.jsonl").read_text().splitlines()[0])
+    assert first == {"input": source["messages"][-1]["content"], "output": source["answer"]}
     assert keys["grpo.num_prompts_per_step"] * keys["grpo.num_generations_per_prompt"] == 16
     assert keys["env.should_use_nemo_gym"] is False and keys["data.default.env_name"] == "math"
 

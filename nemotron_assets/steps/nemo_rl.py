@@ -97,6 +97,19 @@ def check_gym_rows(run: StepRun, files: list[Path]) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def response_rows(source: Path, target: Path, answer: str) -> Path:
+    """Chat-form RLVR rows as NeMo-RL's ResponseDataset reads them for the math environment: the prompt (the last
+    user turn) under `input`, the verifier's ground truth under `output`. (ResponseDataset passes a `messages`
+    column through as is, so the separate answer field would never reach the verifier.)"""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w") as out:
+        for _, line in iter_lines([source]):
+            record = json.loads(line)
+            prompt = [m["content"] for m in record["messages"] if m["role"] == "user"][-1]
+            out.write(json.dumps({"input": prompt, "output": str(record[answer])}) + "\n")
+    return target
+
+
 def data_parallel(run: StepRun, cluster: dict[str, int]) -> int:
     p = run.params
     model_parallel = p.get("policy.megatron_cfg.tensor_model_parallel_size") or 1
@@ -194,6 +207,11 @@ def prepare(run: StepRun) -> tuple[Path, dict[str, Any]]:
     checkpoint, policy = policy_source(run)
     reward = check_reward_model(run, checkpoint)
     run.work_dir.mkdir(parents=True, exist_ok=True)
+    if run.step.id == "rl/nemo_rl/rlvr" and fields["prompt"] == "messages" and not fields["gym_rows"]:
+        directory, answer = run.work_dir / "data", fields["answer"]
+        train = response_rows(train, directory / "train.jsonl", answer)
+        validation = response_rows(validation, directory / "val.jsonl", answer)
+        fields |= {"prompt": "input", "answer": "output"}
     output = {"checkpoints": str(run.work_dir / "checkpoints"), "logs": str(run.work_dir / "logs")}
     data = data_section(run.step.id, str(train), str(validation), fields)
     config = merge(run_config(run.step.id, run.params, policy, data, cluster, output), reward)
