@@ -164,3 +164,38 @@ def test_hf_backend_refuses_to_score_the_quantized_export(quantized, tmp_path: P
     with pytest.raises(NamedError) as e:
         model_eval.local_model(run)
     assert e.value.name == "quantized_checkpoint_needs_endpoint" and "set endpoint_url" in e.value.recovery
+
+
+def test_through_dagster_the_run_profile_picks_the_format(fixtures_dir: Path, tmp_path: Path):
+    """The Launchpad's hardware profile reaches the step: an H100 profile quantizes to FP8 (the ModelOpt work runs
+    as a Pipes subprocess), the CPU profile has no GPU to choose for."""
+    from helpers import materialize_in_dagster
+
+    stage = {"args.calib_size": 8, "holdout_size": 8, "calib_max_tokens": 128}
+    default = PipelineSpec.parse(
+        {
+            "name": "t",
+            "description": "quantize on the run's profile",
+            "sources": [
+                {"name": "model", "type": "checkpoint_hf", "path": str(fixtures_dir / "tiny-llama")},
+                {"name": "data", "type": "training_jsonl", "path": str(CHAT)},
+            ],
+            "stages": [
+                {
+                    "name": "out",
+                    "step": QUANTIZE,
+                    "consumes": {"checkpoint_hf": "model", "training_jsonl": "data"},
+                    "config": stage,
+                }
+            ],
+        }
+    )
+    gpu = materialize_in_dagster(default, tmp_path / "gpu", profile="local_gpu")
+    assert gpu.success
+    metadata = gpu.asset_materializations_for_node("t__out")[0].metadata
+    assert metadata["recipe"].value == "fp8" and metadata["profile"].value == "local_gpu"
+    assert metadata["launcher"].value == "local"
+    cpu = materialize_in_dagster(default, tmp_path / "cpu", profile="local_cpu")
+    assert not cpu.success
+    failure = next(e for e in cpu.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "unsupported_quant_recipe" in failure and "profile local_cpu has no GPU" in failure
