@@ -1,0 +1,137 @@
+"""The Dagster UI in a real browser: `dagster dev` on loopback in a temporary DAGSTER_HOME, Debian's Chromium driven
+by Playwright. Lineage of the tiny pipeline, one asset materialized from the Launchpad, its metadata read back.
+With UPDATE_SCREENSHOTS=1 the README's screenshots (docs/ui-*.png) are regenerated from this run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+# lora is the cheapest tiny asset with a loss-curve plot (it reads a source only); the Launchpad shortens it.
+LAUNCHPAD_CONFIG = "ops:\n  tiny__lora:\n    config:\n      step_scheduler:\n        max_steps: 4\n"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dagster_ui(fixtures_dir: Path, tmp_path: Path):
+    """`dagster dev` serving the code location on a free loopback port; yields its URL."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (tmp_path / "inbox").mkdir()
+    env = os.environ | {
+        "DAGSTER_HOME": str(home),
+        "NEMOTRON_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+        "NEMOTRON_CPT_INBOX": str(tmp_path / "inbox"),
+    }
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "dagster"), "dev", "-m", "nemotron_assets.definitions"]
+    log = (tmp_path / "dagster_dev.log").open("w")
+    server = subprocess.Popen(
+        [*command, "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/server_info", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "dagster_dev.log").read_text()
+                time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@pytest.fixture
+def page(tmp_path: Path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            tmp_path / "chromium",  # a fresh user data dir
+            executable_path=CHROMIUM,
+            args=FLAGS,
+            viewport={"width": 1600, "height": 1000},
+        )
+        yield browser.new_page()
+        browser.close()
+
+
+def screenshot(page, name: str, tmp_path: Path) -> None:
+    """Into the test's directory, and into docs/ when UPDATE_SCREENSHOTS is set."""
+    page.screenshot(path=tmp_path / name)
+    if os.environ.get("UPDATE_SCREENSHOTS"):
+        shutil.copy(tmp_path / name, DOCS / name)
+
+
+def test_lineage_launchpad_materialization_and_metadata(dagster_ui: str, page, tmp_path: Path):
+    page.goto(f"{dagster_ui}/locations/nemotron_assets.definitions/asset-groups/tiny", wait_until="networkidle")
+    skip = page.get_by_role("button", name="Skip")  # the first visit's community dialog
+    skip.wait_for(timeout=15_000)
+    skip.click()
+    graph = page.get_by_text("lora", exact=True).first
+    graph.wait_for(timeout=60_000)
+    for name in ("chat_jsonl", "eval_lora", "merged", "cpt"):  # sources, stages and inserted evaluations
+        assert page.get_by_text(name, exact=True).count() >= 1, name
+    screenshot(page, "ui-lineage.png", tmp_path)
+
+    page.goto(f"{dagster_ui}/assets/tiny/lora", wait_until="networkidle")
+    page.get_by_role("button", name="Materialize").first.click(modifiers=["Shift"])
+    editor = page.locator(".CodeMirror").first
+    editor.wait_for(timeout=60_000)
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Delete")
+    page.keyboard.insert_text(LAUNCHPAD_CONFIG)
+    page.get_by_role("button", name="Materialize").last.click()
+
+    deadline = time.time() + 600
+    page.goto(f"{dagster_ui}/assets/tiny/lora", wait_until="networkidle")
+    while page.get_by_text("final_loss").count() == 0:
+        assert time.time() < deadline, "lora was not materialized within 10 minutes"
+        time.sleep(5)
+        page.reload(wait_until="networkidle")
+    assert page.get_by_text("steps", exact=True).count() >= 1  # from the run the Launchpad configured
+    page.get_by_text("loss_curve").first.scroll_into_view_if_needed()
+    page.locator("tr", has_text="loss_curve").first.locator("a").first.click()  # markdown opens in a dialog
+    image = page.locator("img[src^='data:image/png;base64']").first
+    image.wait_for(state="attached", timeout=30_000)
+    image.scroll_into_view_if_needed()
+    assert image.evaluate("img => img.naturalWidth") > 100
+    screenshot(page, "ui-asset.png", tmp_path)
+
+    lora = tmp_path / "artifacts" / "tiny" / "lora"
+    provenance = json.loads((lora / (lora / "CURRENT").read_text() / "provenance.json").read_text())
+    assert provenance["params"]["step_scheduler.max_steps"] == 4  # the Launchpad's config, not the stage default
