@@ -1,0 +1,135 @@
+"""translate/nemo_curator: NeMo Curator's TranslationStage against the fixture LLM and NMT services over HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import materialize, one_stage_pipeline, published
+
+from nemotron_assets.errors import NamedError
+from nemotron_assets.fixtures.services import ServiceServer, serve, translate
+from resources.artifact_store import ArtifactStore
+
+KEY_VARIABLE = "TRANSLATE_TEST_KEY"
+SECRET = "sk-translate-test-secret"
+CHAT = [
+    [{"role": "user", "content": "What is the capital city?"}, {"role": "assistant", "content": "The capital is old."}],
+    [{"role": "user", "content": "Which river is largest?"}, {"role": "assistant", "content": "The river Zorbla."}],
+]
+TEXTS = ["The old king and the queen.", "A new island in the north sea."]
+
+
+@pytest.fixture
+def store(artifact_root: Path) -> ArtifactStore:
+    return ArtifactStore(root=str(artifact_root))
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServiceServer]:
+    with serve(api_key=SECRET) as running:
+        yield running
+
+
+def write(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def output(path: Path) -> list[dict]:
+    return sorted(
+        (json.loads(line) for f in path.glob("*.jsonl") for line in f.read_text().splitlines() if line.strip()),
+        key=lambda r: r["id"],
+    )
+
+
+def llm_config(server: ServiceServer, **extra: object) -> dict:
+    config = {
+        "source_language": "en",
+        "target_language": "fr",
+        "server": {"url": f"{server.url}/v1", "model": "fixture", "api_key_env": KEY_VARIABLE},
+    }
+    return config | extra
+
+
+def test_chat_messages_through_the_llm_with_faith(
+    store: ArtifactStore, tmp_path: Path, server: ServiceServer, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv(KEY_VARIABLE, SECRET)
+    data = write(tmp_path / "chat.jsonl", [{"id": i, "messages": m} for i, m in enumerate(CHAT)])
+    config = llm_config(server, **{"faith_eval.threshold": 4.5})
+    result = materialize(one_stage_pipeline("translate/nemo_curator", data, **config), store, cpus=2)
+    rows = output(result.path)
+    # the second conversation has an untranslatable name (Zorbla): FAITH scores that turn 3, the row 4 < 4.5
+    assert [r["id"] for r in rows] == [0]
+    row = rows[0]
+    translated = [{"role": m["role"], "content": translate(m["content"], "en", "fr")} for m in CHAT[0]]
+    assert translated[0]["content"] == "Quel est le capitale ville?"
+    # output_mode both: the chat is rebuilt in the target language, the source segments kept in the metadata
+    assert row["messages"] == row["translated_messages"] == translated
+    segments = row["translation_metadata"]["segmented_translation"]["content"]
+    assert [(s["src"], s["tgt"]) for s in segments] == [
+        (m["content"], t["content"]) for m, t in zip(CHAT[0], translated, strict=True)
+    ]
+    assert [s["Accuracy"] for s in row["faith_segment_scores"]] == [5.0, 5.0]
+    assert row["faith_avg"] == 5.0
+    assert result.stats == {"input_records": 2, "output_records": 1, "faith_dropped": 1, "faith_mean": 5.0}
+    assert server.requests["/v1/chat/completions"] >= 8  # 4 turns translated + 4 judged (+ the endpoint check)
+    stored = "".join(p.read_text() for p in result.path.rglob("*") if p.is_file())
+    assert SECRET not in stored and KEY_VARIABLE in stored  # the variable is named, its value never written
+
+
+def test_plain_text_through_nmt_replaced(store: ArtifactStore, tmp_path: Path, server: ServiceServer):
+    data = write(tmp_path / "text.jsonl", [{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    config = {
+        "source_language": "en",
+        "target_language": "fr",
+        "text_field": "text",
+        "backend": "nmt",
+        "nmt": {"server_url": server.url, "batch_size": 8, "timeout": 30, "max_concurrent_requests": 2},
+        "faith_eval.enabled": False,
+        "output_mode": "replaced",
+    }
+    result = materialize(one_stage_pipeline("translate/nemo_curator", data, **config), store, cpus=2)
+    rows = output(result.path)
+    assert [r["text"] for r in rows] == [translate(t, "en", "fr") for t in TEXTS]
+    assert rows[0]["text"] == "Le vieux roi et le reine."
+    assert server.requests["/translate"] >= 1 and result.stats["faith_dropped"] == 0
+
+
+def test_backend_errors_are_a_named_error(store: ArtifactStore, tmp_path: Path, server: ServiceServer):
+    data = write(tmp_path / "text.jsonl", [{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    config = {  # the fixture translates en -> fr only: every request for de is answered 400
+        "source_language": "en",
+        "target_language": "de",
+        "text_field": "text",
+        "backend": "nmt",
+        "nmt": {"server_url": server.url, "batch_size": 8, "timeout": 30, "max_concurrent_requests": 2},
+        "faith_eval.enabled": False,
+    }
+    with pytest.raises(NamedError, match="translation_failed: 2 of 2 rows") as raised:
+        materialize(one_stage_pipeline("translate/nemo_curator", data, **config), store, cpus=2)
+    assert "translation_errors say why" in raised.value.recovery and published(store) == []
+
+
+@pytest.mark.parametrize(
+    ("config", "error", "recovery"),
+    [
+        ({"target_language": None}, "missing_language_codes", "they have no defaults"),
+        ({"server": {"url": "http://127.0.0.1:9/v1", "model": "x"}}, "missing_llm_endpoint", "reachable"),
+        ({"server": {"url": "U", "model": "x", "api_key_env": "UNSET_KEY_VARIABLE"}}, "missing_llm_endpoint", "export"),
+        ({"backend": "nmt", "faith_eval.enabled": False, "nmt": {"server_url": "http://127.0.0.1:9"}},
+         "missing_nmt_server", "GET /health"),
+        ({"backend": "google", "faith_eval.enabled": False}, "missing_cloud_credentials", "Google project"),
+        ({"text_field": "text"}, "field_path_mismatch", "messages.*.content"),
+    ],
+)  # fmt: skip
+def test_configuration_errors(store: ArtifactStore, tmp_path: Path, config: dict, error: str, recovery: str):
+    data = write(tmp_path / "chat.jsonl", [{"id": i, "messages": m} for i, m in enumerate(CHAT)])
+    base = {"source_language": "en", "target_language": "fr", "server": {"url": "http://127.0.0.1:9/v1", "model": "x"}}
+    with pytest.raises(NamedError, match=error) as raised:
+        materialize(one_stage_pipeline("translate/nemo_curator", data, **(base | config)), store)
+    assert recovery in raised.value.recovery
+    assert published(store) == []
