@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import DATA
-from helpers import materialize
+from helpers import materialize, materialize_in_dagster
 from safetensors import safe_open
 
 from nemotron_assets.catalog import CATALOG
@@ -23,7 +23,7 @@ QUANTIZE = "optimize/modelopt/quantize"
 CHAT = DATA / "tiny_chat.jsonl"
 
 
-def quantize_pipeline(model: Path, data: Path = CHAT, **config: Any) -> PipelineSpec:
+def quantize_pipeline(model: Path, data: Path = CHAT, preset: str = "tiny", **config: Any) -> PipelineSpec:
     return PipelineSpec.parse(
         {
             "name": "t",
@@ -37,7 +37,7 @@ def quantize_pipeline(model: Path, data: Path = CHAT, **config: Any) -> Pipeline
                     "name": "out",
                     "step": QUANTIZE,
                     "consumes": {"checkpoint_hf": "model", "training_jsonl": "data"},
-                    "preset": "tiny",
+                    "preset": preset,
                     "config": config,
                 }
             ],
@@ -169,27 +169,8 @@ def test_hf_backend_refuses_to_score_the_quantized_export(quantized, tmp_path: P
 def test_through_dagster_the_run_profile_picks_the_format(fixtures_dir: Path, tmp_path: Path):
     """The Launchpad's hardware profile reaches the step: an H100 profile quantizes to FP8 (the ModelOpt work runs
     as a Pipes subprocess), the CPU profile has no GPU to choose for."""
-    from helpers import materialize_in_dagster
-
     stage = {"args.calib_size": 8, "holdout_size": 8, "calib_max_tokens": 128}
-    default = PipelineSpec.parse(
-        {
-            "name": "t",
-            "description": "quantize on the run's profile",
-            "sources": [
-                {"name": "model", "type": "checkpoint_hf", "path": str(fixtures_dir / "tiny-llama")},
-                {"name": "data", "type": "training_jsonl", "path": str(CHAT)},
-            ],
-            "stages": [
-                {
-                    "name": "out",
-                    "step": QUANTIZE,
-                    "consumes": {"checkpoint_hf": "model", "training_jsonl": "data"},
-                    "config": stage,
-                }
-            ],
-        }
-    )
+    default = quantize_pipeline(fixtures_dir / "tiny-llama", preset="default", **stage)  # deploy_gpu unset
     gpu = materialize_in_dagster(default, tmp_path / "gpu", profile="local_gpu")
     assert gpu.success
     metadata = gpu.asset_materializations_for_node("t__out")[0].metadata
