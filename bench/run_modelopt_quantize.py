@@ -74,7 +74,11 @@ def main() -> None:
     out = {
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "versions": {name: version(name) for name in ("nvidia-modelopt", "torch", "transformers")},
-        "model": {"path": str(MODEL.relative_to(PROJECT_ROOT)), "source_bytes": weight_bytes(MODEL), "dtype": "float32"},
+        "model": {
+            "path": str(MODEL.relative_to(PROJECT_ROOT)),
+            "source_bytes": weight_bytes(MODEL),
+            "dtype": "float32",
+        },
         "settings": SETTINGS,
         "results": rows,
     }
