@@ -103,6 +103,19 @@ def reject_fed(step: StepSpec, artifact: InputArtifact) -> None:
             raise step_error(step.id, error.name, f"{artifact.name} at {artifact.path} is {found}")
 
 
+HELD_OUT = "benchmark_parquet"
+HELD_OUT_READERS = frozenset({"eval", "byob"})
+
+
+def reject_held_out(step: StepSpec, artifact: InputArtifact) -> None:
+    """Benchmarks are held-out evaluation data: only evaluation and BYOB steps may read one, whatever type the
+    pipeline declares for it (a published benchmark is recognised by its recorded type)."""
+    found = sniff_type(artifact.path)
+    held_out = CATALOG.is_a(artifact.type, HELD_OUT) or (found in CATALOG.types and CATALOG.is_a(found, HELD_OUT))
+    if held_out and step.category not in HELD_OUT_READERS:
+        raise contract_error("held_out_benchmark_in_training", f"{step.id} was fed {artifact.name} ({artifact.path})")
+
+
 def local_path_digests(params: dict[str, Any]) -> dict[str, str]:
     """Content digests of parameters that name local files or directories."""
     return {
@@ -167,6 +180,7 @@ def run_stage(
     inputs = {port: resolve_input(pipeline, name, store, partition) for port, name in stage.consumes.items()}
     for port, artifact in inputs.items():
         for part in artifact.parts or (artifact,):
+            reject_held_out(step, part)
             reject_fed(step, part)
             check_type(part.path, port)
     key = store_key(pipeline, stage.name, partition)

@@ -1,0 +1,114 @@
+"""byob/mcq: generation through Data Designer, translation through Curator, against the fixture service; the
+benchmark stays held out of training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import DATA
+from helpers import materialize, published
+
+from nemotron_assets.errors import NamedError
+from nemotron_assets.fixtures.services import ServiceServer, serve, translate
+from nemotron_assets.pipelines import PipelineSpec
+from resources.artifact_store import ArtifactStore
+
+COLUMNS = ["question_id", "question", "options", "answer_index", "answer", "cot_content", "src", "category"]
+
+
+@pytest.fixture
+def store(artifact_root: Path) -> ArtifactStore:
+    return ArtifactStore(root=str(artifact_root))
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServiceServer]:
+    with serve() as running:
+        yield running
+
+
+def byob_pipeline(preset: str, sources: list[dict] | None = None, consumes: dict | None = None, **config: Any):
+    stage = {"name": "out", "step": "byob/mcq", "consumes": consumes or {}, "preset": preset, "config": config}
+    return PipelineSpec.parse({"name": "t", "description": "test", "sources": sources or [], "stages": [stage]})
+
+
+def documents(root: Path) -> Path:
+    (root / "geography").mkdir(parents=True)
+    (root / "geography" / "rivers.txt").write_text("The Lisk is the longest river of Zorbia.")
+    (root / "geography" / "peaks.txt").write_text("Mount Ilvar is the highest peak of Zorbia.")
+    return root
+
+
+def test_generate_from_documents(store: ArtifactStore, tmp_path: Path, server: ServiceServer):
+    pipeline = byob_pipeline(
+        "tiny", input_dir=str(documents(tmp_path / "docs")), server={"url": f"{server.url}/v1", "model": "m"}
+    )
+    result = materialize(pipeline, store)
+    table = pq.read_table(result.path / "byob_mcq_tiny" / "benchmark.parquet")
+    assert table.column_names == COLUMNS
+    rows = table.to_pylist()
+    assert sorted(r["question_id"] for r in rows) == ["geography-peaks-0", "geography-rivers-0"]
+    for row in rows:
+        assert len(row["options"]) == 4 and row["answer"] == "ABCD"[row["answer_index"]]
+        assert (row["category"], row["cot_content"], row["src"]) == ("geography", "-", "-")
+    assert result.stats["questions"] == 2 and result.provenance["held_out"] is True
+    assert result.provenance["contract"] == {"type": "mcq_benchmark_parquet", "questions": 2}
+
+
+def test_translate_keeps_row_identity_and_answers(store: ArtifactStore, tmp_path: Path, server: ServiceServer):
+    source = [{"name": "bench", "type": "mcq_benchmark_parquet", "path": str(DATA / "tiny_mcq.parquet")}]
+    config = {"server": {"url": f"{server.url}/v1", "model": "m"}, "source_language": "en", "target_language": "fr"}
+    pipeline = byob_pipeline("translate", source, {"benchmark_parquet": "bench"}, **config)
+    result = materialize(pipeline, store, cpus=2)
+    original = pq.read_table(DATA / "tiny_mcq.parquet").to_pylist()
+    translated = pq.read_table(result.path / "byob_mcq_default" / "benchmark.parquet").to_pylist()
+    assert [r["question_id"] for r in translated] == [r["question_id"] for r in original]
+    for before, after in zip(original, translated, strict=True):
+        assert after["answer_index"] == before["answer_index"] and after["answer"] == before["answer"]
+        assert after["question"] == translate(before["question"], "en", "fr")
+        assert after["options"] == [translate(o, "en", "fr") for o in before["options"]]
+        assert (after["category"], after["cot_content"]) == (before["category"], before["cot_content"])
+    assert translated[0]["question"] == "Quel est le capitale de Zorbia?"
+    assert result.stats["dropped"] == 0
+
+
+def test_a_benchmark_is_never_fed_to_training(store: ArtifactStore, tmp_path: Path, server: ServiceServer):
+    pipeline = byob_pipeline(
+        "tiny", input_dir=str(documents(tmp_path / "docs")), server={"url": f"{server.url}/v1", "model": "m"}
+    )
+    benchmark = materialize(pipeline, store).path
+    # the published benchmark handed to data prep under a training type: recognised by its recorded type
+    spec = {
+        "name": "leak", "description": "test",
+        "sources": [{"name": "data", "type": "training_jsonl", "path": str(benchmark)}],
+        "stages": [
+            {"name": "out", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "data"}, "preset": "tiny"}
+        ],
+    }  # fmt: skip
+    with pytest.raises(NamedError, match="held_out_benchmark_in_training") as raised:
+        materialize(PipelineSpec.parse(spec), store)
+    assert "never training or data-prep input" in raised.value.recovery
+    assert published(store, ("leak", "out")) == []
+
+
+@pytest.mark.parametrize(
+    ("preset", "config", "error", "recovery"),
+    [
+        ("tiny", {"input_dir": "/nonexistent"}, "missing_byob_source_documents", "named after each key"),
+        ("translate", {"source_language": None}, "missing_language_codes", "source_language and target_language"),
+        ("translate", {"dataset_path": "QUESTIONS_ONLY"}, "mcq_schema_mismatch", "restore those columns"),
+    ],
+)
+def test_errors(store: ArtifactStore, tmp_path: Path, preset: str, config: dict, error: str, recovery: str):
+    if config.get("dataset_path") == "QUESTIONS_ONLY":  # a parquet without the BYOB columns
+        pq.write_table(pa.table({"question": ["What?"]}), tmp_path / "q.parquet")
+        config = {"dataset_path": str(tmp_path / "q.parquet")}
+    with pytest.raises(NamedError, match=error) as raised:
+        materialize(byob_pipeline(preset, **config), store)
+    assert recovery in raised.value.recovery
+    assert published(store) == []
