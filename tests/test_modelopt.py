@@ -121,6 +121,14 @@ def test_nvfp4_config_is_validated_by_modelopt(tmp_path: Path, fixtures_dir: Pat
         modelopt_quantize.run(step_run(tmp_path, fixtures_dir / "tiny-llama", **{"deploy_gpu": "B200"}))
 
 
+def test_calibration_data_missing(tmp_path: Path, fixtures_dir: Path):
+    run = step_run(tmp_path, fixtures_dir / "tiny-llama")
+    del run.inputs["training_jsonl"]
+    with pytest.raises(NamedError) as e:
+        modelopt_quantize.run(run)
+    assert e.value.name == "calibration_data_missing" and "Wire the training_jsonl" in e.value.recovery
+
+
 def test_too_few_calibration_rows(tmp_path: Path, fixtures_dir: Path):
     with pytest.raises(NamedError) as e:
         modelopt_quantize.run(step_run(tmp_path, fixtures_dir / "tiny-llama", **{"args.calib_size": 100}))

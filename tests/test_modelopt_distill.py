@@ -82,6 +82,18 @@ def test_tokenizer_mismatch(teacher: Path, tmp_path: Path):
     assert "share one tokenizer" in e.value.recovery
 
 
+def test_training_data_missing(teacher: Path, tmp_path: Path):
+    from nemotron_assets.catalog import CATALOG
+    from nemotron_assets.steps import InputArtifact, StepRun, modelopt_distill
+
+    step = CATALOG.step("optimize/modelopt/distill")
+    inputs = {"checkpoint_hf": InputArtifact("student", "checkpoint_hf", teacher, "v1")}
+    run = StepRun(step, step.preset_values("tiny"), inputs, tmp_path / "out", tmp_path / "work")
+    with pytest.raises(NamedError) as e:
+        modelopt_distill.run(run)
+    assert e.value.name == "training_data_missing" and "Wire the student's training data" in e.value.recovery
+
+
 def test_not_enough_training_rows(teacher: Path, tmp_path: Path):
     student = one_layer_student(teacher, tmp_path / "student")
     with pytest.raises(NamedError) as e:

@@ -18,6 +18,8 @@ def run(run: StepRun) -> StepResult:
     from transformers import AutoTokenizer
 
     p = run.params
+    if "training_jsonl" not in run.inputs:
+        raise run.error("training_data_missing", "no training_jsonl input to distill on")
     teacher, student = p["args.teacher_hf_path"], run.input("checkpoint_hf").path
     try:
         tokenizers = {"teacher": load_tokenizer(teacher), "student": load_tokenizer(str(student))}

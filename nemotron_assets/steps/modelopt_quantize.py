@@ -44,6 +44,8 @@ def run(run: StepRun) -> StepResult:
             f"nvfp4 calibration needs a CUDA GPU (Blackwell); its ModelOpt config is valid ({rules} quantizer rules) "
             f"but this run has no GPU (profile {run.profile})",
         )
+    if "training_jsonl" not in run.inputs:
+        raise run.error("calibration_data_missing", "no training_jsonl input to calibrate on")
     model = run.input("checkpoint_hf").path
     calib, holdout = p["args.calib_size"], p["holdout_size"]
     texts = training_texts(run, AutoTokenizer.from_pretrained(model), calib + holdout)
