@@ -1,0 +1,135 @@
+"""Curation throughput: curate/nemo_curator (NeMo Curator Pipeline on Ray Data) vs a plain-Python loop.
+
+    RAY_AUTH_MODE=disabled .venv/bin/python bench/run_curation.py              # 50 MB plain corpus, 3 repeats
+    RAY_AUTH_MODE=disabled .venv/bin/python bench/run_curation.py --quick      # 2 MB, 1 repeat
+
+Both sides filter the same {"text"} JSONL (bench/corpus.py) with the same NeMo Curator WordCountFilter object
+(min/max words) and write the kept records as JSONL, so they keep identical records (checked) and the ratio
+isolates what the library pipeline adds: Ray start-up, pandas batches, reader/writer stages.
+
+* curator: the step end to end, step_function(step)(StepRun) with Ray given 2 CPUs, over the corpus split into 8
+  files (Curator parallelises over files), in a fresh subprocess per repeat (the timer covers only the step call);
+  a run over a 10-record file measures the fixed cost (Ray start, pipeline build, shutdown), reported separately.
+* plain: in this process, a loop of json.loads -> WordCountFilter.score_document/keep_document -> json.dumps.
+
+records/s = input records / wall seconds. Medians over --repeats; writes bench/results/curation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import corpus  # noqa: E402
+
+BOUNDS = {"min_words": 50, "max_words": 2000}
+SHARDS = 8
+CHILD = """
+import json, sys, time
+from pathlib import Path
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.steps import InputArtifact, StepRun, step_function
+source, out = Path(sys.argv[1]), Path(sys.argv[2])
+step = CATALOG.step("curate/nemo_curator")
+params = step.preset_values("tiny") | {"quality_filters": json.loads(sys.argv[3]), "ray.num_cpus": 2}
+run = StepRun(step, params, {"raw_jsonl": InputArtifact("raw", "raw_jsonl", source, "bench")}, out, cpus=2)
+started = time.perf_counter()
+stats = step_function(step)(run).stats
+print(json.dumps({"seconds": time.perf_counter() - started, "stats": stats}))
+"""
+
+
+def shard(source: Path, directory: Path, count: int) -> Path:
+    """The corpus split round-robin into `count` JSONL files."""
+    directory.mkdir(parents=True)
+    sinks = [(directory / f"part_{i}.jsonl").open("w") for i in range(count)]
+    with source.open() as f:
+        for i, line in enumerate(f):
+            sinks[i % count].write(line)
+    for sink in sinks:
+        sink.close()
+    return directory
+
+
+def curator(source: Path) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(source), out, json.dumps(BOUNDS)],
+            env=env, capture_output=True, text=True, check=True, cwd=ROOT,
+        )  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def plain(source: Path) -> dict:
+    from nemo_curator.stages.text.filters.heuristic import WordCountFilter
+
+    word_filter = WordCountFilter(**BOUNDS)
+    started = time.perf_counter()
+    seen = kept = 0
+    with tempfile.TemporaryDirectory() as out, source.open() as f, (Path(out) / "kept.jsonl").open("w") as sink:
+        for line in f:
+            record = json.loads(line)
+            seen += 1
+            if word_filter.keep_document(word_filter.score_document(record["text"])):
+                sink.write(json.dumps(record) + "\n")
+                kept += 1
+    return {"seconds": time.perf_counter() - started, "stats": {"input_records": seen, "kept_records": kept}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    mb, repeats = (2.0, 1) if args.quick else (50.0, args.repeats)
+    meta = corpus.plain_corpus(target_mb=mb)
+    source = Path(meta["path"])
+    runs = {"curator": [], "plain": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = shard(source, Path(tmp) / "shards", SHARDS)  # Curator parallelises over files
+        tiny = Path(tmp) / "tiny.jsonl"
+        tiny.write_text("".join(source.read_text().splitlines(keepends=True)[:10]))
+        fixed = curator(tiny)["seconds"]
+        for _ in range(repeats):  # interleaved, so drift on the shared machine hits both sides
+            runs["curator"].append(curator(shards))
+            runs["plain"].append(plain(source))
+    kept = {side: {r["stats"]["kept_records"] for r in results} for side, results in runs.items()}
+    assert kept["curator"] == kept["plain"] and len(kept["plain"]) == 1, f"the two sides kept different records: {kept}"
+    median = {side: statistics.median(r["seconds"] for r in results) for side, results in runs.items()}
+    rate = {side: meta["rows"] / seconds for side, seconds in median.items()}
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "corpus": {k: meta[k] for k in ("rows", "mb")},
+        "filter": BOUNDS,
+        "kept_records": kept["plain"].pop(),
+        "repeats": {side: [round(r["seconds"], 3) for r in results] for side, results in runs.items()},
+        "median_seconds": {side: round(s, 3) for side, s in median.items()},
+        "records_per_second": {side: round(r) for side, r in rate.items()},
+        "curator_vs_plain": round(rate["curator"] / rate["plain"], 3),
+        "curator_fixed_seconds_10_records": round(fixed, 3),
+        "curator_vs_plain_after_fixed_cost": round(median["plain"] / (median["curator"] - fixed), 3)
+        if median["curator"] > fixed
+        else None,
+    }
+    name = "curation_quick.json" if args.quick else "curation.json"
+    (BENCH / "results" / name).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
