@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
-from pathlib import Path
+
+from nemotron_assets.steps.launch import failures_recorded
 
 
 def main() -> None:
@@ -22,7 +22,6 @@ def main() -> None:
     from nemotron_assets.steps import automodel_cpu
 
     automodel_cpu.apply()
-    import torch
     from dagster_pipes import open_dagster_pipes
     from nemo_automodel.components.config._arg_parser import parse_args_and_load_config
     from nemo_automodel.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
@@ -37,16 +36,10 @@ def main() -> None:
                     m = log_data.metrics
                     pipes.log.info(f"step {log_data.step}: loss {m['loss']:.4f}, {m['tps']:.0f} tokens/s")
 
-        try:
+        with failures_recorded():
             recipe = Recipe(parse_args_and_load_config(args.config))
             recipe.setup()
             recipe.run_train_validation_loop()
-        except torch.OutOfMemoryError as e:
-            _record_failure("oom", str(e))
-            raise
-        except Exception as e:
-            _record_failure("error", f"{type(e).__name__}: {e}")
-            raise
 
 
 def _arguments() -> argparse.Namespace:
@@ -55,12 +48,6 @@ def _arguments() -> argparse.Namespace:
     args = parser.parse_args()
     sys.argv = [sys.argv[0], "--config", args.config]  # the recipe's own parser reads sys.argv
     return args
-
-
-def _record_failure(kind: str, detail: str) -> None:
-    path = os.environ.get("NEMOTRON_FAILURE_FILE")
-    if path:
-        Path(path).write_text(json.dumps({"error": kind, "detail": detail[-2000:]}))
 
 
 if __name__ == "__main__":

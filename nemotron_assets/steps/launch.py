@@ -3,10 +3,13 @@ its logs and messages back to the run. Steps only see `Launcher`: run this comma
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 Launcher = Callable[[list[str], dict[str, str]], None]
 
@@ -35,3 +38,25 @@ def subprocess_launcher(log: logging.Logger) -> Launcher:
             raise LaunchFailed(f"{command[:4]} exited with {process.returncode}:\n" + "\n".join(tail))
 
     return launch
+
+
+@contextlib.contextmanager
+def failures_recorded() -> Iterator[None]:
+    """In a launched process: write what failed (`oom` or `error`) to $NEMOTRON_FAILURE_FILE, for the parent to
+    name whichever launcher ran the process, and re-raise."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        _record_failure("oom", str(e))
+        raise
+    except Exception as e:
+        _record_failure("error", f"{type(e).__name__}: {e}")
+        raise
+
+
+def _record_failure(kind: str, detail: str) -> None:
+    path = os.environ.get("NEMOTRON_FAILURE_FILE")
+    if path:
+        Path(path).write_text(json.dumps({"error": kind, "detail": detail[-2000:]}))

@@ -34,7 +34,6 @@ def main() -> None:
     cpu = not torch.cuda.is_available()
     megatron_cpu.init_distributed(args.tp, args.pp)
     from megatron.bridge import AutoBridge
-
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(args.hf, trust_remote_code=args.trust)
@@ -58,7 +57,7 @@ def import_checkpoint(bridge, args: argparse.Namespace, dtype, cpu: bool) -> dic
     from nemotron_assets.artifacts.checkpoints import megatron_iteration_dir
 
     provider = bridge.to_megatron_provider(load_weights=True)
-    _parallelism(provider, args, cpu)
+    _parallelism(provider, args)
     provider.finalize()
     models = provider.provide_distributed_model(wrap_with_ddp=False, use_cpu_initialization=cpu)
     bridge.save_megatron_model(models, args.megatron, hf_tokenizer_path=args.hf)
@@ -101,17 +100,17 @@ def load_checkpoint(iteration_dir: Path, cpu: bool) -> list:
     from nemotron_assets.steps import megatron_cpu
 
     config, mlm_args = load_model_config(str(iteration_dir))
-    if cpu:
+    if not megatron_cpu.has_transformer_engine():
         megatron_cpu.cpu_provider(config)
     config.perform_initialization = False
     models = build_and_load_model(str(iteration_dir), config, None, mlm_args, False, cpu, True)
     return models if isinstance(models, list) else [models]
 
 
-def _parallelism(provider, args: argparse.Namespace, cpu: bool) -> None:
+def _parallelism(provider, args: argparse.Namespace) -> None:
     from nemotron_assets.steps import megatron_cpu
 
-    if cpu:
+    if not megatron_cpu.has_transformer_engine():
         megatron_cpu.cpu_provider(provider)
     provider.tensor_model_parallel_size = args.tp
     provider.pipeline_model_parallel_size = args.pp

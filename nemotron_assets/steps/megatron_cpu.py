@@ -1,4 +1,4 @@
-"""Import Megatron-Bridge 0.3.1 where Transformer Engine is absent (CPU machines), and run it on the CPU.
+"""Megatron-Bridge 0.3.1 where Transformer Engine is absent: CPU machines, and GPU images without TE.
 
 `megatron.bridge` imports `transformer_engine` at module level (LoRA layers, checkpointing) although the GPT
 models it builds on CPU use Megatron-Core's local layer spec. `import_bridge()` first imports the Megatron-Core
@@ -6,7 +6,7 @@ and ModelOpt modules that probe for TE (so they record "no TE"), then imports Me
 stand-in finder for `transformer_engine.*`, and removes the stand-in again. `init_distributed()` joins torchrun's
 process group (or starts a one-process one); without CUDA it uses gloo and makes the few CUDA calls on the
 conversion path (RoPE device, RNG state, synchronize) CPU-safe. `cpu_provider()` selects Megatron-Core's local
-(non-TE) layers. Where TE and CUDA exist, the stand-in is not used.
+(non-TE, unfused) layers, with an attention that takes packed sequences. Where TE exists, none of this is used.
 """
 
 from __future__ import annotations
@@ -121,14 +121,75 @@ CPU_PROVIDER_SETTINGS = {
     "bias_dropout_fusion": False,
     "masked_softmax_fusion": False,
     "persist_layer_norm": False,
+    "cross_entropy_loss_fusion": False,
+    "moe_permute_fusion": False,
+    "moe_router_fusion": False,
+    "moe_grouped_gemm": False,
+    "moe_token_dispatcher_type": "alltoall",
+    "moe_flex_dispatcher_backend": None,
 }
 
 
 def cpu_provider(provider):
-    """A model provider set to build Megatron-Core's local (non-TE, unfused) layers."""
+    """A model provider set to build Megatron-Core's local (non-TE, unfused) layers, with packed-sequence
+    attention (PackedDotProductAttention) for GPT models."""
+    from megatron.bridge.models.gpt_provider import GPTModelProvider
+
+    if isinstance(provider, GPTModelProvider):
+        provider.transformer_layer_spec = local_packed_layer_spec
+    for name, value in CPU_PROVIDER_SETTINGS.items():
+        if hasattr(provider, name):
+            setattr(provider, name, value)
+    return provider
+
+
+def local_packed_layer_spec(config):
+    """Megatron-Core's local GPT layer, its core attention able to take packed sequences."""
     from megatron.bridge.models.gpt_provider import local_layer_spec
 
-    provider.transformer_layer_spec = local_layer_spec
-    for name, value in CPU_PROVIDER_SETTINGS.items():
-        setattr(provider, name, value)
-    return provider
+    spec = local_layer_spec(config)
+    spec.submodules.self_attention.submodules.core_attention = packed_attention_class()
+    return spec
+
+
+def packed_attention_class():
+    """Megatron-Core's DotProductAttention, plus packed sequences (THD with cu_seqlens, as Megatron-Bridge's packed
+    SFT batches are): causal attention within each sub-sequence through torch's scaled_dot_product_attention.
+    Transformer Engine's fused attention does this where TE is installed; the local class refuses packed input."""
+    import torch
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+    class PackedDotProductAttention(DotProductAttention):
+        def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                    packed_seq_params=None):  # fmt: skip
+            if packed_seq_params is None:
+                return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias)
+            tokens = query.shape[0]  # THD: [t, heads, head_dim]
+            starts = packed_seq_params.cu_seqlens_q[1:-1].to(query.device)
+            segment = torch.searchsorted(starts, torch.arange(tokens, device=query.device), right=True)
+            allowed = (segment[:, None] == segment[None, :]) & torch.ones(
+                tokens, tokens, dtype=torch.bool, device=query.device
+            ).tril()
+            groups = query.shape[1] // key.shape[1]
+            q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            dropout = self.config.attention_dropout if self.training else 0.0
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=dropout, scale=self.softmax_scale
+            )
+            return out.squeeze(0).transpose(0, 1).reshape(tokens, -1)
+
+    return PackedDotProductAttention
+
+
+def import_recipe(name: str) -> types.ModuleType:
+    """`megatron.bridge.recipes.<name>` without running the recipes package's __init__, which imports every recipe,
+    the vision-language ones with Megatron-Energon (not a dependency of these steps)."""
+    package = "megatron.bridge.recipes"
+    if package not in sys.modules and importlib.util.find_spec("megatron.energon") is None:
+        spec = importlib.util.find_spec(package)
+        shell = types.ModuleType(package)
+        shell.__path__ = list(spec.submodule_search_locations)
+        shell.__spec__ = spec
+        sys.modules[package] = shell
+    return importlib.import_module(f"{package}.{name}")

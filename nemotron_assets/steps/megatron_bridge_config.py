@@ -1,0 +1,118 @@
+"""Megatron-Bridge's ConfigContainer for a launch spec (megatron_bridge.launch_spec): the library's own recipe,
+overridden with the step's parameters.
+
+Nemotron 3 Nano / Lightning use Megatron-Bridge's Nemotron 3 Nano recipes (SFT, PEFT, pretraining); any other HF
+model the common recipe of the mode with the model provider AutoBridge makes from its HF config. Where
+Transformer Engine is absent the model is built from Megatron-Core's local layers (megatron_cpu.cpu_provider).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+NANO3_RECIPES = {
+    "sft": "nemotron_3_nano_sft_config",
+    "peft": "nemotron_3_nano_peft_config",
+    "pretrain": "nemotron_3_nano_pretrain_config",
+}
+NANO3_MODELS = ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "nvidia/NVIDIA-Nemotron-3.5-Lightning-30B-A3B-BF16")
+COMMON_RECIPES = {"sft": "_sft_common", "peft": "_peft_common", "pretrain": "_pretrain_common"}
+
+
+def recipe(spec: dict[str, Any]):
+    """The library's recipe for the model and mode, with the model provider set."""
+    from megatron.bridge import AutoBridge
+
+    from nemotron_assets.steps.megatron_cpu import import_recipe
+
+    mode, model = spec["mode"], spec["hf_model_path"]
+    if model in NANO3_MODELS:
+        cfg = getattr(import_recipe("nemotronh.nemotron_3_nano"), NANO3_RECIPES[mode])()
+        load = spec["load_hf_weights"] and not spec["checkpoint"]["pretrained_checkpoint"]
+        if load:  # the HF weights seed training: the provider loads them, as upstream's runner does
+            cfg.model = AutoBridge.from_hf_pretrained(model, trust_remote_code=True).to_megatron_provider(True)
+        return cfg
+    cfg = getattr(import_recipe("common"), COMMON_RECIPES[mode])()
+    load = spec["load_hf_weights"] and not spec["checkpoint"]["pretrained_checkpoint"]
+    cfg.model = AutoBridge.from_hf_pretrained(model).to_megatron_provider(load_weights=load)
+    return cfg
+
+
+def training_config(spec: dict[str, Any]):
+    """A ConfigContainer for `spec`; call `.validate()` on it (finetune/pretrain do)."""
+    from megatron.bridge.training.config import FinetuningDatasetConfig, GPTDatasetConfig
+
+    from nemotron_assets.steps import megatron_cpu
+
+    cfg = recipe(spec)
+    model, seq = cfg.model, spec["seq_length"]
+    if not megatron_cpu.has_transformer_engine():
+        megatron_cpu.cpu_provider(model)
+    model.seq_length = seq
+    for name, value in spec["parallel"].items():
+        if name != "expert_model_parallel_size" or getattr(model, "num_moe_experts", None):
+            setattr(model, name, value)
+    model.sequence_parallel = model.sequence_parallel and model.tensor_model_parallel_size > 1
+    if spec["recompute_granularity"]:
+        model.recompute_granularity = spec["recompute_granularity"]
+        model.recompute_method, model.recompute_num_layers = "uniform", 1
+    for name, value in spec["train"].items():
+        setattr(cfg.train, name, value)
+    cfg.train.eval_interval, cfg.train.eval_iters = spec["train"]["train_iters"] + 1, 0
+    cfg.scheduler.lr_warmup_iters = min(cfg.scheduler.lr_warmup_iters, max(spec["train"]["train_iters"] // 10, 1))
+    if spec.get("lr"):
+        cfg.optimizer.lr = spec["lr"]
+        cfg.optimizer.min_lr = spec["lr"] / 10
+    save = spec["checkpoint"]["save"]
+    cfg.checkpoint.save = cfg.checkpoint.load = save
+    cfg.checkpoint.save_interval = spec["checkpoint"]["save_interval"]
+    cfg.checkpoint.pretrained_checkpoint = spec["checkpoint"]["pretrained_checkpoint"]
+    cfg.checkpoint.async_save = False
+    cfg.logger.tensorboard_dir = str(Path(save).parent / "tensorboard")
+    cfg.logger.log_interval = 1
+    cfg.tokenizer.tokenizer_type, cfg.tokenizer.tokenizer_model = "HuggingFaceTokenizer", spec["hf_model_path"]
+    data = spec["dataset"]
+    if data["kind"] == "packed":
+        cfg.dataset = FinetuningDatasetConfig(
+            dataset_root=str(Path(data["path"]).parent),
+            seq_length=seq,
+            packed_sequence_specs=_packed_specs(data),
+            dataloader_type="batch",
+            do_validation=False,
+            do_test=False,
+        )
+    else:
+        train = data["splits"]["train"]
+        cfg.dataset = GPTDatasetConfig(
+            random_seed=cfg.rng.seed,
+            seq_length=seq,
+            blend_per_split=[([p for _, p in train], [w for w, _ in train]), None, None],
+            reset_attention_mask=False,
+            reset_position_ids=False,
+            eod_mask_loss=False,
+            path_to_cache=str(Path(save).parent / "index_cache"),
+            dataloader_type="single",
+        )
+    cfg.peft = _lora(spec["peft"])
+    return cfg
+
+
+def _packed_specs(data: dict[str, Any]):
+    from megatron.bridge.data.datasets.packed_sequence import PackedSequenceSpecs
+
+    return PackedSequenceSpecs(
+        packed_sequence_size=data["packed_sequence_size"],
+        packed_train_data_path=data["path"],
+        packed_metadata_path=data["metadata"],
+    )
+
+
+def _lora(peft: dict[str, Any] | None):
+    if peft is None:
+        return None
+    from megatron.bridge.peft.lora import LoRA
+
+    return LoRA(
+        target_modules=list(peft["target_modules"]), dim=peft["dim"], alpha=peft["alpha"], dropout=peft["dropout"]
+    )

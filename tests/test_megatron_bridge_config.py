@@ -1,0 +1,119 @@
+"""The launch spec as Megatron-Bridge's own ConfigContainer (its recipes, validated by the library), and the packed
+attention used where Transformer Engine is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from nemotron_assets.steps import megatron_cpu
+
+NANO3 = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    return megatron_cpu.import_bridge()
+
+
+@pytest.fixture(autouse=True)
+def sixteen_gpus(monkeypatch):
+    """The world size Megatron-Bridge validates against (torchrun's WORLD_SIZE): 16 GPUs, data parallel 8."""
+    monkeypatch.setenv("WORLD_SIZE", "16")
+
+
+def spec(tmp_path: Path, mode: str, model: str, **changes: Any) -> dict[str, Any]:
+    bins = tmp_path / "training_2048.npy"
+    np.save(bins, np.array([{"input_ids": [1, 2, 3], "loss_mask": [1, 1, 0], "seq_start_id": [0]}]), allow_pickle=True)
+    return {
+        "mode": mode,
+        "hf_model_path": model,
+        "load_hf_weights": True,
+        "seq_length": 2048,
+        "train": {"train_iters": 10, "global_batch_size": 16, "micro_batch_size": 1},
+        "parallel": {
+            "tensor_model_parallel_size": 2,
+            "pipeline_model_parallel_size": 1,
+            "context_parallel_size": 1,
+            "expert_model_parallel_size": 8,
+        },
+        "recompute_granularity": "full",
+        "checkpoint": {"save": str(tmp_path / "checkpoints"), "save_interval": 5, "pretrained_checkpoint": None},
+        "lr": None,
+        "peft": None,
+        "dataset": {
+            "kind": "packed",
+            "path": str(bins),
+            "metadata": str(tmp_path / "m.jsonl"),
+            "packed_sequence_size": 2048,
+        },
+    } | changes
+
+
+def test_sft_of_an_hf_llama_uses_the_common_recipe_with_its_autobridge_provider(bridge, fixtures_dir: Path, tmp_path):
+    from megatron.bridge.models.gpt_provider import GPTModelProvider
+    from megatron.bridge.training.config import ConfigContainer
+
+    from nemotron_assets.steps.megatron_bridge_config import training_config
+
+    config = training_config(spec(tmp_path, "sft", str(fixtures_dir / "tiny-llama")))
+    config.validate()  # Megatron-Bridge's own checks (parallel sizes, scheduler, dataset, checkpoint)
+    assert isinstance(config, ConfigContainer) and isinstance(config.model, GPTModelProvider)
+    assert (config.model.hidden_size, config.model.num_layers, config.model.seq_length) == (64, 2, 2048)
+    assert config.model.tensor_model_parallel_size == 2 and config.model.recompute_granularity == "full"
+    assert config.dataset.packed_sequence_specs.packed_sequence_size == 2048
+    assert str(config.dataset.packed_sequence_specs.packed_train_data_path).endswith("training_2048.npy")
+    assert config.checkpoint.save == config.checkpoint.load and config.peft is None
+    assert config.train.global_batch_size == 16 and config.train.eval_iters == 0 and config.data_parallel_size == 8
+
+
+def test_nano3_lora_uses_megatron_bridges_nemotron_3_nano_recipe(bridge, tmp_path):
+    from megatron.bridge.peft.lora import LoRA
+
+    from nemotron_assets.steps.megatron_bridge_config import training_config
+
+    lora = {"dim": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["linear_qkv", "linear_proj"]}
+    base = str(tmp_path / "base")
+    changes = {"checkpoint": {"save": str(tmp_path / "ck"), "save_interval": 5, "pretrained_checkpoint": base}}
+    config = training_config(spec(tmp_path, "peft", NANO3, peft=lora, load_hf_weights=False) | changes)
+    config.validate()
+    assert type(config.model).__name__ == "Nemotron3NanoProvider" and config.model.num_moe_experts
+    assert config.model.expert_model_parallel_size == 8 and config.model.tensor_model_parallel_size == 2
+    assert isinstance(config.peft, LoRA) and (config.peft.dim, config.peft.alpha) == (16, 32)
+    assert config.checkpoint.pretrained_checkpoint == base
+
+
+def test_pretraining_reads_the_blend_of_pretrain_prep(bridge, tmp_path):
+    from nemotron_assets.steps.megatron_bridge_config import training_config
+
+    blend = {"kind": "blend", "splits": {"train": [[0.7, "/data/a"], [0.3, "/data/b"]]}}
+    changes = {"checkpoint": {"save": str(tmp_path / "ck"), "save_interval": 5, "pretrained_checkpoint": "/base"}}
+    config = training_config(spec(tmp_path, "pretrain", NANO3, dataset=blend, lr=1e-4, load_hf_weights=False) | changes)
+    config.validate()
+    assert config.dataset.blend_per_split[0] == (["/data/a", "/data/b"], [0.7, 0.3])
+    assert config.optimizer.lr == 1e-4 and config.dataset.seq_length == 2048
+
+
+def packed_attention(query, key, value, starts: list[int]):
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    cu = torch.tensor(starts, dtype=torch.int32)
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=8, max_seqlen_kv=8)
+    attention = SimpleNamespace(config=SimpleNamespace(attention_dropout=0.0), training=False, softmax_scale=0.5)
+    return megatron_cpu.packed_attention_class().forward(attention, query, key, value, None, packed_seq_params=params)
+
+
+def test_packed_attention_is_causal_attention_within_each_sequence(bridge):
+    torch.manual_seed(0)
+    query, key, value = torch.randn(10, 4, 8), torch.randn(10, 2, 8), torch.randn(10, 2, 8)  # THD, 2 KV groups
+    out = packed_attention(query, key, value, [0, 3, 10])
+    for start, end in ((0, 3), (3, 10)):
+        q = query[start:end].transpose(0, 1)
+        k, v = (x[start:end].transpose(0, 1).repeat_interleave(2, dim=0) for x in (key, value))
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5)
+        assert torch.allclose(out[start:end], expected.transpose(0, 1).reshape(end - start, -1), atol=1e-5)
