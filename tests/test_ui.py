@@ -27,7 +27,8 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 # lora is the cheapest tiny asset with a loss-curve plot (it reads a source only); the Launchpad shortens it.
 LAUNCHPAD_CONFIG = "ops:\n  tiny__lora:\n    config:\n      step_scheduler:\n        max_steps: 4\n"
 
@@ -53,10 +54,10 @@ def dagster_ui(fixtures_dir: Path, tmp_path: Path):
         "NEMOTRON_CPT_INBOX": str(tmp_path / "inbox"),
     }
     port = free_port()
-    command = [str(Path(sys.executable).parent / "dagster"), "dev", "-m", "nemotron_assets.definitions"]
+    command = [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml")]  # = make ui
     log = (tmp_path / "dagster_dev.log").open("w")
     server = subprocess.Popen(
-        [*command, "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        [*command, "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -83,7 +84,7 @@ def page(tmp_path: Path):
             tmp_path / "chromium",  # a fresh user data dir
             executable_path=CHROMIUM,
             args=FLAGS,
-            viewport={"width": 1600, "height": 1000},
+            viewport={"width": 1600, "height": 1400},
         )
         yield browser.new_page()
         browser.close()
@@ -97,14 +98,17 @@ def screenshot(page, name: str, tmp_path: Path) -> None:
 
 
 def test_lineage_launchpad_materialization_and_metadata(dagster_ui: str, page, tmp_path: Path):
-    page.goto(f"{dagster_ui}/locations/nemotron_assets.definitions/asset-groups/tiny", wait_until="networkidle")
-    skip = page.get_by_role("button", name="Skip")  # the first visit's community dialog
-    skip.wait_for(timeout=15_000)
-    skip.click()
-    graph = page.get_by_text("lora", exact=True).first
-    graph.wait_for(timeout=60_000)
+    page.goto(f"{dagster_ui}/locations/nemotron_assets/asset-groups/tiny", wait_until="networkidle")
+    page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())  # community dialog
+    page.get_by_text("lora", exact=True).first.wait_for(timeout=60_000)
     for name in ("chat_jsonl", "eval_lora", "merged", "cpt"):  # sources, stages and inserted evaluations
         assert page.get_by_text(name, exact=True).count() >= 1, name
+    page.get_by_text("Hide navigation").click()
+    page.mouse.move(800, 700)
+    page.keyboard.down("Control")  # zoom out one step: node names only, the whole group in view
+    page.mouse.wheel(0, 100)
+    page.keyboard.up("Control")
+    page.get_by_text("packed_parquet", exact=True).first.wait_for()
     screenshot(page, "ui-lineage.png", tmp_path)
 
     page.goto(f"{dagster_ui}/assets/tiny/lora", wait_until="networkidle")
@@ -123,7 +127,8 @@ def test_lineage_launchpad_materialization_and_metadata(dagster_ui: str, page, t
         assert time.time() < deadline, "lora was not materialized within 10 minutes"
         time.sleep(5)
         page.reload(wait_until="networkidle")
-    assert page.get_by_text("steps", exact=True).count() >= 1  # from the run the Launchpad configured
+    steps = page.locator("tr").filter(has=page.get_by_text("steps", exact=True)).first
+    assert steps.locator("td").last.inner_text().strip() == "4"  # the Launchpad's max_steps, not the stage's 30
     page.get_by_text("loss_curve").first.scroll_into_view_if_needed()
     page.locator("tr", has_text="loss_curve").first.locator("a").first.click()  # markdown opens in a dialog
     image = page.locator("img[src^='data:image/png;base64']").first
