@@ -20,7 +20,7 @@ from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware
 from nemotron_assets.steps import InputArtifact, StepRun, megatron_bridge
-from resources.artifact_store import ArtifactStore
+from resources.artifact_store import ArtifactStore, write_provenance
 from resources.profile import load_profile
 
 SEQ = 2048
@@ -168,7 +168,11 @@ def test_peft_trains_lora_from_the_concrete_base(fixtures_dir: Path, packed: Pat
     run = step_run(
         "peft/megatron_bridge", tmp_path, inputs, 1, launches, hf_model_path=str(fixtures_dir / "tiny-llama")
     )
-    megatron_bridge.run(run)
+    result = megatron_bridge.run(run)
+    write_provenance(run.output_dir, {"type": "checkpoint_lora", **result.provenance})
+    adapter = validate(run.output_dir, "checkpoint_lora")  # the adapter, with its exact Megatron base recorded
+    assert adapter["format"] == "megatron" and adapter["rank"] == 32 and adapter["iteration"] == 4
+    assert adapter["base_model"] == str((base / "iter_0000005").resolve())
     pinned = Path(launches.spec["checkpoint"]["pretrained_checkpoint"])  # iteration 5, not the tracker's 10
     assert (pinned / "latest_checkpointed_iteration.txt").read_text() == "5"
     assert (pinned / "iter_0000005").resolve() == (base / "iter_0000005").resolve()

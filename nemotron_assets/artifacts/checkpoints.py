@@ -64,6 +64,8 @@ def validate_checkpoint_hf(path: Path) -> dict[str, Any]:
 def validate_checkpoint_lora(path: Path) -> dict[str, Any]:
     """A PEFT adapter whose exact base (id or path plus fingerprint) is recorded in its provenance."""
     error = "base_not_recorded_for_merge"
+    if (path / MEGATRON_TRACKER).exists():
+        return _megatron_lora(path, error)
     adapter = _json(path / "adapter_config.json", error)
     weights = sorted(path.glob("adapter_model*.safetensors"))
     if not weights:
@@ -126,4 +128,22 @@ def validate_checkpoint_megatron(path: Path) -> dict[str, Any]:
         "shards": len(shards),
         "bytes": sum(f.stat().st_size for f in iteration_dir.iterdir() if f.is_file()),
         "has_run_config": (iteration_dir / "run_config.yaml").exists(),
+    }
+
+
+def _megatron_lora(path: Path, error: str) -> dict[str, Any]:
+    """An adapter trained by peft/megatron_bridge: a Megatron checkpoint of the adapter weights, its base recorded."""
+    stats = validate_checkpoint_megatron(path)
+    base = (read_provenance(path) or {}).get("base_model") or {}
+    if not base.get("fingerprint") or not base.get("name_or_path"):
+        raise contract_error(error, f"{path}: provenance does not record the Megatron base and its fingerprint")
+    lora = (read_provenance(path) or {}).get("lora") or {}
+    return {
+        "format": "megatron",
+        "iteration": stats["iteration"],
+        "rank": lora.get("dim"),
+        "alpha": lora.get("alpha"),
+        "target_modules": sorted(lora.get("target_modules") or []),
+        "base_model": base["name_or_path"],
+        "base_fingerprint": base["fingerprint"],
     }

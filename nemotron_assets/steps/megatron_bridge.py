@@ -24,6 +24,7 @@ from nemotron_assets.artifacts import validate
 from nemotron_assets.artifacts.binidx import BLEND_FILE, read_blend
 from nemotron_assets.artifacts.checkpoints import MEGATRON_TRACKER, megatron_iteration_dir
 from nemotron_assets.artifacts.files import link_or_copy, read_provenance
+from nemotron_assets.digests import content_digest
 from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.chat_template import ChatTemplate
@@ -295,5 +296,15 @@ def publish(run: StepRun, save: Path, spec: dict[str, Any]) -> StepResult:
     stats |= {"iteration": int(latest.name[5:]), "world_size": spec.get("world_size")}
     provenance: dict[str, Any] = {"training": {"mode": spec["mode"], "hf_model_path": spec["hf_model_path"]}}
     if spec["checkpoint"]["pretrained_checkpoint"]:
-        provenance["base_model"] = {"megatron": spec["checkpoint"]["pretrained_checkpoint"]}
+        provenance["base_model"] = base_record(run, Path(spec["checkpoint"]["pretrained_checkpoint"]))
+    if spec["peft"]:
+        provenance["lora"] = spec["peft"]
     return StepResult(stats, provenance)
+
+
+def base_record(run: StepRun, pinned_base: Path) -> dict[str, str]:
+    """The exact Megatron base: its iter_* directory, fingerprinted by its artifact version or its content."""
+    iteration = megatron_iteration_dir(pinned_base).resolve()
+    given = run.inputs.get("checkpoint_megatron")
+    fingerprint = f"artifact:{given.version}" if given else content_digest(iteration)
+    return {"name_or_path": str(iteration), "fingerprint": fingerprint}
