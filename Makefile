@@ -44,7 +44,9 @@ fixtures: $(STAMP)
 demo: export NEMOTRON_BASE_MODEL ?= $(or $(NEMOTRON_FIXTURES),$(CURDIR)/.nemotron/fixtures)/smollm2-135m-instruct
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/nemotron-assets fixtures build tiny-bpe tiny-llama smollm2
-	$(BIN)/dagster asset materialize -m nemotron_assets.definitions --select 'group:tiny'
+	$(BIN)/nemotron-assets services & services=$$!; \
+	  $(BIN)/dagster asset materialize -m nemotron_assets.definitions --select 'group:tiny'; status=$$?; \
+	  kill $$services; exit $$status
 	$(BIN)/nemotron-assets demo summary --pipeline tiny
 
 test: $(STAMP) $(EVALUATOR)/.installed

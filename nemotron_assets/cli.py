@@ -151,6 +151,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_services(args: argparse.Namespace) -> int:
+    from nemotron_assets.fixtures.services import ServiceServer
+
+    server = ServiceServer(args.host, args.port)
+    print(f"fixture LLM + NMT services at {server.url} (Ctrl-C stops them)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_demo_summary(args: argparse.Namespace) -> int:
     from nemotron_assets.demo import summary
 
@@ -226,6 +240,13 @@ def parser() -> argparse.ArgumentParser:
     slurm.add_argument("action", choices=["up", "down"], help="up: start it and print the exports; down: stop it")
     slurm.add_argument("--dir", default=str(STATE_DIR / "slurm"), help="its configuration, state and logs")
     slurm.set_defaults(func=cmd_slurm)
+
+    services = commands.add_parser(
+        "services", help="the deterministic loopback LLM/NMT services the tiny data branch talks to"
+    )
+    services.add_argument("--host", default="127.0.0.1")
+    services.add_argument("--port", type=int, default=8765)
+    services.set_defaults(func=cmd_services)
 
     demo = commands.add_parser("demo", help="demo helpers").add_subparsers(required=True, metavar="ACTION")
     summary = demo.add_parser("summary", help="summarize the latest materializations of a pipeline in $DAGSTER_HOME")

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import AbstractContextManager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from nemotron_assets.fixtures.services import JsonHandler, running
 
 
 class ServedModel:
@@ -102,7 +103,7 @@ class OpenAIServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: OpenAIServer
 
     def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
@@ -118,26 +119,7 @@ class Handler(BaseHTTPRequestHandler):
         self.server.requests[self.path] += 1
         self.reply(200, answer)
 
-    def reply(self, status: int, document: dict[str, Any]) -> None:
-        payload = json.dumps(document).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet; pytest shows failures
-        pass
-
-
-@contextmanager
-def serve(model: ServedModel, model_id: str, api_key: str) -> Iterator[OpenAIServer]:
+def serve(model: ServedModel, model_id: str, api_key: str) -> AbstractContextManager[OpenAIServer]:
     """An OpenAIServer for `model`, running in a thread for the duration of the block."""
-    server = OpenAIServer(model, model_id, api_key)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+    return running(OpenAIServer(model, model_id, api_key))

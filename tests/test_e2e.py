@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -12,12 +13,14 @@ import pytest
 from conftest import DATA
 from helpers import materialize_in_dagster, published
 
+from nemotron_assets.fixtures.services import serve
 from nemotron_assets.pipelines import PipelineSpec
 from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile
 
 BIN = Path(sys.executable).parent
 DATA_STAGES = ("packed_parquet", "binidx", "dpo_data", "rlvr_data")
+DATA_BRANCH = ("curated", "translated", "synthetic", "byob_benchmark", "eval_byob")  # via the fixture services
 MODEL_STAGES = ("eval_base", "lora", "eval_lora", "merged", "eval_merged", "cpt", "eval_cpt")
 GATED = ("eval_lora", "eval_merged", "eval_cpt")
 
@@ -55,11 +58,20 @@ def materialize_tiny() -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
 
 
-def test_tiny_pipeline_through_the_dagster_cli(fixtures_dir: Path, artifact_root: Path, dagster_home: Path):
+@pytest.fixture
+def services() -> Iterator[None]:
+    """The loopback LLM/NMT fixture services the data branch talks to (README: Data steps)."""
+    with serve(port=8765):
+        yield
+
+
+def test_tiny_pipeline_through_the_dagster_cli(
+    fixtures_dir: Path, artifact_root: Path, dagster_home: Path, services: None
+):
     first = materialize_tiny()
     assert first.returncode == 0, first.stderr[-3000:]
     with dg.DagsterInstance.get() as instance:
-        for name in DATA_STAGES + MODEL_STAGES:
+        for name in DATA_STAGES + DATA_BRANCH + MODEL_STAGES:
             metadata = latest_metadata(instance, name)
             assert Path(metadata["path"]).is_relative_to(artifact_root)
             assert metadata["profile"] == "local_cpu" and metadata["reused"] is False
@@ -74,7 +86,7 @@ def test_tiny_pipeline_through_the_dagster_cli(fixtures_dir: Path, artifact_root
     second = materialize_tiny()
     assert second.returncode == 0, second.stderr[-3000:]
     with dg.DagsterInstance.get() as instance:
-        assert all(latest_metadata(instance, name)["reused"] for name in DATA_STAGES + MODEL_STAGES)
+        assert all(latest_metadata(instance, name)["reused"] for name in DATA_STAGES + DATA_BRANCH + MODEL_STAGES)
         assert latest_metadata(instance, "packed_parquet")["data_version"] == packed["data_version"]
 
     summary = subprocess.run(
