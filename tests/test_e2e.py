@@ -82,6 +82,11 @@ def test_tiny_pipeline_through_the_dagster_cli(
         lora = latest_metadata(instance, "lora")
         assert lora["final_loss"] < lora["first_loss"]
         assert latest_metadata(instance, "merged")["max_logit_difference"] < 1e-3
+        curated, translated = latest_metadata(instance, "curated"), latest_metadata(instance, "translated")
+        assert curated["input_records"] == 192 and 0 < curated["word_count_dropped"] == 192 - curated["kept_records"]
+        assert translated["output_records"] == curated["kept_records"] and translated["faith_mean"] > 0
+        assert latest_metadata(instance, "synthetic")["records"] == 4
+        assert latest_metadata(instance, "byob_benchmark")["questions"] == 2
 
     second = materialize_tiny()
     assert second.returncode == 0, second.stderr[-3000:]

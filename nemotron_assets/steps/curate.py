@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.curator import execution_stages, ray_cpus, run_pipeline
+from nemotron_assets.steps.curator import drop_empty_shards, execution_stages, ray_cpus, run_pipeline
 
 DOMAIN_MODEL = "nvidia/multilingual-domain-classifier"
 
@@ -84,15 +84,6 @@ def filter_stages(run: StepRun) -> dict[str, list[Any]]:
     if run.params["domains"]:
         stages["domain"] = [domain_stage(run)]
     return stages
-
-
-def drop_empty_shards(directory: Path) -> int:
-    """The writer leaves a blank file for an input file whose records were all filtered out; remove those."""
-    shards = sorted(directory.glob("*.jsonl"))
-    for shard in shards:
-        if not shard.read_bytes().strip():
-            shard.unlink()
-    return sum(shard.exists() for shard in shards)
 
 
 def run(run: StepRun) -> StepResult:

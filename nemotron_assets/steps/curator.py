@@ -7,6 +7,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from nemotron_assets.steps import StepRun
@@ -24,6 +25,15 @@ def ray_cpus(run: StepRun) -> int:
     if int(wanted) < MIN_CPUS:
         raise run.error("not_enough_cpu_resources", f"{wanted} CPU for Ray; its data pipeline needs {MIN_CPUS}")
     return int(wanted)
+
+
+def drop_empty_shards(directory: Path) -> int:
+    """The writer leaves a blank file for an input file whose records were all filtered out; remove those."""
+    shards = sorted(directory.glob("*.jsonl"))
+    for shard in shards:
+        if not shard.read_bytes().strip():
+            shard.unlink()
+    return sum(shard.exists() for shard in shards)
 
 
 def execution_stages(stages: Sequence[Any]) -> list[Any]:
