@@ -119,6 +119,7 @@ def test_nothing_kept_is_a_named_error_and_publishes_nothing(store: ArtifactStor
         ({"quality_filters": {"min_words": 5}}, "incomplete_word_filter", "Give both min_words and max_words"),
         ({"language_codes": ["EN"], "models": {}}, "missing_language_model", "set language_codes = []"),
         ({"input_glob": "*.parquet"}, "input_glob_no_matches", "give a pattern that resolves"),
+        ({"text_field": "body"}, "missing_text_field", "set text_field to the column"),
         ({"domains": ["Sports"], "models": {"hf_cache_dir": "/nonexistent"}}, "missing_domain_model", "domains = []"),
         ({"ray.num_cpus": 64}, "not_enough_cpu_resources", "set ray.num_cpus between 2"),
         ({"ray.num_cpus": 1}, "not_enough_cpu_resources", "run on a profile with more CPU cores"),

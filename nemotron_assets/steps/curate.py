@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from nemotron_assets.artifacts.jsonl import check_text, iter_lines, parse_line
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.curator import drop_empty_shards, execution_stages, ray_cpus, run_pipeline
 
@@ -25,6 +26,12 @@ def input_files(run: StepRun) -> list[str]:
     if not files:
         raise run.error("input_glob_no_matches", f"{run.params['input_glob']!r} under {root} matched no file")
     return [str(p) for p in files]
+
+
+def check_text_field(run: StepRun, files: list[str]) -> None:
+    """Every record has a non-empty string at text_field (missing_text_field), before Ray starts."""
+    for where, line in iter_lines(Path(f) for f in files):
+        check_text(parse_line(where, line), where, run.params["text_field"])
 
 
 def keep_language(codes: frozenset[str], score: str) -> bool:
@@ -91,6 +98,7 @@ def run(run: StepRun) -> StepResult:
     from nemo_curator.stages.text.io.writer import JsonlWriter
 
     files = input_files(run)
+    check_text_field(run, files)
     filters = filter_stages(run)
     writer = JsonlWriter(path=str(run.output_dir), mode="ignore")
     groups = [*filters.values(), [writer]]
