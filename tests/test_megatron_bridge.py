@@ -176,6 +176,7 @@ def test_peft_trains_lora_from_the_concrete_base(fixtures_dir: Path, packed: Pat
     pinned = Path(launches.spec["checkpoint"]["pretrained_checkpoint"])  # iteration 5, not the tracker's 10
     assert (pinned / "latest_checkpointed_iteration.txt").read_text() == "5"
     assert (pinned / "iter_0000005").resolve() == (base / "iter_0000005").resolve()
+    assert (pinned / "latest_train_state.pt").resolve() == (base / "iter_0000005" / "train_state.pt").resolve()
     assert launches.spec["peft"]["target_modules"] == ["linear_qkv", "linear_proj"]
 
 

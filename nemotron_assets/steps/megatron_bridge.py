@@ -162,6 +162,8 @@ def pinned(run: StepRun, iteration: Path) -> Path:
     base.mkdir(parents=True)
     (base / iteration.name).symlink_to(iteration.resolve(), target_is_directory=True)
     (base / MEGATRON_TRACKER).write_text(str(int(iteration.name[5:])))
+    if (iteration / "train_state.pt").exists():  # Megatron-Bridge reads this tracker first (the legacy one refuses 0)
+        (base / "latest_train_state.pt").symlink_to((iteration / "train_state.pt").resolve())
     return base
 
 
