@@ -105,9 +105,14 @@ def test_lineage_launchpad_materialization_and_metadata(dagster_ui: str, page, t
         assert page.get_by_text(name, exact=True).count() >= 1, name
     page.get_by_text("Hide navigation").click()
     page.mouse.move(800, 700)
-    page.keyboard.down("Control")  # zoom out one step: node names only, the whole group in view
-    page.mouse.wheel(0, 100)
+    page.keyboard.down("Control")  # zoom out: node names only, the whole group in view
+    for _ in range(2):
+        page.mouse.wheel(0, 100)
+        page.wait_for_timeout(300)
     page.keyboard.up("Control")
+    page.mouse.down()  # and drag it a little down, below the toolbar
+    page.mouse.move(800, 760, steps=5)
+    page.mouse.up()
     page.get_by_text("packed_parquet", exact=True).first.wait_for()
     screenshot(page, "ui-lineage.png", tmp_path)
 
