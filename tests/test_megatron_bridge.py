@@ -19,6 +19,7 @@ from nemotron_assets.artifacts import validate
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware
+from nemotron_assets.planning import Hardware, Have, Intents, plan
 from nemotron_assets.steps import InputArtifact, StepRun, megatron_bridge
 from resources.artifact_store import ArtifactStore, write_provenance
 from resources.profile import load_profile
@@ -210,3 +211,18 @@ def test_nano3_and_super3_need_their_gpus(step: str):
     with pytest.raises(NamedError) as e:
         check_hardware(CATALOG.step(step), {"hf_model_path": "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-BF16"}, one_node)
     assert e.value.name == "insufficient_hardware" and "32 for Super3" in e.value.recovery
+
+
+@pytest.mark.parametrize(
+    ("model", "hardware"),
+    [("nano3", Hardware(1, 8, "h100")), ("nano3", Hardware(2, 8, "h200")), ("super3", Hardware(4, 8, "h100"))],
+)
+def test_the_planners_layout_passes_the_launch_checks(model: str, hardware: Hardware, tmp_path):
+    """Parallelism comes from the planner's hardware table; the step accepts what the planner sets."""
+    planned = plan("sft", [Have.parse("training_jsonl")], hardware, Intents(model=model))
+    stage = next(s for s in planned.stages if s.step == "sft/megatron_bridge")
+    spec = CATALOG.step(stage.step)
+    params = spec.preset_values("default") | stage.config
+    run = StepRun(spec, params, {}, tmp_path, tmp_path / "work", hardware.gpus_per_node)
+    megatron_bridge.check_batch_shape(run, hardware.gpus)
+    assert params["seq_length"] == params["dataset.packed_sequence_specs.packed_sequence_size"]
