@@ -95,8 +95,9 @@ def test_adapter_or_training_folder_is_not_a_clean_source(fixtures_dir: Path, st
 def test_output_inside_the_source(fixtures_dir: Path, store, tmp_path: Path):
     source = tmp_path / "model"
     shutil.copytree(fixtures_dir / "tiny-llama", source)
-    error = expect("output_path_overlaps_source", "convert/hf_to_megatron", source, store, megatron_path=str(source))
-    assert "fresh directory" in error.recovery
+    inside = ArtifactStore(root=str(source / "store"))  # the artifact would be written inside the model directory
+    error = expect("output_path_overlaps_source", "convert/hf_to_megatron", source, inside)
+    assert "NEMOTRON_ARTIFACT_ROOT" in error.recovery
 
 
 def test_unsupported_architecture_is_named(fixtures_dir: Path, store, tmp_path: Path):

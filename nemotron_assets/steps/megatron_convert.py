@@ -37,9 +37,8 @@ def hf_to_megatron(run: StepRun) -> StepResult:
         validate(source, "checkpoint_hf")
     except NamedError as e:
         raise run.error("source_not_clean_hf_checkpoint", e.detail) from None
-    for output in (run.output_dir, p.get("megatron_path")):
-        if output and overlaps(Path(output), source):
-            raise run.error("output_path_overlaps_source", f"{output} overlaps the source {source}")
+    if overlaps(run.output_dir, source):
+        raise run.error("output_path_overlaps_source", f"{run.output_dir} overlaps the source {source}")
     arguments = ["import", "--hf", str(source), "--megatron", str(run.output_dir)]
     arguments += ["--dtype", p.get("dtype") or p["torch_dtype"], *common_arguments(p)]
     report = convert(run, arguments)
