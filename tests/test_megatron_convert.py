@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import materialize, published
+from helpers import materialize, materialize_in_dagster, published
 
 from nemotron_assets.artifacts import validate
 from nemotron_assets.catalog import CATALOG
@@ -155,3 +155,30 @@ def test_distributed_conversion_launches_torchrun_over_the_node():
     assert command[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=8"]
     assert command[-1] == "import" and megatron_convert.CHILD in command
     assert megatron_convert.launch_command(["import"], params, gpus=0)[1:3] == ["-m", megatron_convert.CHILD]
+
+
+def test_round_trip_through_dagster_and_its_launcher(fixtures_dir: Path, tmp_path: Path):
+    """HF -> Megatron -> HF as two assets materialized by Dagster, each conversion launched through Pipes."""
+    model = str(fixtures_dir / "tiny-llama")
+    pipeline = PipelineSpec.parse(
+        {
+            "name": "mt",
+            "description": "HF -> Megatron -> HF",
+            "sources": [{"name": "model", "type": "checkpoint_hf", "path": model}],
+            "stages": [
+                {"name": "mcore", "step": "convert/hf_to_megatron", "consumes": {"checkpoint_hf": "model"},
+                 "preset": "tiny"},
+                {"name": "back", "step": "convert/megatron_to_hf", "consumes": {"checkpoint_megatron": "mcore"},
+                 "preset": "tiny", "config": {"hf_model_id": model}},
+            ],
+        }
+    )  # fmt: skip
+    result = materialize_in_dagster(pipeline, tmp_path / "store")
+    assert result.success
+    metadata = {
+        e.step_key: {k: getattr(v, "value", v) for k, v in e.materialization.metadata.items()}
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+    }
+    assert metadata["mt__mcore"]["round_trip_logit_difference"] == 0.0 and metadata["mt__mcore"]["launcher"] == "local"
+    assert metadata["mt__back"]["iteration"] == 0 and metadata["mt__back"]["export_logit_difference"] < 1e-5
