@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from nemotron_assets.fixtures.services import ServiceServer, serve
+from resources.artifact_store import ArtifactStore
 
 os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", DAGSTER_DISABLE_TELEMETRY="1")
 
@@ -38,6 +42,18 @@ def artifact_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "artifacts"
     monkeypatch.setenv("NEMOTRON_ARTIFACT_ROOT", str(root))
     return root
+
+
+@pytest.fixture
+def store(artifact_root: Path) -> ArtifactStore:
+    return ArtifactStore(root=str(artifact_root))
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServiceServer]:
+    """The deterministic loopback services (OpenAI-compatible + NMT) of `nemotron-assets services`."""
+    with serve() as running:
+        yield running
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ benchmark stays held out of training."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +13,11 @@ from conftest import DATA
 from helpers import materialize, published
 
 from nemotron_assets.errors import NamedError
-from nemotron_assets.fixtures.services import ServiceServer, serve, translate
+from nemotron_assets.fixtures.services import ServiceServer, translate
 from nemotron_assets.pipelines import PipelineSpec
 from resources.artifact_store import ArtifactStore
 
 COLUMNS = ["question_id", "question", "options", "answer_index", "answer", "cot_content", "src", "category"]
-
-
-@pytest.fixture
-def store(artifact_root: Path) -> ArtifactStore:
-    return ArtifactStore(root=str(artifact_root))
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServiceServer]:
-    with serve() as running:
-        yield running
 
 
 def byob_pipeline(preset: str, sources: list[dict] | None = None, consumes: dict | None = None, **config: Any):

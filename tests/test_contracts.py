@@ -18,11 +18,6 @@ from nemotron_assets.errors import NamedError
 from resources.artifact_store import ArtifactStore, verify
 
 
-@pytest.fixture
-def store(artifact_root: Path) -> ArtifactStore:
-    return ArtifactStore(root=str(artifact_root))
-
-
 def _published_copy(step: str, source: Path, tmp_path: Path) -> Path:
     """A freshly published artifact (from its own store), copied so a test can corrupt it."""
     result = materialize(one_stage_pipeline(step, source), ArtifactStore(root=str(tmp_path / "fixture_store")))

@@ -18,11 +18,6 @@ ENGLISH = ["the cat sat on the mat today", "we went to the market in the morning
 FRENCH = ["le chat est sur la table ce soir", "nous allons au marché le matin", "elle lit un livre chaque nuit"]
 
 
-@pytest.fixture
-def store(artifact_root: Path) -> ArtifactStore:
-    return ArtifactStore(root=str(artifact_root))
-
-
 def write_langid_model(path: Path, vocabulary: dict[str, list[str]]) -> None:
     """A real fastText supervised model file (format v12), one input dimension per language, written directly.
 

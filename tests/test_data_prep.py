@@ -18,11 +18,6 @@ from nemotron_assets.errors import NamedError
 from resources.artifact_store import ArtifactStore
 
 
-@pytest.fixture
-def store(artifact_root: Path) -> ArtifactStore:
-    return ArtifactStore(root=str(artifact_root))
-
-
 def chat_records(path: Path = DATA / "tiny_chat.jsonl") -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +10,9 @@ import pytest
 from helpers import materialize, published
 
 from nemotron_assets.errors import NamedError
-from nemotron_assets.fixtures.services import ServiceServer, serve
+from nemotron_assets.fixtures.services import ServiceServer
 from nemotron_assets.pipelines import PipelineSpec
 from resources.artifact_store import ArtifactStore
-
-
-@pytest.fixture
-def store(artifact_root: Path) -> ArtifactStore:
-    return ArtifactStore(root=str(artifact_root))
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServiceServer]:
-    with serve() as running:
-        yield running
 
 
 def sdg_pipeline(preset: str, **config: Any) -> PipelineSpec:

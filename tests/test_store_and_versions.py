@@ -13,11 +13,6 @@ from nemotron_assets.steps import sft_packing
 from resources.artifact_store import ArtifactStore
 
 
-@pytest.fixture
-def store(artifact_root: Path) -> ArtifactStore:
-    return ArtifactStore(root=str(artifact_root))
-
-
 def test_failed_build_leaves_nothing(store: ArtifactStore):
     def build(staging: Path):
         (staging / "half.parquet").write_text("partial")

@@ -22,11 +22,6 @@ CHAT = [
 TEXTS = ["The old king and the queen.", "A new island in the north sea."]
 
 
-@pytest.fixture
-def store(artifact_root: Path) -> ArtifactStore:
-    return ArtifactStore(root=str(artifact_root))
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServiceServer]:
     with serve(api_key=SECRET) as running:
