@@ -44,9 +44,8 @@ fixtures: $(STAMP)
 demo: export NEMOTRON_BASE_MODEL ?= $(or $(NEMOTRON_FIXTURES),$(CURDIR)/.nemotron/fixtures)/smollm2-135m-instruct
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/nemotron-assets fixtures build tiny-bpe tiny-llama smollm2
-	$(BIN)/nemotron-assets services & services=$$!; \
-	  $(BIN)/dagster asset materialize -m nemotron_assets.definitions --select 'group:tiny'; status=$$?; \
-	  kill $$services; exit $$status
+	$(BIN)/nemotron-assets services & trap "kill $$!" EXIT; \
+	  $(BIN)/dagster asset materialize -m nemotron_assets.definitions --select 'group:tiny'
 	$(BIN)/nemotron-assets demo summary --pipeline tiny
 
 test: $(STAMP) $(EVALUATOR)/.installed
@@ -54,5 +53,6 @@ test: $(STAMP) $(EVALUATOR)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
+# The tiny data branch talks to the loopback fixture services (README: Data steps); they stop with the UI, Ctrl-C too.
 ui: fixtures $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/nemotron-assets services & trap "kill $$!" EXIT; $(BIN)/dagster dev -w workspace.yaml
