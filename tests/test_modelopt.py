@@ -106,6 +106,8 @@ def test_format_follows_the_profiles_gpu(tmp_path: Path, fixtures_dir: Path, mon
         ("local_cpu", {"deploy_gpu": "A100", "args.export_quant_cfg": "fp8"}, "fp8 does not run on A100"),
         ("local_cpu", {"deploy_gpu": None}, "no GPU to pick the format for"),
         ("local_cpu", {"deploy_gpu": "B200"}, "nvfp4 calibration needs a CUDA GPU"),
+        # the tiny Llama's widths (hidden 64, intermediate 172) do not divide into AWQ's 128-input blocks
+        ("local_cpu", {"deploy_gpu": "A100", "args.export_quant_cfg": "int4_awq"}, "blocks of 128"),
     ],
 )
 def test_unsupported_quant_recipe(tmp_path: Path, fixtures_dir: Path, profile: str, params: dict, message: str):

@@ -11,7 +11,6 @@ from typing import Any
 from nemotron_assets.artifacts.files import data_files
 from nemotron_assets.artifacts.jsonl import CORPUS_SHAPES, RecordStream
 from nemotron_assets.steps import StepRun
-from resources.profile import HardwareProfile
 
 ARCHITECTURES = {  # GPU model -> architecture; what each architecture's tensor cores run
     **dict.fromkeys(("B100", "B200", "GB200", "B300", "GB300"), "blackwell"),
@@ -28,6 +27,8 @@ def target_gpu(run: StepRun, parameter: str) -> str | None:
     """The GPU the result is for: the parameter when set, else the hardware profile's [gpu] model."""
     if run.params.get(parameter):
         return run.params[parameter]
+    from resources.profile import HardwareProfile  # a Dagster resource: imported only where the profile is read
+
     gpu = HardwareProfile(name=run.profile).load().gpu
     return gpu.model if gpu else None
 

@@ -32,12 +32,19 @@ def quant_config(recipe: str) -> dict[str, Any]:
     return getattr(mtq, RECIPES[recipe])
 
 
-def validated_quantizers(recipe: str) -> int:
-    """Validate the recipe's config with ModelOpt's own schema; return how many quantizer rules it enables."""
+def enabled_quantizers(recipe: str) -> list[Any]:
+    """The recipe's enabled quantizer settings, validated by ModelOpt's own schema."""
     from modelopt.torch.quantization.config import QuantizeConfig
 
     config = QuantizeConfig.model_validate(quant_config(recipe))
-    return sum(1 for entry in config.quant_cfg if entry.enable is not False and entry.cfg is not None)
+    enabled = [entry.cfg for entry in config.quant_cfg if entry.enable is not False and entry.cfg is not None]
+    return [one for cfg in enabled for one in (cfg if isinstance(cfg, list) else [cfg])]
+
+
+def block_size(recipe: str) -> int:
+    """The recipe's block along a weight's input dimension (1: not block-quantized), from ModelOpt's config."""
+    blocks = [(cfg.block_sizes or {}).get(-1) for cfg in enabled_quantizers(recipe) if hasattr(cfg, "block_sizes")]
+    return max((b for b in blocks if b), default=1)
 
 
 def batches(tokenizer, texts: list[str], max_tokens: int, device: str):

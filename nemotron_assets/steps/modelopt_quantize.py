@@ -15,7 +15,7 @@ import json
 
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.modelopt import AUTO, SUPPORTED, architecture, run_task, target_gpu, training_texts
-from nemotron_assets.steps.modelopt_launch import validated_quantizers
+from nemotron_assets.steps.modelopt_launch import block_size, enabled_quantizers
 
 
 def recipe_for(run: StepRun) -> tuple[str, str | None]:
@@ -32,13 +32,29 @@ def recipe_for(run: StepRun) -> tuple[str, str | None]:
     return recipe, gpu
 
 
+def check_blocks(run: StepRun, recipe: str, config: dict) -> None:
+    """Block formats quantize each linear layer's input in blocks: every input width must divide (ModelOpt's export
+    fails after calibration otherwise)."""
+    block = block_size(recipe)
+    heads = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    widths = {
+        "hidden_size": config["hidden_size"],
+        "intermediate_size": config.get("intermediate_size", block),
+        "attention output (heads x head_dim)": config["num_attention_heads"] * heads,
+    }
+    uneven = {name: width for name, width in widths.items() if width % block}
+    if uneven:
+        detail = f"{recipe} quantizes linear inputs in blocks of {block}; these widths do not divide: {uneven}"
+        raise run.error("unsupported_quant_recipe", detail)
+
+
 def run(run: StepRun) -> StepResult:
     from transformers import AutoTokenizer
 
     p = run.params
     recipe, gpu = recipe_for(run)
     if recipe == "nvfp4" and not run.gpus:
-        rules = validated_quantizers(recipe)
+        rules = len(enabled_quantizers(recipe))
         raise run.error(
             "unsupported_quant_recipe",
             f"nvfp4 calibration needs a CUDA GPU (Blackwell); its ModelOpt config is valid ({rules} quantizer rules) "
@@ -47,6 +63,7 @@ def run(run: StepRun) -> StepResult:
     if "training_jsonl" not in run.inputs:
         raise run.error("calibration_data_missing", "no training_jsonl input to calibrate on")
     model = run.input("checkpoint_hf").path
+    check_blocks(run, recipe, json.loads((model / "config.json").read_text()))
     calib, holdout = p["args.calib_size"], p["holdout_size"]
     texts = training_texts(run, AutoTokenizer.from_pretrained(model), calib + holdout)
     if len(texts) < calib:
