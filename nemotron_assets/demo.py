@@ -9,6 +9,9 @@ from resources.artifact_store import ArtifactStore
 
 HEADLINE = (  # (metadata keys, format): shown when every key is present
     (("rows",), "{:,} rows"),
+    (("input_records", "kept_records"), "kept {1:,} of {0:,} records"),
+    (("output_records", "faith_mean"), "{:,} records translated, FAITH mean {:.2f}"),
+    (("records", "projection"), "{:,} synthetic records ({})"),
     (("documents",), "{:,} documents"),
     (("bins",), "{:,} bins"),
     (("tokens",), "{:,} tokens"),
