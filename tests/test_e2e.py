@@ -99,6 +99,7 @@ def test_tiny_pipeline_through_the_dagster_cli(
     )
     assert "tiny/packed_parquet" in summary.stdout and "packing efficiency" in summary.stdout
     assert "tiny/eval_lora" in summary.stdout and "MCQ accuracy" in summary.stdout
+    assert "tiny/translated" in summary.stdout and "FAITH mean" in summary.stdout
     assert "quality gate succeeded" in summary.stdout and "dagster dev -w workspace.yaml" in summary.stdout
 
 
