@@ -95,9 +95,16 @@ def all_partitions(pipeline: PipelineSpec, name: str, store: ArtifactStore) -> I
     return InputArtifact(name, type_name, directory, json_digest(versions)[:16], parts)
 
 
-def reject_fed(step: StepSpec, artifact: InputArtifact) -> None:
-    """The step's own named error when it is fed an artifact type it declares it cannot take."""
+def check_input(step: StepSpec, port: str, artifact: InputArtifact) -> None:
+    """An input the step may read, of the port's type: its files are sniffed once for all three checks."""
     found = sniff_type(artifact.path)
+    reject_held_out(step, artifact, found)
+    reject_fed(step, artifact, found)
+    check_type(artifact.path, port, found)
+
+
+def reject_fed(step: StepSpec, artifact: InputArtifact, found: str | None) -> None:
+    """The step's own named error when it is fed an artifact type it declares it cannot take."""
     for error in step.errors:
         if found and error.fed and CATALOG.is_a(found, error.fed):
             raise step_error(step.id, error.name, f"{artifact.name} at {artifact.path} is {found}")
@@ -107,10 +114,9 @@ HELD_OUT = "benchmark_parquet"
 HELD_OUT_READERS = frozenset({"eval", "byob"})
 
 
-def reject_held_out(step: StepSpec, artifact: InputArtifact) -> None:
+def reject_held_out(step: StepSpec, artifact: InputArtifact, found: str | None) -> None:
     """Benchmarks are held-out evaluation data: only evaluation and BYOB steps may read one, whatever type the
     pipeline declares for it (a published benchmark is recognised by its recorded type)."""
-    found = sniff_type(artifact.path)
     held_out = CATALOG.is_a(artifact.type, HELD_OUT) or (found in CATALOG.types and CATALOG.is_a(found, HELD_OUT))
     if held_out and step.category not in HELD_OUT_READERS:
         raise contract_error("held_out_benchmark_in_training", f"{step.id} was fed {artifact.name} ({artifact.path})")
@@ -180,9 +186,7 @@ def run_stage(
     inputs = {port: resolve_input(pipeline, name, store, partition) for port, name in stage.consumes.items()}
     for port, artifact in inputs.items():
         for part in artifact.parts or (artifact,):
-            reject_held_out(step, part)
-            reject_fed(step, part)
-            check_type(part.path, port)
+            check_input(step, port, part)
     key = store_key(pipeline, stage.name, partition)
     version = data_version(step, params, inputs)
     existing = store.version_dir(key, version)

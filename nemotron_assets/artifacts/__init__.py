@@ -54,9 +54,9 @@ def family(type_name: str) -> str:
     return "parquet" if type_name in PARQUET_TYPES else type_name
 
 
-def check_type(path: Path, expected: str) -> None:
-    """artifact_type_mismatch when `path` holds another artifact type than `expected`, naming the fix."""
-    found = sniff_type(path)
+def check_type(path: Path, expected: str, found: str | None) -> None:
+    """artifact_type_mismatch when `path`, which looks like `found` (sniff_type), holds another artifact type than
+    `expected`, naming the fix."""
     if found is None or found not in CATALOG.types:
         return
     recorded = (path / "provenance.json").exists()
@@ -75,5 +75,5 @@ def validate(path: Path, type_name: str) -> dict[str, Any]:
         raise NotImplementedError(f"no contract for {type_name} yet; contracts exist for {sorted(CONTRACTS)}")
     if not Path(path).exists() and "*" not in str(path):
         raise contract_error("artifact_missing", f"{path}: does not exist")
-    check_type(Path(path), type_name)
+    check_type(Path(path), type_name, sniff_type(Path(path)))
     return {"type": type_name} | CONTRACTS[type_name](Path(path))
