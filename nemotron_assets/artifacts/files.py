@@ -33,6 +33,12 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def overlaps(a: Path, b: Path) -> bool:
+    """Whether two paths are the same directory or one lies inside the other."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
 def read_provenance(path: Path) -> dict[str, Any] | None:
     candidate = path / PROVENANCE_FILE if path.is_dir() else None
     if candidate is None or not candidate.exists():

@@ -23,7 +23,7 @@ import yaml
 from nemotron_assets.artifacts import validate
 from nemotron_assets.artifacts.binidx import BLEND_FILE, read_blend
 from nemotron_assets.artifacts.checkpoints import MEGATRON_TRACKER, megatron_iteration_dir
-from nemotron_assets.artifacts.files import link_or_copy, read_provenance
+from nemotron_assets.artifacts.files import link_or_copy, overlaps, read_provenance
 from nemotron_assets.digests import content_digest
 from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepResult, StepRun
@@ -177,11 +177,6 @@ def check_sequence_length(run: StepRun, iteration: Path) -> None:
         raise run.error(
             "sequence_length_mismatch", f"checkpoint trained at {trained}, seq_length {run.params['seq_length']}"
         )
-
-
-def overlaps(a: Path, b: Path) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
 def packed_shards(run: StepRun) -> list[Path]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from nemotron_assets.artifacts import validate
 from nemotron_assets.artifacts.checkpoints import MEGATRON_ITERATION, megatron_iteration_dir
+from nemotron_assets.artifacts.files import overlaps
 from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
@@ -112,11 +113,6 @@ def megatron_source(run: StepRun) -> Path:
         if name == "artifact_missing":
             name = "bad_megatron_checkpoint_path"
         raise run.error(name, e.detail) from None
-
-
-def overlaps(a: Path, b: Path) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
 def common_arguments(p: dict[str, Any]) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from nemotron_assets.artifacts.files import data_files
@@ -37,17 +36,6 @@ def architecture(gpu: str) -> str:
     """'H100' / 'NVIDIA H100 80GB' / 'h200-141gb' -> hopper; unknown models -> 'other' (integer formats only)."""
     name = gpu.upper().removeprefix("NVIDIA").strip().split()[0].split("-")[0]
     return ARCHITECTURES.get(name, "other")
-
-
-def check_apart(run: StepRun, error: str, output: str | None, *sources: Path | str) -> None:
-    """`error` when an output directory parameter points at or inside a source (or a source inside it)."""
-    if not output:
-        return
-    out = Path(output).resolve()
-    for source in sources:
-        src = Path(source).resolve()
-        if out == src or src in out.parents or out in src.parents:
-            raise run.error(error, f"{out} overlaps the source {src}")
 
 
 def record_text(record: dict[str, Any], tokenizer) -> str:
