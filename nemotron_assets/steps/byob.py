@@ -11,13 +11,13 @@ carried over untouched. Either way the result is <expt_name>/benchmark.parquet; 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.curator import ray_cpus, run_pipeline
+from nemotron_assets.steps.sdg import use_state_home
 from nemotron_assets.steps.translate import api_key, check_llm
 
 COLUMNS = ("question_id", "question", "options", "answer_index", "answer", "cot_content", "src", "category")
@@ -64,7 +64,7 @@ def documents(run: StepRun) -> list[dict[str, str]]:
 
 def generated_rows(run: StepRun, seeds: list[dict[str, str]], scratch: Path) -> list[dict[str, Any]]:
     """Questions from Data Designer, one llm_structured call per document."""
-    os.environ.setdefault("DATA_DESIGNER_HOME", str(scratch / "home"))
+    use_state_home()  # not the run's scratch: the variable outlives this step in the process
     import data_designer.config as dd
     from data_designer.interface.data_designer import DataDesigner
     from data_designer.interface.errors import DataDesignerGenerationError

@@ -111,8 +111,13 @@ def project(run: StepRun, rows: list[dict[str, Any]], metadata: list[str]) -> li
         raise run.error("projection_schema_mismatch", f"{kind}: {e}") from None
 
 
+def use_state_home() -> None:
+    """Data Designer keeps its home under the project's state directory, not ~/.data-designer (one per process)."""
+    os.environ.setdefault("DATA_DESIGNER_HOME", str(STATE_DIR / "data_designer"))
+
+
 def run(run: StepRun) -> StepResult:
-    os.environ.setdefault("DATA_DESIGNER_HOME", str(STATE_DIR / "data_designer"))  # not ~/.data-designer
+    use_state_home()
     from data_designer.interface.data_designer import DataDesigner
     from data_designer.interface.errors import DataDesignerGenerationError
 
