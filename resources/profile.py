@@ -140,7 +140,12 @@ def available_profiles(directory: Path = PROFILE_DIR) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.toml"))
 
 
-def load_profile(name: str, directory: Path = PROFILE_DIR) -> Profile:
+def load_profile(name: str, directory: Path | None = None) -> Profile:
+    """A profile from `directory`; by default $NEMOTRON_PROFILE_DIR (your own profiles, e.g. a local Slurm's) is
+    searched before env_profiles/."""
+    if directory is None:
+        own = os.environ.get("NEMOTRON_PROFILE_DIR")
+        directory = Path(own) if own and (Path(own) / f"{name}.toml").exists() else PROFILE_DIR
     path = directory / f"{name}.toml"
     if not path.exists():
         raise ValueError(f"unknown hardware profile {name!r}; available: {available_profiles(directory)}")
@@ -157,8 +162,4 @@ class HardwareProfile(dg.ConfigurableResource):
     )
 
     def load(self) -> Profile:
-        """$NEMOTRON_PROFILE_DIR (your own profiles, e.g. a local Slurm's) is searched before env_profiles/."""
-        own = os.environ.get("NEMOTRON_PROFILE_DIR")
-        if own and (Path(own) / f"{self.name}.toml").exists():
-            return load_profile(self.name, Path(own))
         return load_profile(self.name)
