@@ -92,7 +92,8 @@ def drop_sensor(pipeline: PipelineSpec, source: Source) -> dg.SensorDefinition:
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         directory = Path(expand(source.path))
-        new = [k for k in drops(directory) if not context.instance.has_dynamic_partition(partitions.name, k)]
+        known = set(context.instance.get_dynamic_partitions(partitions.name))
+        new = [k for k in drops(directory) if k not in known]
         if not new:
             return dg.SkipReason(f"no new drop in {directory}")
         return dg.SensorResult(

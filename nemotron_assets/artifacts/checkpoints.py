@@ -134,10 +134,11 @@ def validate_checkpoint_megatron(path: Path) -> dict[str, Any]:
 def _megatron_lora(path: Path, error: str) -> dict[str, Any]:
     """An adapter trained by peft/megatron_bridge: a Megatron checkpoint of the adapter weights, its base recorded."""
     stats = validate_checkpoint_megatron(path)
-    base = (read_provenance(path) or {}).get("base_model") or {}
+    provenance = read_provenance(path) or {}
+    base = provenance.get("base_model") or {}
     if not base.get("fingerprint") or not base.get("name_or_path"):
         raise contract_error(error, f"{path}: provenance does not record the Megatron base and its fingerprint")
-    lora = (read_provenance(path) or {}).get("lora") or {}
+    lora = provenance.get("lora") or {}
     return {
         "format": "megatron",
         "iteration": stats["iteration"],

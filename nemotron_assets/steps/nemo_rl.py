@@ -149,8 +149,10 @@ def check_reward_model(run: StepRun, policy: Path | None) -> dict[str, Any]:
         return {}
     reward = run.input("checkpoint_hf").path
     validate(reward, "checkpoint_hf")
-    starts = [policy, Path(run.params["policy.model_name"])]
-    if any(s is not None and s.exists() and content_digest(s) == content_digest(reward) for s in starts):
+    # the Megatron policy checkpoint can only be the reward model by path; its HF name by content (hashed once)
+    hf_start = Path(run.params["policy.model_name"])
+    same_path = policy is not None and policy.resolve() == reward.resolve()
+    if same_path or (hf_start.exists() and content_digest(hf_start) == content_digest(reward)):
         raise run.error("reward_model_policy_confused", f"reward model {reward} is the policy's checkpoint")
     return {"env": {"nemo_gym": {"genrm_model": {"responses_api_models": {"vllm_model": {"model": str(reward)}}}}}}
 
