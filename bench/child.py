@@ -68,8 +68,8 @@ def ceiling(tok, items: list, template=None, batch_size: int = 1024) -> dict:
 
 
 def run_ceiling(spec: dict) -> dict:
-    from nemotron_assets.steps.chat_template import ChatTemplate, resolve_template_source
-    from nemotron_assets.steps.tokenizer import load_tokenizer
+    from nemotron_assets.steps.data_prep.chat_template import ChatTemplate, resolve_template_source
+    from nemotron_assets.steps.data_prep.tokenizer import load_tokenizer
 
     tok = load_tokenizer(spec["tokenizer"])
     t = time.perf_counter()

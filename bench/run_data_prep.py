@@ -406,7 +406,7 @@ def main() -> None:
         return
     started = time.perf_counter()
 
-    from nemotron_assets.steps.tokenizer import load_tokenizer
+    from nemotron_assets.steps.data_prep.tokenizer import load_tokenizer
 
     print("== corpora", flush=True)
     t = time.perf_counter()

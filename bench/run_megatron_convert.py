@@ -27,19 +27,19 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 BY_HAND = """
 import sys
-from nemotron_assets.steps import megatron_cpu
+from nemotron_assets.steps.megatron_bridge import no_te
 if __name__ == "__main__":
-    megatron_cpu.import_bridge()
-    megatron_cpu.init_distributed()
+    no_te.import_bridge()
+    no_te.init_distributed()
     from megatron.bridge import AutoBridge
     bridge = AutoBridge.from_hf_pretrained(sys.argv[2])
     if sys.argv[1] == "import":
-        provider = megatron_cpu.cpu_provider(bridge.to_megatron_provider(load_weights=True))
+        provider = no_te.cpu_provider(bridge.to_megatron_provider(load_weights=True))
         provider.finalize()
         models = provider.provide_distributed_model(wrap_with_ddp=False, use_cpu_initialization=True)
         bridge.save_megatron_model(models, sys.argv[3], hf_tokenizer_path=sys.argv[2])
     else:
-        from nemotron_assets.steps.megatron_convert_launch import load_checkpoint
+        from nemotron_assets.steps.megatron_bridge.convert_job import load_checkpoint
         bridge.save_hf_pretrained(load_checkpoint(__import__("pathlib").Path(sys.argv[4]), True), sys.argv[3])
 """
 STEP = """

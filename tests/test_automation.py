@@ -198,7 +198,7 @@ def test_two_drops_two_refreshes_and_a_regressed_checkpoint_kept_from_consumers(
 def test_blend_refuses_drops_of_different_tokenizers(tmp_path: Path):
     from nemotron_assets.catalog import CATALOG
     from nemotron_assets.steps import InputArtifact, StepRun
-    from nemotron_assets.steps.blend import run
+    from nemotron_assets.steps.data_prep.blend import run
 
     parts = []
     for name, fingerprint in (("a", "x"), ("b", "y")):

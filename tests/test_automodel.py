@@ -22,7 +22,8 @@ from nemotron_assets.digests import content_digest
 from nemotron_assets.errors import NamedError
 from nemotron_assets.execution import run_stage
 from nemotron_assets.pipelines import PipelineSpec
-from nemotron_assets.steps import InputArtifact, StepRun, automodel
+from nemotron_assets.steps import InputArtifact, StepRun
+from nemotron_assets.steps.automodel import train as automodel
 from resources.artifact_store import ArtifactStore
 
 CHAT = DATA / "tiny_chat.jsonl"

@@ -9,8 +9,8 @@ import pytest
 from conftest import DATA
 from transformers import AutoTokenizer
 
-from nemotron_assets.steps.chat_template import ChatTemplate, TemplateError, resolve_template_source
-from nemotron_assets.steps.tokenizer import load_tokenizer
+from nemotron_assets.steps.data_prep.chat_template import ChatTemplate, TemplateError, resolve_template_source
+from nemotron_assets.steps.data_prep.tokenizer import load_tokenizer
 
 # A ChatML template without generation markers, in the style of SmolLM2's own (default system prompt injected).
 PLAIN_CHATML = (

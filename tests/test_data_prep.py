@@ -184,7 +184,7 @@ def test_pretrain_prep_errors(fixtures_dir: Path, store: ArtifactStore, config: 
 
 
 def test_vocab_too_large_for_uint16(fixtures_dir: Path, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch):
-    from nemotron_assets.steps.tokenizer import Tokenizer
+    from nemotron_assets.steps.data_prep.tokenizer import Tokenizer
 
     monkeypatch.setattr(Tokenizer, "vocab_size", property(lambda self: 70_000))
     pipeline = one_stage_pipeline("data_prep/pretrain_prep", DATA / "tiny_corpus.jsonl", dtype="uint16")

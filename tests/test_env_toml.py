@@ -12,7 +12,7 @@ import pytest
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepRun
-from nemotron_assets.steps.env_toml import ROLES, read_profile, run
+from nemotron_assets.steps.env.env_toml import ROLES, read_profile, run
 from resources.profile import load_profile
 
 STEP = CATALOG.step("env/env_toml")

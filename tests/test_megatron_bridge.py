@@ -20,7 +20,8 @@ from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware
 from nemotron_assets.planning import Hardware, Have, Intents, plan
-from nemotron_assets.steps import InputArtifact, StepRun, megatron_bridge
+from nemotron_assets.steps import InputArtifact, StepRun
+from nemotron_assets.steps.megatron_bridge import train as megatron_bridge
 from resources.artifact_store import ArtifactStore, write_provenance
 from resources.profile import load_profile
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from nemotron_assets.steps import megatron_cpu
+from nemotron_assets.steps.megatron_bridge import no_te
 
 NANO3 = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"
 
 
 @pytest.fixture(scope="module")
 def bridge():
-    return megatron_cpu.import_bridge()
+    return no_te.import_bridge()
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +59,7 @@ def test_sft_of_an_hf_llama_uses_the_common_recipe_with_its_autobridge_provider(
     from megatron.bridge.models.gpt_provider import GPTModelProvider
     from megatron.bridge.training.config import ConfigContainer
 
-    from nemotron_assets.steps.megatron_bridge_config import training_config
+    from nemotron_assets.steps.megatron_bridge.config import training_config
 
     config = training_config(spec(tmp_path, "sft", str(fixtures_dir / "tiny-llama")))
     config.validate()  # Megatron-Bridge's own checks (parallel sizes, scheduler, dataset, checkpoint)
@@ -75,7 +75,7 @@ def test_sft_of_an_hf_llama_uses_the_common_recipe_with_its_autobridge_provider(
 def test_nano3_lora_uses_megatron_bridges_nemotron_3_nano_recipe(bridge, tmp_path):
     from megatron.bridge.peft.lora import LoRA
 
-    from nemotron_assets.steps.megatron_bridge_config import training_config
+    from nemotron_assets.steps.megatron_bridge.config import training_config
 
     lora = {"dim": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["linear_qkv", "linear_proj"]}
     base = str(tmp_path / "base")
@@ -89,7 +89,7 @@ def test_nano3_lora_uses_megatron_bridges_nemotron_3_nano_recipe(bridge, tmp_pat
 
 
 def test_pretraining_reads_the_blend_of_pretrain_prep(bridge, tmp_path):
-    from nemotron_assets.steps.megatron_bridge_config import training_config
+    from nemotron_assets.steps.megatron_bridge.config import training_config
 
     blend = {"kind": "blend", "splits": {"train": [[0.7, "/data/a"], [0.3, "/data/b"]]}}
     changes = {"checkpoint": {"save": str(tmp_path / "ck"), "save_interval": 5, "pretrained_checkpoint": "/base"}}
@@ -105,7 +105,7 @@ def packed_attention(query, key, value, starts: list[int]):
     cu = torch.tensor(starts, dtype=torch.int32)
     params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=8, max_seqlen_kv=8)
     attention = SimpleNamespace(config=SimpleNamespace(attention_dropout=0.0), training=False, softmax_scale=0.5)
-    return megatron_cpu.packed_attention_class().forward(attention, query, key, value, None, packed_seq_params=params)
+    return no_te.packed_attention_class().forward(attention, query, key, value, None, packed_seq_params=params)
 
 
 def test_packed_attention_is_causal_attention_within_each_sequence(bridge):

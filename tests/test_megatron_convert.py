@@ -16,7 +16,7 @@ from nemotron_assets.artifacts import validate
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.pipelines import PipelineSpec
-from nemotron_assets.steps import megatron_convert
+from nemotron_assets.steps.megatron_bridge import convert as megatron_convert
 from resources.artifact_store import ArtifactStore
 
 PORTS = {"convert/hf_to_megatron": "checkpoint_hf", "convert/megatron_to_hf": "checkpoint_megatron"}

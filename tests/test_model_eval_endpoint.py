@@ -26,7 +26,7 @@ from openai_server import ServedModel, serve
 from nemotron_assets.errors import NamedError
 from nemotron_assets.execution import Materialization, run_stage
 from nemotron_assets.pipelines import PipelineSpec
-from nemotron_assets.steps import nemo_evaluator
+from nemotron_assets.steps.evaluation import nemo_evaluator
 from nemotron_assets.steps.launch import Launcher, LaunchFailed, subprocess_launcher
 from resources.artifact_store import ArtifactStore
 

@@ -15,8 +15,9 @@ from safetensors import safe_open
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.pipelines import PipelineSpec
-from nemotron_assets.steps import InputArtifact, StepRun, modelopt_quantize
-from nemotron_assets.steps.modelopt import architecture
+from nemotron_assets.steps import InputArtifact, StepRun
+from nemotron_assets.steps.modelopt import quantize as modelopt_quantize
+from nemotron_assets.steps.modelopt.common import architecture
 from resources.artifact_store import ArtifactStore
 
 QUANTIZE = "optimize/modelopt/quantize"
@@ -166,7 +167,7 @@ def test_quality_drop_over_max_drop_publishes_nothing(fixtures_dir: Path, tmp_pa
 
 def test_hf_backend_refuses_to_score_the_quantized_export(quantized, tmp_path: Path):
     """transformers loads ModelOpt's FP8 weights without their scales; eval/model_eval must not score that."""
-    from nemotron_assets.steps import model_eval
+    from nemotron_assets.steps.evaluation import model_eval
 
     step = CATALOG.step("eval/model_eval")
     inputs = {"checkpoint_hf": InputArtifact("out", "checkpoint_hf", quantized.path, quantized.version)}

@@ -84,7 +84,8 @@ def test_tokenizer_mismatch(teacher: Path, tmp_path: Path):
 
 def test_training_data_missing(teacher: Path, tmp_path: Path):
     from nemotron_assets.catalog import CATALOG
-    from nemotron_assets.steps import InputArtifact, StepRun, modelopt_distill
+    from nemotron_assets.steps import InputArtifact, StepRun
+    from nemotron_assets.steps.modelopt import distill as modelopt_distill
 
     step = CATALOG.step("optimize/modelopt/distill")
     inputs = {"checkpoint_hf": InputArtifact("student", "checkpoint_hf", teacher, "v1")}

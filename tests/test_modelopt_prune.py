@@ -15,7 +15,8 @@ from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware, gpus_for
 from nemotron_assets.launchers.k8s import backend_image
 from nemotron_assets.launchers.slurm import job_script, sbatch_command
-from nemotron_assets.steps import InputArtifact, StepRun, modelopt_prune
+from nemotron_assets.steps import InputArtifact, StepRun
+from nemotron_assets.steps.modelopt import prune as modelopt_prune
 from resources.profile import load_profile
 
 PRUNE = "optimize/modelopt/prune"

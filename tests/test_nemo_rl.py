@@ -18,7 +18,8 @@ from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import gpus_for
 from nemotron_assets.launchers.k8s import backend_image, pod_spec
 from nemotron_assets.launchers.slurm import job_script, sbatch_command
-from nemotron_assets.steps import InputArtifact, StepRun, nemo_rl
+from nemotron_assets.steps import InputArtifact, StepRun
+from nemotron_assets.steps.nemo_rl import train as nemo_rl
 from resources.profile import load_profile
 
 # Keys of NeMo-RL's examples/configs/dpo.yaml and grpo_math_1B.yaml (and the data/env keys their comments and the

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from nemotron_assets.steps.packing import ALGORITHMS, first_fit, gather_ranges, pack
+from nemotron_assets.steps.data_prep.packing import ALGORITHMS, first_fit, gather_ranges, pack
 
 
 def naive_first_fit(lengths, order, capacity):

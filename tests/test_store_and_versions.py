@@ -9,7 +9,7 @@ import pytest
 from conftest import DATA
 from helpers import materialize, one_stage_pipeline, published
 
-from nemotron_assets.steps import sft_packing
+from nemotron_assets.steps.data_prep import sft_packing
 from resources.artifact_store import ArtifactStore
 
 

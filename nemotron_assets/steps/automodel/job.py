@@ -1,7 +1,7 @@
 """Child process of the AutoModel steps: run NeMo AutoModel's recipe and stream progress over Dagster Pipes.
 
-    python -m nemotron_assets.steps.automodel_launch --config recipe.yaml            (CPU, one process)
-    torchrun --nproc-per-node N -m nemotron_assets.steps.automodel_launch --config recipe.yaml   (GPUs)
+    python -m nemotron_assets.steps.automodel.job --config recipe.yaml            (CPU, one process)
+    torchrun --nproc-per-node N -m nemotron_assets.steps.automodel.job --config recipe.yaml   (GPUs)
 
 Rank 0 reports each optimizer step to Dagster (outside Dagster, Pipes is a no-op). A failure is also written to
 $NEMOTRON_FAILURE_FILE so the parent can name it (e.g. `oom`) whichever launcher ran the process.
@@ -19,9 +19,9 @@ from nemotron_assets.steps.launch import failures_recorded
 
 def main() -> None:
     args = _arguments()
-    from nemotron_assets.steps import automodel_cpu
+    from nemotron_assets.steps.automodel import cpu
 
-    automodel_cpu.apply()
+    cpu.apply()
     from dagster_pipes import open_dagster_pipes
     from nemo_automodel.components.config._arg_parser import parse_args_and_load_config
     from nemo_automodel.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction

@@ -1,8 +1,8 @@
 """sft/megatron_bridge, peft/megatron_bridge and pretrain/megatron_bridge: the cross-step invariants checked before
-anything is launched, then Megatron-Bridge's own training loop under torchrun (megatron_bridge_launch).
+anything is launched, then Megatron-Bridge's own training loop under torchrun (train_job).
 
 The launch spec (training.json) is a plain record of the step's parameters and inputs; the child turns it into
-Megatron-Bridge's ConfigContainer (megatron_bridge_config) and runs `finetune` or `pretrain`. Packed Parquet bins
+Megatron-Bridge's ConfigContainer (config) and runs `finetune` or `pretrain`. Packed Parquet bins
 are handed to Megatron-Bridge 0.3.1 in its own packed-sequence format (.npy of {input_ids, loss_mask,
 seq_start_id}: the same bins, loss masks already shifted). Checkpoints go to the work directory (a retried run
 resumes from them); the published artifact is the Megatron run directory (tracker + iter_* directories).
@@ -27,11 +27,11 @@ from nemotron_assets.artifacts.files import link_or_copy, overlaps, read_provena
 from nemotron_assets.digests import content_digest
 from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.chat_template import ChatTemplate
+from nemotron_assets.steps.data_prep.chat_template import ChatTemplate
+from nemotron_assets.steps.data_prep.tokenizer import TokenizerUnavailable, load_tokenizer
 from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
-from nemotron_assets.steps.tokenizer import TokenizerUnavailable, load_tokenizer
 
-CHILD = "nemotron_assets.steps.megatron_bridge_launch"
+CHILD = "nemotron_assets.steps.megatron_bridge.train_job"
 MODES = {"sft/megatron_bridge": "sft", "peft/megatron_bridge": "peft", "pretrain/megatron_bridge": "pretrain"}
 PACKED = "dataset.packed_sequence_specs.packed_train_data_path"
 

@@ -25,7 +25,7 @@ from nemotron_assets.artifacts.jsonl import PROMPT_FIELDS, VERIFIER_FIELDS, Reco
 from nemotron_assets.digests import content_digest
 from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.nemo_rl_config import ENTRIES, NEMO_RL, data_section, merge, run_config
+from nemotron_assets.steps.nemo_rl.config import ENTRIES, NEMO_RL, data_section, merge, run_config
 from resources.profile import HardwareProfile
 
 SHAPES = {"rl/nemo_rl/dpo": "dpo", "rl/nemo_rl/rlvr": "rlvr"}

@@ -1,7 +1,7 @@
 """sft/automodel, peft/automodel and pretrain/automodel: NeMo AutoModel's fine-tune recipe, configured from the
 step's parameters, over chat JSONL (SFT, LoRA) or the bin/idx shards of pretrain_prep (pretraining, CPT).
 
-The recipe runs in a child process (automodel_launch): one process on CPU, torchrun on GPUs. Checkpoints go to
+The recipe runs in a child process (automodel.job): one process on CPU, torchrun on GPUs. Checkpoints go to
 the stage's work directory, so a retried run resumes from the last one (the recipe restores it by itself).
 The last checkpoint becomes the artifact: a consolidated HF directory (full SFT) or an HF-PEFT adapter whose
 provenance records the exact base, tokenizer, rank, alpha, target modules and data version.
@@ -20,8 +20,8 @@ from nemotron_assets.artifacts.binidx import BLEND_FILE, read_blend
 from nemotron_assets.artifacts.files import data_files, link_or_copy, read_provenance
 from nemotron_assets.digests import content_digest
 from nemotron_assets.steps import InputArtifact, StepResult, StepRun
+from nemotron_assets.steps.data_prep.tokenizer import Tokenizer, TokenizerUnavailable, load_tokenizer
 from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
-from nemotron_assets.steps.tokenizer import Tokenizer, TokenizerUnavailable, load_tokenizer
 from nemotron_assets.steps.training_log import training_stats
 
 RECIPE_TARGETS = {
@@ -155,7 +155,7 @@ def check_tokenizer(run: StepRun, tokenizer: Tokenizer) -> None:
 
 
 def launch_command(config_path: Path, gpus: int) -> list[str]:
-    module = ["-m", "nemotron_assets.steps.automodel_launch", "--config", str(config_path)]
+    module = ["-m", "nemotron_assets.steps.automodel.job", "--config", str(config_path)]
     if gpus:
         return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", *module]
     return [sys.executable, *module]

@@ -18,7 +18,7 @@ from typing import Any
 from nemotron_assets.digests import content_digest
 from nemotron_assets.paths import STATE_DIR
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.sdg_projections import PROJECTIONS, ProjectionMismatch
+from nemotron_assets.steps.data_designer.projections import PROJECTIONS, ProjectionMismatch
 
 PREVIEW_RECORDS = 2
 MODEL_ALIAS = "generator"

@@ -25,7 +25,8 @@ from typing import Any
 import yaml
 
 from nemotron_assets.artifacts.files import data_files, read_provenance
-from nemotron_assets.steps import InputArtifact, StepResult, StepRun, nemo_evaluator
+from nemotron_assets.steps import InputArtifact, StepResult, StepRun
+from nemotron_assets.steps.evaluation import nemo_evaluator
 
 TASK_DIR = Path(__file__).resolve().parent.parent / "eval_tasks"
 DATA_SUFFIXES = {"mcq_benchmark_parquet": (".parquet",), "training_jsonl": (".jsonl",)}

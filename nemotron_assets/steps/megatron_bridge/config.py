@@ -3,7 +3,7 @@ overridden with the step's parameters.
 
 Nemotron 3 Nano / Lightning use Megatron-Bridge's Nemotron 3 Nano recipes (SFT, PEFT, pretraining); any other HF
 model the common recipe of the mode with the model provider AutoBridge makes from its HF config. Where
-Transformer Engine is absent the model is built from Megatron-Core's local layers (megatron_cpu.cpu_provider).
+Transformer Engine is absent the model is built from Megatron-Core's local layers (no_te.cpu_provider).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def recipe(spec: dict[str, Any]):
     """The library's recipe for the model and mode, with the model provider set."""
     from megatron.bridge import AutoBridge
 
-    from nemotron_assets.steps.megatron_cpu import import_recipe
+    from nemotron_assets.steps.megatron_bridge.no_te import import_recipe
 
     mode, model = spec["mode"], spec["hf_model_path"]
     if model in NANO3_MODELS:
@@ -43,12 +43,12 @@ def training_config(spec: dict[str, Any]):
     """A ConfigContainer for `spec`; call `.validate()` on it (finetune/pretrain do)."""
     from megatron.bridge.training.config import FinetuningDatasetConfig, GPTDatasetConfig
 
-    from nemotron_assets.steps import megatron_cpu
+    from nemotron_assets.steps.megatron_bridge import no_te
 
     cfg = recipe(spec)
     model, seq = cfg.model, spec["seq_length"]
-    if not megatron_cpu.has_transformer_engine():
-        megatron_cpu.cpu_provider(model)
+    if not no_te.has_transformer_engine():
+        no_te.cpu_provider(model)
     model.seq_length = seq
     for name, value in spec["parallel"].items():
         if name != "expert_model_parallel_size" or getattr(model, "num_moe_experts", None):

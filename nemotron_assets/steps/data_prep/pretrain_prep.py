@@ -14,9 +14,9 @@ import numpy as np
 
 from nemotron_assets.artifacts.binidx import BLEND_FILE, SPLITS, BinIdxWriter
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.packing import gather_ranges
-from nemotron_assets.steps.sharding import assign_splits, map_ahead, sharded_input
-from nemotron_assets.steps.tokenizer import step_tokenizer, tokenizer_provenance
+from nemotron_assets.steps.data_prep.packing import gather_ranges
+from nemotron_assets.steps.data_prep.sharding import assign_splits, map_ahead, sharded_input
+from nemotron_assets.steps.data_prep.tokenizer import step_tokenizer, tokenizer_provenance
 
 BATCH_DOCS = 512
 DTYPES = {"uint16": np.uint16, "int32": np.int32}

@@ -1,5 +1,5 @@
 """convert/hf_to_megatron and convert/megatron_to_hf: Megatron-Bridge's AutoBridge in a child process
-(megatron_convert_launch), with fidelity as the gate.
+(convert_job), with fidelity as the gate.
 
 hf_to_megatron writes a Megatron run directory (latest_checkpointed_iteration.txt + iter_0000000); the checkpoint
 it saved is exported back to HF and must give the source's logits within `tolerance` (relative to the largest
@@ -23,7 +23,7 @@ from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
 
-CHILD = "nemotron_assets.steps.megatron_convert_launch"
+CHILD = "nemotron_assets.steps.megatron_bridge.convert_job"
 # Files that mark a directory as a training run, optimizer state or adapter, not a clean HF model.
 NOT_CLEAN = ("adapter_config.json", "optimizer.pt", "trainer_state.json", "latest_checkpointed_iteration.txt")
 

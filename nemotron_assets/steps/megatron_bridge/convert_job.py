@@ -1,8 +1,8 @@
 """Child process of convert/hf_to_megatron and convert/megatron_to_hf: Megatron-Bridge's AutoBridge, then proof.
 
-    python -m nemotron_assets.steps.megatron_convert_launch import --hf DIR --megatron OUT --report R.json
-    python -m nemotron_assets.steps.megatron_convert_launch export --megatron ITER_DIR --hf DIR --out OUT --report R
-    torchrun --nproc-per-node N -m nemotron_assets.steps.megatron_convert_launch ...            (multi-GPU)
+    python -m nemotron_assets.steps.megatron_bridge.convert_job import --hf DIR --megatron OUT --report R.json
+    python -m nemotron_assets.steps.megatron_bridge.convert_job export --megatron ITER_DIR --hf DIR --out OUT --report R
+    torchrun --nproc-per-node N -m nemotron_assets.steps.megatron_bridge.convert_job ...            (multi-GPU)
 
 import: HF -> Megatron dist checkpoint, then the saved checkpoint is loaded back and exported to HF in a scratch
 directory; the report holds the largest logit difference between the source and that round-trip model (and the
@@ -28,11 +28,11 @@ def main() -> None:
     args = _arguments()
     import torch
 
-    from nemotron_assets.steps import megatron_cpu
+    from nemotron_assets.steps.megatron_bridge import no_te
 
-    megatron_cpu.import_bridge()
+    no_te.import_bridge()
     cpu = not torch.cuda.is_available()
-    megatron_cpu.init_distributed(args.tp, args.pp)
+    no_te.init_distributed(args.tp, args.pp)
     from megatron.bridge import AutoBridge
     from transformers import AutoConfig
 
@@ -97,21 +97,21 @@ def load_checkpoint(iteration_dir: Path, cpu: bool) -> list:
     """A saved iter_* checkpoint as Megatron models, built from its own run_config.yaml."""
     from megatron.bridge.training.model_load_save import build_and_load_model, load_model_config
 
-    from nemotron_assets.steps import megatron_cpu
+    from nemotron_assets.steps.megatron_bridge import no_te
 
     config, mlm_args = load_model_config(str(iteration_dir))
-    if not megatron_cpu.has_transformer_engine():
-        megatron_cpu.cpu_provider(config)
+    if not no_te.has_transformer_engine():
+        no_te.cpu_provider(config)
     config.perform_initialization = False
     models = build_and_load_model(str(iteration_dir), config, None, mlm_args, False, cpu, True)
     return models if isinstance(models, list) else [models]
 
 
 def _parallelism(provider, args: argparse.Namespace) -> None:
-    from nemotron_assets.steps import megatron_cpu
+    from nemotron_assets.steps.megatron_bridge import no_te
 
-    if not megatron_cpu.has_transformer_engine():
-        megatron_cpu.cpu_provider(provider)
+    if not no_te.has_transformer_engine():
+        no_te.cpu_provider(provider)
     provider.tensor_model_parallel_size = args.tp
     provider.pipeline_model_parallel_size = args.pp
     if getattr(provider, "num_moe_experts", None):

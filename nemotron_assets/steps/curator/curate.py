@@ -14,7 +14,7 @@ from typing import Any
 
 from nemotron_assets.artifacts.jsonl import check_text, iter_lines, parse_line
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.curator import drop_empty_shards, execution_stages, ray_cpus, run_pipeline
+from nemotron_assets.steps.curator.runtime import drop_empty_shards, execution_stages, ray_cpus, run_pipeline
 
 DOMAIN_MODEL = "nvidia/multilingual-domain-classifier"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from nemotron_assets.artifacts import validate
 from nemotron_assets.artifacts.files import read_provenance
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.automodel import base_model_record
+from nemotron_assets.steps.automodel.train import base_model_record
 
 PROBE = "The capital of a small country sits on a river, and its merchants trade copper lanterns."
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}

@@ -1,7 +1,7 @@
 """Child process of the Megatron-Bridge training steps: build the ConfigContainer from the launch spec and run
 Megatron-Bridge's `finetune` (SFT, LoRA) or `pretrain` with its GPT forward step.
 
-    torchrun --nproc-per-node N -m nemotron_assets.steps.megatron_bridge_launch --spec training.json
+    torchrun --nproc-per-node N -m nemotron_assets.steps.megatron_bridge.train_job --spec training.json
 
 Each optimizer step's loss is reported to Dagster over Pipes by the last pipeline rank (outside Dagster Pipes is
 a no-op); that rank writes training_log.json (losses; tokens/s over the steps after the first, counting real tokens of
@@ -27,15 +27,15 @@ def main() -> None:
     parser.add_argument("--spec", required=True)
     spec_path = Path(parser.parse_args().spec)
     spec = json.loads(spec_path.read_text())
-    from nemotron_assets.steps import megatron_cpu
+    from nemotron_assets.steps.megatron_bridge import no_te
 
-    megatron_cpu.import_bridge()
+    no_te.import_bridge()
     from dagster_pipes import open_dagster_pipes
     from megatron.bridge.training.finetune import finetune
     from megatron.bridge.training.gpt_step import forward_step
     from megatron.bridge.training.pretrain import pretrain
 
-    from nemotron_assets.steps.megatron_bridge_config import training_config
+    from nemotron_assets.steps.megatron_bridge.config import training_config
 
     reporting = int(os.environ.get("RANK", "0")) == int(os.environ.get("WORLD_SIZE", "1")) - 1
     with open_dagster_pipes() if reporting else contextlib.nullcontext() as pipes:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.curator import ray_cpus, run_pipeline
-from nemotron_assets.steps.sdg import use_state_home
-from nemotron_assets.steps.translate import api_key, check_llm
+from nemotron_assets.steps.curator.runtime import ray_cpus, run_pipeline
+from nemotron_assets.steps.curator.translate import api_key, check_llm
+from nemotron_assets.steps.data_designer.sdg import use_state_home
 
 COLUMNS = ("question_id", "question", "options", "answer_index", "answer", "cot_content", "src", "category")
 LETTERS = "ABCD"

@@ -19,10 +19,10 @@ import numpy as np
 
 from nemotron_assets.artifacts.packed_parquet import SPLITS, arrow_schema
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.chat_template import ChatTemplate, TemplateError, resolve_template_source
-from nemotron_assets.steps.packing import gather_ranges, pack
-from nemotron_assets.steps.sharding import assign_splits, held_out_counts, map_ahead, sharded_input
-from nemotron_assets.steps.tokenizer import step_tokenizer, tokenizer_provenance
+from nemotron_assets.steps.data_prep.chat_template import ChatTemplate, TemplateError, resolve_template_source
+from nemotron_assets.steps.data_prep.packing import gather_ranges, pack
+from nemotron_assets.steps.data_prep.sharding import assign_splits, held_out_counts, map_ahead, sharded_input
+from nemotron_assets.steps.data_prep.tokenizer import step_tokenizer, tokenizer_provenance
 
 BATCH_ROWS = 256
 WINDOW_TOKENS = 1 << 22  # pack at most ~4M tokens at a time (tens of MB), whatever the shard size

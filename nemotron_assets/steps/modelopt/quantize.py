@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.modelopt import AUTO, SUPPORTED, architecture, run_task, target_gpu, training_texts
-from nemotron_assets.steps.modelopt_launch import block_size, enabled_quantizers
+from nemotron_assets.steps.modelopt.common import AUTO, SUPPORTED, architecture, run_task, target_gpu, training_texts
+from nemotron_assets.steps.modelopt.job import block_size, enabled_quantizers
 
 
 def recipe_for(run: StepRun) -> tuple[str, str | None]:

@@ -17,7 +17,7 @@ from typing import Any
 from nemotron_assets.artifacts.files import data_files
 from nemotron_assets.artifacts.jsonl import iter_lines, parse_line
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.curator import drop_empty_shards, ray_cpus, run_pipeline
+from nemotron_assets.steps.curator.runtime import drop_empty_shards, ray_cpus, run_pipeline
 
 JSON_COLUMNS = ["translated_messages", "translation_metadata", "faith_segment_scores"]
 CLOUD_VARIABLES = {

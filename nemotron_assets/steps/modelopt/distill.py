@@ -9,9 +9,9 @@ rest train it for `args.train_iters` steps of `args.gbs` samples. The distilled 
 from __future__ import annotations
 
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.automodel import base_model_record
-from nemotron_assets.steps.modelopt import run_task, training_texts
-from nemotron_assets.steps.tokenizer import TokenizerUnavailable, load_tokenizer
+from nemotron_assets.steps.automodel.train import base_model_record
+from nemotron_assets.steps.data_prep.tokenizer import TokenizerUnavailable, load_tokenizer
+from nemotron_assets.steps.modelopt.common import run_task, training_texts
 
 
 def run(run: StepRun) -> StepResult:

@@ -1,6 +1,6 @@
 """Child process of the ModelOpt steps: the torch work, run through the profile's launcher.
 
-    python -m nemotron_assets.steps.modelopt_launch quantize --job job.json
+    python -m nemotron_assets.steps.modelopt.job quantize --job job.json
 
 `quantize`: load the HF model, measure its mean token NLL on held-out texts, calibrate ModelOpt's quantizers on the
 calibration texts (`mtq.quantize` with the recipe's config: fake-quant on CPU, real kernels on GPU), measure the

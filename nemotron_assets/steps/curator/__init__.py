@@ -1,0 +1,1 @@
+"""NeMo Curator: curate/nemo_curator and translate/nemo_curator, on a step-sized Ray."""

@@ -1,0 +1,1 @@
+"""NeMo Data Designer: sdg/data_designer and byob/mcq."""

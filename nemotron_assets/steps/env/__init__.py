@@ -1,0 +1,1 @@
+"""nemo-run environment profiles: env/env_toml."""

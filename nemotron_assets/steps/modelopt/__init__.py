@@ -1,0 +1,1 @@
+"""NVIDIA ModelOpt: optimize/modelopt/quantize, distill and prune."""

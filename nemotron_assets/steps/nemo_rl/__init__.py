@@ -1,0 +1,1 @@
+"""NeMo-RL: rl/nemo_rl/dpo, rlvr and rlhf, run in the nemo-rl container."""

@@ -1,0 +1,1 @@
+"""Hugging Face PEFT: convert/merge_lora."""
