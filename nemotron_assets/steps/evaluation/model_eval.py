@@ -25,10 +25,11 @@ from typing import Any
 import yaml
 
 from nemotron_assets.artifacts.files import data_files, read_provenance
+from nemotron_assets.paths import PACKAGE_DIR
 from nemotron_assets.steps import InputArtifact, StepResult, StepRun
 from nemotron_assets.steps.evaluation import nemo_evaluator
 
-TASK_DIR = Path(__file__).resolve().parent.parent / "eval_tasks"
+TASK_DIR = PACKAGE_DIR / "eval_tasks"
 DATA_SUFFIXES = {"mcq_benchmark_parquet": (".parquet",), "training_jsonl": (".jsonl",)}
 LOGPROB_TASKS = {  # consumed type -> (task name, task file), scored by log-likelihood: hf and completions endpoints
     "mcq_benchmark_parquet": ("nemotron_mcq", "mcq.yaml"),
