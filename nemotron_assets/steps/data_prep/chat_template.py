@@ -22,7 +22,9 @@ from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "templates"
+from nemotron_assets.paths import PACKAGE_DIR
+
+BUNDLED_DIR = PACKAGE_DIR / "templates"
 GEN_OPEN, GEN_CLOSE = "\ue000", "\ue001"
 _MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _SPLIT = re.compile(f"([{GEN_OPEN}{GEN_CLOSE}])")
