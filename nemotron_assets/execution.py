@@ -28,7 +28,7 @@ from nemotron_assets.errors import contract_error, step_error
 from nemotron_assets.paths import PROJECT_ROOT, expand
 from nemotron_assets.pipelines import PipelineSpec, Stage
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
-from nemotron_assets.steps.launch import Launcher
+from nemotron_assets.steps.launch import LOCAL, Launcher, PathMap
 from resources.artifact_store import ArtifactStore, seal, write_provenance
 
 
@@ -171,6 +171,8 @@ def run_stage(
     gpus: int = 0,
     partition: str | None = None,
     cpus: int | None = None,
+    paths: PathMap = LOCAL,
+    nodes: int = 1,
 ) -> Materialization:
     """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
     step = CATALOG.step(stage.step)
@@ -200,7 +202,20 @@ def run_stage(
     def build(staging: Path) -> dict[str, Any]:
         started = time.time()
         logger = log or logging.getLogger(step.id)
-        run = StepRun(step, params, inputs, staging, work_dir, gpus, logger, launcher, cpus, profile=profile)
+        run = StepRun(
+            step,
+            params,
+            inputs,
+            staging,
+            work_dir,
+            gpus,
+            logger,
+            launcher,
+            cpus,
+            profile=profile,
+            paths=paths,
+            nodes=nodes,
+        )
         result = step_function(step)(run)
         provenance = {
             "type": step.primary_output,

@@ -234,7 +234,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
         context: dg.AssetExecutionContext, config: Config, artifact_store: ArtifactStore, hardware: HardwareProfile
     ) -> dg.MaterializeResult:
         from nemotron_assets.execution import run_stage
-        from nemotron_assets.launchers import launcher_for
+        from nemotron_assets.launchers import job_paths, launcher_for
 
         profile = hardware.load()
         params = flat_params(step, config)
@@ -242,6 +242,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
         gpus = gpus_for(step, profile)
         try:
             check_hardware(step, params, profile)  # before anything is submitted
+            paths = job_paths(profile, artifact_store.base)
             result = run_stage(
                 pipeline,
                 stage,
@@ -254,6 +255,8 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 gpus=gpus,
                 partition=context.partition_key if stage.partitioned else None,
                 cpus=profile.cpus,
+                paths=paths,
+                nodes=profile.nodes,
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from nemotron_assets.paths import STATE_DIR
+
 PARTITION = "debug"
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
 PROFILE = "slurm_local"
@@ -66,12 +68,13 @@ PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
 
 def profile_toml() -> str:
-    """A hardware profile for this cluster: Slurm executor, this machine's CPUs, no GPUs."""
+    """A hardware profile for this cluster: Slurm executor, this machine's CPUs, no GPUs; the storage is this
+    project's state directory (artifact root, fixtures), which the one node shares with the Dagster host."""
     memory_gb = max(1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30)
     return (
         f'description = "The local single-node Slurm (nemotron-assets slurm up)."\nexecutor = "slurm"\nnodes = 1\n'
         f"gpus_per_node = 0\ncpus = {os.cpu_count() or 1}\nmemory_gb = {memory_gb}\n\n"
-        f'[slurm]\npartition = "{PARTITION}"\ntime = "04:00:00"\n'
+        f'[storage]\nhost_path = "{STATE_DIR}"\n\n[slurm]\npartition = "{PARTITION}"\ntime = "04:00:00"\n'
     )
 
 

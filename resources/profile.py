@@ -21,7 +21,7 @@ from nemotron_assets.paths import PROJECT_ROOT
 PROFILE_DIR = PROJECT_ROOT / "env_profiles"
 DEFAULT_PROFILE = "local_cpu"
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-Executor = Literal["local", "slurm", "k8s", "lepton", "dgxcloud"]
+Executor = Literal["local", "container", "slurm", "k8s", "lepton", "dgxcloud"]
 REMOTE_EXECUTORS = ("slurm", "k8s", "lepton", "dgxcloud")
 
 
@@ -42,6 +42,20 @@ class Images(Section):
     nemo_rl: str | None = None
     curator: str | None = None
     evaluator: str | None = None
+
+
+class Storage(Section):
+    """Where the artifact root and work directories are for a job, and how the job mounts them. The Dagster host
+    sees the storage at `host_path` (the artifact root lies inside it); a job sees it at `job_path`."""
+
+    host_path: str = Field(description="The shared storage as the Dagster host sees it; the artifact root is inside")
+    job_path: str | None = Field(default=None, description="Where a job mounts it; None = the same path")
+    pvc: str | None = Field(default=None, description="Kubernetes / DGX Cloud: the PersistentVolumeClaim holding it")
+    volume: str | None = Field(default=None, description="Lepton: the storage the mount comes `from` (e.g. node-nfs:x)")
+
+    @property
+    def mount_path(self) -> str:
+        return self.job_path or self.host_path
 
 
 class SlurmSettings(Section):
@@ -101,7 +115,10 @@ class Profile(Section):
     cpus: int = Field(ge=1, description="CPUs per node")
     memory_gb: int = Field(ge=1, description="Memory per node")
     images: Images = Images()
-    mounts: list[str] = Field(default=[], description="host:container paths")
+    storage: Storage | None = Field(default=None, description="Required by every executor but local and container")
+    mounts: list[str] = Field(
+        default=[], description="More host:job paths a job mounts (read-only data, models); k8s: claim:path"
+    )
     env_vars: list[str] = Field(default=[], description="Names of the variables a job gets; never values")
     slurm: SlurmSettings | None = None
     k8s: K8sSettings | None = None

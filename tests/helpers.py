@@ -9,6 +9,7 @@ import dagster as dg
 
 from nemotron_assets.execution import Materialization, run_stage
 from nemotron_assets.factory import pipeline_assets
+from nemotron_assets.job import JobSpec
 from nemotron_assets.pipelines import PipelineSpec
 from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile
@@ -61,3 +62,9 @@ def materialize_in_dagster(
         instance=instance,
         raise_on_error=False,
     )
+
+
+def job_spec(command: list[str]) -> JobSpec:
+    """The job spec a launched command runs: every executor runs `python -m nemotron_assets.job <spec>`."""
+    assert command[:3] == ["python", "-m", "nemotron_assets.job"], command
+    return JobSpec.model_validate_json(Path(command[3]).read_text())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DATA
-from helpers import materialize, materialize_in_dagster, one_stage_pipeline, published
+from helpers import job_spec, materialize, materialize_in_dagster, one_stage_pipeline, published
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nemotron_assets.artifacts import validate
@@ -24,6 +23,7 @@ from nemotron_assets.execution import run_stage
 from nemotron_assets.pipelines import PipelineSpec
 from nemotron_assets.steps import InputArtifact, StepRun
 from nemotron_assets.steps.automodel import train as automodel
+from nemotron_assets.steps.launch import local_env
 from resources.artifact_store import ArtifactStore
 
 CHAT = DATA / "tiny_chat.jsonl"
@@ -146,7 +146,7 @@ def test_model_without_chat_template(fixtures_dir: Path, tmp_path: Path):
 
 def test_out_of_memory_is_named_with_its_recovery(fixtures_dir: Path, tmp_path: Path):
     def out_of_memory(command: list[str], env: dict[str, str]) -> None:
-        Path(env["NEMOTRON_FAILURE_FILE"]).write_text(json.dumps({"error": "oom", "detail": "CUDA out of memory"}))
+        Path(job_spec(command).failure_file).write_text(json.dumps({"error": "oom", "detail": "CUDA out of memory"}))
         raise RuntimeError("child exited 1")
 
     step = CATALOG.step("peft/automodel")
@@ -164,8 +164,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(fixtures_dir: Path, tmp_p
     spec = pipeline.stage("out")
 
     def killed_after_first_checkpoint(command: list[str], env: dict[str, str]) -> None:
-        process = subprocess.Popen(command, env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        latest = Path(env["NEMOTRON_FAILURE_FILE"]).parent / "checkpoints" / "LATEST"
+        process = subprocess.Popen(command, env=local_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        latest = Path(job_spec(command).work_dir) / "checkpoints" / "LATEST"
         while not latest.exists() and process.poll() is None:
             time.sleep(0.2)
         process.kill()
@@ -267,5 +267,4 @@ def test_recipe_config_for_the_hardware(gpus: int, weights: str, tmp_path: Path)
     assert config["dist_env"]["backend"] == ("nccl" if gpus else "gloo")
     assert config["distributed"]["enable_compile"] is True
     assert {"enable_compile", "mp_policy"} <= {f.name for f in dataclasses.fields(FSDP2Config)}
-    command = automodel.launch_command(tmp_path / "recipe.yaml", gpus)
-    assert (f"--nproc-per-node={gpus}" in command) is (gpus > 0)
+    assert config["checkpoint"]["checkpoint_dir"] == tmp_path / "w" / "checkpoints"  # a Path: mapped into the job

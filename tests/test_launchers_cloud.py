@@ -50,9 +50,10 @@ def test_pod_spec_validates_against_kubernetes_models(secrets):
     assert spec.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     (toleration,) = spec.tolerations
     assert (toleration.key, toleration.operator, toleration.effect) == ("nvidia.com/gpu", "Exists", "NoSchedule")
-    (shm,) = spec.volumes
+    shm, storage = spec.volumes
     assert (shm.name, shm.empty_dir.medium, shm.empty_dir.size_limit) == ("dshm", "Memory", "64Gi")
-    assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("dshm", "/dev/shm")]
+    assert storage.persistent_volume_claim.claim_name == "nemotron-data"  # the profile's [storage] pvc
+    assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("dshm", "/dev/shm"), (storage.name, "/data")]
     assert [s.name for s in spec.image_pull_secrets] == ["ngc-registry"]
     assert spec.restart_policy == "Never"
     assert SECRET not in json.dumps(ApiClient().sanitize_for_serialization(spec))
@@ -121,7 +122,7 @@ def test_dgxcloud_executor_reads_credentials_from_named_vars(secrets, monkeypatc
     ex = cloud.dgxcloud_executor(load_profile("dgxcloud"), "img:1", 8, {})
     assert isinstance(ex, run.DGXCloudExecutor)
     assert (ex.client_id, ex.client_secret, ex.project_name) == ("app-id", SECRET, "nemotron")
-    assert ex.pvcs == [{"name": "workspace", "path": "/workspace", "claimName": "nemotron-workspace"}]
+    assert ex.pvcs == [{"name": "storage", "path": "/workspace", "claimName": "nemotron-workspace"}]
     assert (ex.pvc_nemo_run_dir, ex.nodes, ex.gpus_per_node, ex.nprocs_per_node) == ("/workspace/nemo_run", 1, 8, 8)
     monkeypatch.delenv("DGXC_APP_SECRET")
     with pytest.raises(ValueError, match="DGXC_APP_SECRET"):

@@ -12,13 +12,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import DATA
-from helpers import materialize, one_stage_pipeline
+from helpers import job_spec, materialize, one_stage_pipeline
 from test_megatron_contract import megatron_run
 
 from nemotron_assets.artifacts import validate
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware
+from nemotron_assets.job import JobSpec, command
 from nemotron_assets.planning import Hardware, Have, Intents, plan
 from nemotron_assets.steps import InputArtifact, StepRun
 from nemotron_assets.steps.megatron_bridge import train as megatron_bridge
@@ -57,9 +58,10 @@ class Launches:
 
     def __call__(self, command: list[str], env: dict[str, str]) -> None:
         self.commands.append(command)
-        self.spec = json.loads(Path(command[-1]).read_text())
+        self.job = job_spec(command)
+        self.spec = self.job.args
         if self.outcome:
-            self.outcome(self.spec, env)
+            self.outcome(self.job, env)
 
 
 def step_run(
@@ -81,9 +83,9 @@ def expect(error: str, run: StepRun) -> NamedError:
     return e.value
 
 
-def trained(spec: dict[str, Any], env: dict[str, str]) -> None:
+def trained(job: JobSpec, env: dict[str, str]) -> None:
     """What Megatron-Bridge leaves under checkpoint.save after 4 iterations, saved at 2 and 4."""
-    megatron_run(Path(spec["checkpoint"]["save"]), iterations=(2, 4), latest=4)
+    megatron_run(Path(job.args["checkpoint"]["save"]), iterations=(2, 4), latest=4)
 
 
 def test_sft_launches_torchrun_on_the_bins_and_publishes_the_last_iteration(fixtures_dir: Path, packed: Path, tmp_path):
@@ -91,8 +93,9 @@ def test_sft_launches_torchrun_on_the_bins_and_publishes_the_last_iteration(fixt
     model = str(fixtures_dir / "tiny-llama")
     run = step_run("sft/megatron_bridge", tmp_path, {"packed_parquet": packed}, 1, launches, hf_model_path=model)
     result = megatron_bridge.run(run)
-    command = launches.commands[0]
-    assert command[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=1"] and megatron_bridge.CHILD in command
+    assert launches.commands[0] == command(str(run.work_dir / "job-megatron_bridge.train.json"))
+    assert launches.job.backend == "megatron_bridge.train" and launches.job.torchrun  # torchrun even on one GPU
+    assert launches.job.nproc_per_node == 1
     spec = launches.spec
     assert spec["mode"] == "sft" and spec["seq_length"] == SEQ and spec["world_size"] == 1
     assert spec["peft"]["dim"] == 32  # the catalog's default: LoRA inside the Megatron model
@@ -194,8 +197,8 @@ def test_cpt_keeps_the_checkpoint_sequence_length(tmp_path):
 
 
 def test_oom_is_named(fixtures_dir: Path, packed: Path, tmp_path):
-    def out_of_memory(spec, env):
-        Path(env["NEMOTRON_FAILURE_FILE"]).write_text(json.dumps({"error": "oom", "detail": "CUDA out of memory"}))
+    def out_of_memory(job, env):
+        Path(job.failure_file).write_text(json.dumps({"error": "oom", "detail": "CUDA out of memory"}))
         raise RuntimeError("exit 1")
 
     model = str(fixtures_dir / "tiny-llama")

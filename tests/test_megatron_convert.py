@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import materialize, materialize_in_dagster, published
+from helpers import job_spec, materialize, materialize_in_dagster, published
 
 from nemotron_assets.artifacts import validate
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
+from nemotron_assets.job import JobSpec
 from nemotron_assets.pipelines import PipelineSpec
+from nemotron_assets.steps import InputArtifact, StepRun
 from nemotron_assets.steps.megatron_bridge import convert as megatron_convert
 from resources.artifact_store import ArtifactStore
 
@@ -149,12 +151,24 @@ def test_export_mismatch_publishes_nothing(round_trip, store, monkeypatch):
     )  # fmt: skip
 
 
-def test_distributed_conversion_launches_torchrun_over_the_node():
-    params = {"distributed": True, "torchrun.nproc_per_node": 8}
-    command = megatron_convert.launch_command(["import"], params, gpus=8)
-    assert command[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=8"]
-    assert command[-1] == "import" and megatron_convert.CHILD in command
-    assert megatron_convert.launch_command(["import"], params, gpus=0)[1:3] == ["-m", megatron_convert.CHILD]
+@pytest.mark.parametrize(("distributed", "gpus", "nproc"), [(True, 8, 8), (True, 0, 1), (False, 8, 1)])
+def test_distributed_conversion_runs_over_the_node(fixtures_dir: Path, tmp_path: Path, distributed, gpus, nproc):
+    """The job spec asks for torchrun over the node's GPUs only for a distributed conversion with GPUs."""
+    launched: list[JobSpec] = []
+
+    def record(command: list[str], env: dict[str, str]) -> None:
+        launched.append(job_spec(command))
+        raise RuntimeError("recorded")
+
+    step = CATALOG.step("convert/hf_to_megatron")
+    params = step.preset_values("tiny") | {"distributed": distributed, "torchrun.nproc_per_node": 8}
+    inputs = {"checkpoint_hf": InputArtifact("model", "checkpoint_hf", fixtures_dir / "tiny-llama", "v")}
+    run = StepRun(step, params, inputs, tmp_path / "out", tmp_path / "work", gpus, launcher=record)
+    with pytest.raises(RuntimeError, match="recorded"):
+        megatron_convert.hf_to_megatron(run)
+    (job,) = launched
+    assert job.backend == "megatron_bridge.convert" and job.nproc_per_node == nproc
+    assert job.args["direction"] == "import" and job.args["hf"] == str(fixtures_dir / "tiny-llama")
 
 
 def test_round_trip_through_dagster_and_its_launcher(fixtures_dir: Path, tmp_path: Path):

@@ -3,17 +3,20 @@ Slurm and Kubernetes profiles (Minitron prunes Megatron-Core models on GPUs only
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import job_spec
 
 from nemotron_assets.artifacts.checkpoints import validate_checkpoint_hf
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware, gpus_for
-from nemotron_assets.launchers.k8s import backend_image
+from nemotron_assets.job import JobSpec
+from nemotron_assets.launchers import backend_image, job_paths
 from nemotron_assets.launchers.slurm import job_script, sbatch_command
 from nemotron_assets.steps import InputArtifact, StepRun
 from nemotron_assets.steps.modelopt import prune as modelopt_prune
@@ -36,10 +39,7 @@ def model(fixtures_dir: Path) -> Path:
 def test_tiny_command(tmp_path: Path, model: Path):
     run = step_run(tmp_path, model)
     assert modelopt_prune.check(run) == {"layers": 2, "parameters": validate_checkpoint_hf(model)["parameters"]}
-    assert modelopt_prune.prune_command(run) == [
-        "torchrun",
-        "--nproc_per_node=2",
-        "/opt/Model-Optimizer/examples/megatron_bridge/prune_minitron.py",
+    assert modelopt_prune.prune_arguments(run) == [
         f"--hf_model_name_or_path={model}",
         f"--output_hf_path={tmp_path / 'out'}",
         "--pp_size=2",
@@ -51,7 +51,7 @@ def test_tiny_command(tmp_path: Path, model: Path):
 
 def test_target_search_command(tmp_path: Path, model: Path):
     params = {"args.prune_export_config": None, "args.prune_target_params": 1e5, "args.hparams_to_skip": ["num_layers"]}
-    command = modelopt_prune.prune_command(step_run(tmp_path, model, **params))
+    command = modelopt_prune.prune_arguments(step_run(tmp_path, model, **params))
     assert "--prune_target_params=100000.0" in command and command[-2:] == ["--hparams_to_skip", "num_layers"]
     assert not any(flag.startswith("--prune_export_config") for flag in command)
 
@@ -95,9 +95,18 @@ def test_launch_through_slurm_and_kubernetes(tmp_path: Path, model: Path):
     step = CATALOG.step(PRUNE)
     slurm = load_profile("slurm_1node")
     gpus = gpus_for(step, slurm)
-    command = modelopt_prune.prune_command(step_run(tmp_path, model, gpus))
-    script = job_script(command, slurm.nodes)
-    assert script.splitlines()[-1] == f"exec {shlex.join(command)}"
+    launched: list[JobSpec] = []
+
+    def record(command: list[str], env: dict[str, str]) -> None:
+        launched.append(job_spec(command))
+        script = job_script(command, slurm.nodes, slurm.images.megatron_bridge, job_paths(slurm))
+        assert shlex.split(script.splitlines()[-1])[-4:] == command  # the same command, in the pyxis container
+        raise RuntimeError("recorded")
+
+    with pytest.raises(RuntimeError, match="recorded"):
+        modelopt_prune.run(dataclasses.replace(step_run(tmp_path, model, gpus), launcher=record))
+    (job,) = launched  # ModelOpt's script under torchrun over args.pp_size processes, started by the job itself
+    assert job.backend == "modelopt" and job.args["task"] == "prune" and job.torchrun and job.nproc_per_node == 2
     submit = sbatch_command(slurm, gpus, "prune", tmp_path / "job.sh", tmp_path / "job.log", [])
     assert f"--gpus-per-node={gpus}" in submit and gpus == slurm.gpus_per_node
     k8s = load_profile("k8s")

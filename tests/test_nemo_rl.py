@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 from conftest import DATA
+from helpers import job_spec
 from omegaconf import OmegaConf
 from test_megatron_contract import megatron_run
 
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import gpus_for
+from nemotron_assets.job import JobSpec
 from nemotron_assets.launchers.k8s import backend_image, pod_spec
 from nemotron_assets.launchers.slurm import job_script, sbatch_command
 from nemotron_assets.steps import InputArtifact, StepRun
@@ -81,9 +83,10 @@ def step_run(tmp_path: Path, step: str, data: Path, profile: str = "slurm_1node"
 
 
 def prepared(run: StepRun) -> tuple[dict[str, Any], str]:
-    script, _ = nemo_rl.prepare(run)
-    config = OmegaConf.to_container(OmegaConf.load(run.work_dir / "nemo_rl.yaml"), resolve=True)
-    return config, script.read_text()
+    """The job's NeMo-RL config (as the job writes it, paths as the job sees them) and its script."""
+    job, _ = nemo_rl.prepare(run)
+    config = OmegaConf.to_container(OmegaConf.create(run.paths.args(job["config"])), resolve=True)
+    return config, job["script"]
 
 
 @pytest.fixture
@@ -109,9 +112,7 @@ def test_dpo_config_in_nemo_rl_schema(tmp_path: Path, dpo_data: Path):
     assert keys["data.default.dataset_name"] == "BinaryPreferenceDataset"
     assert keys["cluster.num_nodes"] == 1 and keys["cluster.gpus_per_node"] == 8
     assert keys["checkpointing.checkpoint_dir"] == str(tmp_path / "work" / "checkpoints")
-    assert script.splitlines()[-1] == (
-        f"exec python /opt/nemo-rl/examples/run_dpo.py --config {tmp_path / 'work' / 'nemo_rl.yaml'}"
-    )
+    assert script.splitlines()[-1] == 'exec python /opt/nemo-rl/examples/run_dpo.py --config "$CONFIG"'
 
 
 def test_rlvr_config_uses_the_rows_fields(tmp_path: Path, rlvr_data: Path):
@@ -149,7 +150,7 @@ def test_warm_start_from_a_validated_sft_checkpoint(tmp_path: Path, dpo_data: Pa
     config, script = prepared(run)
     policy = str(tmp_path / "work" / "policy_hf")
     assert config["policy"]["model_name"] == policy and config["policy"]["tokenizer"]["name"] == policy
-    export = shlex.split(script.splitlines()[3].split("then ", 1)[1].removesuffix("; fi"))
+    export = shlex.split(script.splitlines()[2].split("then ", 1)[1].removesuffix("; fi"))
     assert export[:2] == ["python", "-c"] and "AutoBridge.from_hf_pretrained" in export[2]
     assert export[3:] == ["meta-llama/Llama-3.2-1B", str(sft / "iter_0000010"), policy]
 
@@ -264,11 +265,11 @@ def test_last_step_is_published_and_validated(tmp_path: Path, dpo_data: Path):
     from nemotron_assets.pipelines import PipelineSpec
     from resources.artifact_store import ArtifactStore
 
-    launched: list[list[str]] = []
+    launched: list[JobSpec] = []
 
     def container_job(command: list[str], env: dict[str, str]) -> None:
-        launched.append(command)
-        checkpoints = Path(command[1]).parent / "checkpoints"
+        launched.append(job_spec(command))
+        checkpoints = Path(launched[-1].work_dir) / "checkpoints"
         for step in (5, 10):
             megatron_run(checkpoints / f"step_{step}" / "policy" / "weights", iterations=(step,), latest=step)
         (checkpoints / "step_10" / "training_info.json").write_text(json.dumps({"step": 10}))
@@ -286,6 +287,6 @@ def test_last_step_is_published_and_validated(tmp_path: Path, dpo_data: Path):
     store = ArtifactStore(root=str(tmp_path / "store"))
     stage = pipeline.stage("out")
     result = run_stage(pipeline, stage, pipeline.params(stage), store, "slurm_1node", launcher=container_job, gpus=8)
-    assert launched[0][0] == "bash" and result.provenance["contract"]["iteration"] == 10
+    assert launched[0].backend == "nemo_rl" and result.provenance["contract"]["iteration"] == 10
     assert result.stats["checkpoint"] == "step_10" and result.stats["step"] == 10 and result.stats["rows"] == 36
     assert (result.path / "iter_0000010" / "common.pt").exists()

@@ -5,6 +5,7 @@ end is classified."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -17,7 +18,8 @@ from conftest import DATA
 from helpers import materialize_in_dagster, one_stage_pipeline
 from slurm_cluster import PARTITION, slurm_cluster  # noqa: F401 (the fixture)
 
-from nemotron_assets.launchers import launcher_for
+from nemotron_assets.job import command
+from nemotron_assets.launchers import job_paths, launcher_for
 from nemotron_assets.launchers.slurm import export_names, job_script, log_line, sbatch_command
 from nemotron_assets.local_slurm import missing_programs
 from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
@@ -33,6 +35,9 @@ cpus = 2
 memory_gb = 4
 env_vars = ["HF_TOKEN"]
 
+[storage]
+host_path = "{{storage}}"
+
 [slurm]
 partition = "{PARTITION}"
 time = "00:10:00"
@@ -43,13 +48,13 @@ job_dir = "{{job_dir}}"
 def test_sbatch_command_from_the_shipped_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_TOKEN", SECRET)
     one, four = load_profile("slurm_1node"), load_profile("slurm_4node")
-    env = {"NEMOTRON_FAILURE_FILE": "/x/failure.json"}
+    env = {"NEMOTRON_STEP_SETTING": "/x/failure.json"}
     command = sbatch_command(one, 8, "job", tmp_path / "job.sh", tmp_path / "job.log", export_names(one, env))
     assert command[:2] == ["sbatch", "--parsable"] and command[-1] == str(tmp_path / "job.sh")
     expected = ["--partition=batch", "--account=my_account", "--time=04:00:00", "--nodes=1", "--gpus-per-node=8"]
     assert set(expected + ["--mem=0", "--exclusive", "--job-name=job", f"--output={tmp_path}/job.log"]) <= set(command)
     exported = next(flag for flag in command if flag.startswith("--export=")).removeprefix("--export=").split(",")
-    assert {"PATH", "HF_TOKEN", "NEMOTRON_FAILURE_FILE"} <= set(exported)
+    assert {"PATH", "HF_TOKEN", "NEMOTRON_STEP_SETTING"} <= set(exported)
     assert "WANDB_API_KEY" not in exported  # a name the profile lists but this environment does not set
     assert SECRET not in " ".join(command) and "/x/failure.json" not in " ".join(command)
     command = sbatch_command(four, 8, "job", tmp_path / "job.sh", tmp_path / "job.log", [])
@@ -58,12 +63,29 @@ def test_sbatch_command_from_the_shipped_profiles(tmp_path: Path, monkeypatch: p
     assert job_script(["python"], 1).endswith("\nexec python\n")
 
 
+def test_pyxis_job_from_the_same_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """With [images], the job runs in the backend's container through pyxis: the storage mounted where the spec's
+    paths point, the image's own PATH (not the login node's)."""
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    one = load_profile("slurm_1node")
+    paths = job_paths(one)
+    spec_path = paths.to_job(Path(one.storage.host_path) / "t" / "out" / ".work" / "v" / "job-automodel.json")
+    script = job_script(command(spec_path), 1, one.images.automodel, paths)
+    srun = shlex.split(script.splitlines()[-1])
+    assert srun[:3] == ["exec", "srun", "--kill-on-bad-exit=1"]
+    assert f"--container-image={one.images.automodel}" in srun
+    assert "--container-mounts=/lustre/nemotron:/lustre/nemotron" in srun
+    assert srun[-4:] == command(spec_path) == ["python", "-m", "nemotron_assets.job", spec_path]
+    exported = export_names(one, {}, one.images.automodel)
+    assert "PATH" not in exported and "HF_TOKEN" in exported
+
+
 @pytest.fixture
 def slurm_profile(slurm_cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
     """A profile `slurm_test` (0 GPUs, the local partition) in $NEMOTRON_PROFILE_DIR; returns its job directory."""
     profiles, jobs = tmp_path / "profiles", tmp_path / "jobs"
     profiles.mkdir()
-    (profiles / "slurm_test.toml").write_text(TEST_PROFILE.format(job_dir=jobs))
+    (profiles / "slurm_test.toml").write_text(TEST_PROFILE.format(job_dir=jobs, storage=tmp_path))
     monkeypatch.setenv("NEMOTRON_PROFILE_DIR", str(profiles))
     monkeypatch.setenv("HF_TOKEN", SECRET)
     assert HardwareProfile(name="slurm_test").load().gpus_per_node == 0

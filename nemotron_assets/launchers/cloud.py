@@ -1,5 +1,9 @@
 """Lepton and DGX Cloud launchers: nemo-run executors built from the profile, one nemo-run Experiment per command.
 
+The profile's storage is mounted in the job (Lepton: a mount from its volume; DGX Cloud: its PVC) at the path jobs
+see it; Dagster Pipes runs over files in a job directory on that storage, so the job's logs, progress and metadata
+reach the run while it waits.
+
 Env-var values (and DGX Cloud's app id and secret) are read from the submitting environment when the executor is
 built for a launch; the profile names only the variables.
 """
@@ -8,30 +12,49 @@ from __future__ import annotations
 
 import shlex
 import tempfile
+import uuid
+from pathlib import Path
 
 import dagster as dg
 import nemo_run as run
 
-from nemotron_assets.launchers import env_values
-from nemotron_assets.launchers.k8s import backend_image, step_kind
+from nemotron_assets.errors import contract_error
+from nemotron_assets.launchers import backend_image, env_values, job_paths, step_kind, storage_pipes
 from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
 from resources.profile import Profile
+
+
+def lepton_mounts(profile: Profile) -> list[dict[str, str]]:
+    """The storage's mount (from its volume), then the profile's own [lepton] mounts."""
+    storage = profile.storage
+    if storage is None or storage.volume is None:
+        raise contract_error("storage_unreachable", f"profile {profile.name}: [storage] needs the volume holding it")
+    own = {"path": "/", "mount_path": storage.mount_path, "from": storage.volume}
+    return [own, *(dict(m) for m in profile.lepton.mounts)]
+
+
+def dgxcloud_pvcs(profile: Profile) -> list[dict[str, str]]:
+    """The storage's PVC, then the profile's own [dgxcloud] pvcs."""
+    storage = profile.storage
+    if storage is None or storage.pvc is None:
+        raise contract_error("storage_unreachable", f"profile {profile.name}: [storage] needs the pvc holding it")
+    own = {"name": "storage", "path": storage.mount_path, "claimName": storage.pvc}
+    return [own, *(dict(p) for p in profile.dgxcloud.pvcs)]
 
 
 def lepton_executor(profile: Profile, image: str, gpus: int, env: dict[str, str]) -> run.LeptonExecutor:
     lepton = profile.lepton
     nprocs = max(gpus, 1)  # one process per GPU, one for CPU steps
-    workspace = lepton.mounts[0]["mount_path"] if lepton.mounts else ""
     return run.LeptonExecutor(
         container_image=image,
-        nemo_run_dir=f"{workspace}/nemo_run",
+        nemo_run_dir=f"{profile.storage.mount_path}/nemo_run",
         nodes=profile.nodes,
         gpus_per_node=gpus,
         nprocs_per_node=nprocs,
         resource_shape=lepton.resource_shape if gpus else "cpu.large",
         node_group=lepton.node_group,
         shared_memory_size=lepton.shared_memory_size,
-        mounts=[dict(m) for m in lepton.mounts],
+        mounts=lepton_mounts(profile),
         image_pull_secrets=list(lepton.image_pull_secrets),
         env_vars=env_values(profile, profile.env_vars) | env,
         launcher="torchrun" if nprocs > 1 or profile.nodes > 1 else None,
@@ -42,7 +65,6 @@ def dgxcloud_executor(profile: Profile, image: str, gpus: int, env: dict[str, st
     dgx = profile.dgxcloud
     nprocs = max(gpus, 1)
     credentials = env_values(profile, [dgx.app_id_env, dgx.app_secret_env])
-    workspace = dgx.pvcs[0]["path"] if dgx.pvcs else ""
     return run.DGXCloudExecutor(
         base_url=dgx.base_url,
         kube_apiserver_url=dgx.kube_apiserver_url,
@@ -50,11 +72,11 @@ def dgxcloud_executor(profile: Profile, image: str, gpus: int, env: dict[str, st
         client_secret=credentials[dgx.app_secret_env],
         project_name=dgx.project_name,
         container_image=image,
-        pvc_nemo_run_dir=f"{workspace}/nemo_run",
+        pvc_nemo_run_dir=f"{profile.storage.mount_path}/nemo_run",
         nodes=profile.nodes,
         gpus_per_node=gpus,
         nprocs_per_node=nprocs,
-        pvcs=[dict(p) for p in dgx.pvcs],
+        pvcs=dgxcloud_pvcs(profile),
         env_vars=env_values(profile, profile.env_vars) | env,
         launcher="torchrun" if nprocs > 1 or profile.nodes > 1 else None,
     )
@@ -99,7 +121,11 @@ def cloud_launcher(
 
     def launch(command: list[str], env: dict[str, str]) -> None:
         step_image = image or backend_image(profile, step_kind(context))
-        executor = EXECUTORS[profile.executor](profile, step_image, gpus, env)
-        submit(executor, command, title=f"nemotron-{context.run_id[:8]}")
+        title = f"nemotron-{context.run_id[:8]}"
+        directory = Path(profile.storage.host_path) / ".nemotron-jobs" / f"{title}-{uuid.uuid4().hex[:8]}"
+        directory.mkdir(parents=True)
+        with storage_pipes(context, directory, job_paths(profile)) as pipes_env:
+            executor = EXECUTORS[profile.executor](profile, step_image, gpus, env | pipes_env)
+            submit(executor, command, title=title)
 
     return launch

@@ -1,7 +1,9 @@
 """Kubernetes launcher: one pod per step through dagster-k8s's PipesK8sClient (logs and messages stream back).
 
 The pod spec comes from the profile's [k8s] section: GPU requests (nvidia.com/gpu), node selector, tolerations,
-a memory-backed /dev/shm, image pull secrets and service account. Env-var values are read from the submitting
+a memory-backed /dev/shm, the storage's PersistentVolumeClaim (and each `claim:path` of the profile's mounts) at the
+path the job sees it, image pull secrets and service account. The job's Pipes context comes in an env var and
+its messages through the pod's log (PipesK8sClient's defaults). Env-var values are read from the submitting
 environment only at launch and handed to the client; the spec itself names no values.
 """
 
@@ -13,47 +15,20 @@ import dagster as dg
 from dagster_k8s import PipesK8sClient
 from dagster_k8s.client import DagsterK8sError
 
-from nemotron_assets.catalog import CATALOG
-from nemotron_assets.launchers import env_values
+from nemotron_assets.errors import contract_error
+from nemotron_assets.launchers import backend_image, env_values, step_kind
 from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
 from resources.profile import Profile
 
-IMAGE_FIELD = {  # catalog step kind -> the profile's image for that backend
-    "automodel": "automodel",
-    "peft": "automodel",
-    "megatron_bridge": "megatron_bridge",
-    "modelopt": "megatron_bridge",
-    "nemo_rl": "nemo_rl",
-    "nemo_curator": "curator",
-    "data_designer": "curator",
-    "tokenizers": "curator",
-    "python": "curator",
-    "nemo_run": "curator",
-    "lm_eval": "evaluator",
-}
 # What dagster-k8s reports when the cluster, not the step, ended a pod: deleted (node drained or lost, preempted),
 # evicted, or never scheduled within the launch timeout.
 INFRASTRUCTURE_SIGNS = ("was unexpectedly killed", "Evicted", "Timed out while waiting for pod to become ready")
 
 
-def backend_image(profile: Profile, step_kind: str) -> str:
-    """The image of a catalog step kind's backend; a profile without that backend's image cannot run it."""
-    field = IMAGE_FIELD[step_kind]
-    image = getattr(profile.images, field)
-    if image is None:
-        raise ValueError(f"profile {profile.name} has no images.{field} for {step_kind} steps")
-    return image
-
-
-def step_kind(context: dg.AssetExecutionContext) -> str:
-    """The catalog kind of the step materializing this asset (asset metadata 'step')."""
-    step_id = context.assets_def.specs_by_key[context.asset_key].metadata["step"]
-    return CATALOG.step(step_id).kind
-
-
 def pod_spec(profile: Profile, gpus: int) -> dict[str, Any]:
     """base_pod_spec (camelCase, as the Kubernetes API) for one step's pod with `gpus` GPUs; no env-var values."""
     k8s = profile.k8s
+    claims = volume_claims(profile)
     limits = {"cpu": str(profile.cpus), "memory": f"{profile.memory_gb}Gi"}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
@@ -63,10 +38,12 @@ def pod_spec(profile: Profile, gpus: int) -> dict[str, Any]:
             {
                 "name": "step",
                 "resources": {"limits": limits, "requests": dict(limits)},
-                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]
+                + [{"name": name, "mountPath": path} for name, _, path in claims],
             }
         ],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{k8s.shm_size_gb}Gi"}}],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{k8s.shm_size_gb}Gi"}}]
+        + [{"name": name, "persistentVolumeClaim": {"claimName": claim}} for name, claim, _ in claims],
         "nodeSelector": dict(k8s.node_selector),
         "tolerations": [dict(t) for t in k8s.tolerations],
         "imagePullSecrets": [{"name": name} for name in k8s.image_pull_secrets],
@@ -74,6 +51,15 @@ def pod_spec(profile: Profile, gpus: int) -> dict[str, Any]:
     if k8s.service_account:
         spec["serviceAccountName"] = k8s.service_account
     return spec
+
+
+def volume_claims(profile: Profile) -> list[tuple[str, str, str]]:
+    """(volume name, claim, mount path) of the storage's PVC and of each `claim:path` in the profile's mounts."""
+    storage = profile.storage
+    if storage is None or storage.pvc is None:
+        raise contract_error("storage_unreachable", f"profile {profile.name}: [storage] needs the pvc holding it")
+    pairs = [(storage.pvc, storage.mount_path), *(tuple(mount.split(":", 1)) for mount in profile.mounts)]
+    return [(f"storage-{i}", claim, path) for i, (claim, path) in enumerate(pairs)]
 
 
 def submit_env(profile: Profile, env: dict[str, str]) -> dict[str, str]:

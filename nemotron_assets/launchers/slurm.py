@@ -1,5 +1,10 @@
 """Slurm launcher: each launch is one `sbatch` job built from the profile, with Dagster Pipes over the shared
-filesystem (context and message files in the job directory).
+filesystem (context and message files in the job directory, on the profile's storage).
+
+With an image for the step's backend in the profile's [images], the job runs in that container through pyxis
+(`srun --container-image --container-mounts --container-workdir`: the storage and the profile's mounts at the
+paths jobs see them); without one, it runs the command with the shared environment the Dagster host runs
+(its interpreter's directory first on PATH), as on a cluster whose nodes share the checkout.
 
 The job's output log is streamed into the run while it waits. Environment variables travel by name only
 (`--export=NAME,...`: sbatch copies the values from its own environment, nothing is written into the script).
@@ -20,8 +25,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from nemotron_assets.paths import STATE_DIR
-from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
+from nemotron_assets.launchers import IMAGE_FIELD, job_paths, step_kind, storage_pipes
+from nemotron_assets.steps.launch import LOCAL, InfrastructureFailure, Launcher, LaunchFailed, PathMap, local_env
 from resources.profile import Profile
 
 POLL_SECONDS = 1.0
@@ -39,7 +44,7 @@ PASSTHROUGH = (
     "TRANSFORMERS_OFFLINE",
     "HF_DATASETS_OFFLINE",
 )
-DEFAULT_JOB_DIR = STATE_DIR / "slurm_jobs"
+HOST_ONLY = ("PATH", "HOME", "USER")  # a container keeps its image's own
 _TEXT = {"capture_output": True, "text": True}
 
 
@@ -73,16 +78,30 @@ def sbatch_command(
     return ["sbatch", "--parsable", *flags, *(["--exclusive"] if slurm.exclusive else []), str(script)]
 
 
-def job_script(command: list[str], nodes: int) -> str:
-    """The batch script: the command itself, once per node through srun when there are several."""
-    launch = "srun --kill-on-bad-exit=1" if nodes > 1 else "exec"
-    return f"#!/bin/bash\nset -euo pipefail\n{launch} {shlex.join(command)}\n"
+def job_script(command: list[str], nodes: int, image: str | None = None, paths: PathMap = LOCAL) -> str:
+    """The batch script: the command once per node through srun (in the image through pyxis when there is one),
+    or the command itself on a single node without an image."""
+    if image is None:
+        launch = "srun --kill-on-bad-exit=1" if nodes > 1 else "exec"
+        return f"#!/bin/bash\nset -euo pipefail\n{launch} {shlex.join(command)}\n"
+    mounts = ",".join(f"{host}:{job}" for host, job in paths.pairs)
+    pyxis = [f"--container-image={image}", f"--container-mounts={mounts}", f"--container-workdir={paths.pairs[0][1]}"]
+    srun = shlex.join(["srun", "--kill-on-bad-exit=1", "--no-container-mount-home", *pyxis, *command])
+    return f"#!/bin/bash\nset -euo pipefail\nexec {srun}\n"
 
 
-def export_names(profile: Profile, env: dict[str, str]) -> list[str]:
+def export_names(profile: Profile, env: dict[str, str], image: str | None = None) -> list[str]:
     """Names (never values) of the variables the job gets, among the basics, the profile's and the step's."""
-    names = dict.fromkeys([*PASSTHROUGH, *profile.env_vars, *env])
+    basics = [name for name in PASSTHROUGH if image is None or name not in HOST_ONLY]
+    names = dict.fromkeys([*basics, *profile.env_vars, *env])
     return [name for name in names if name in os.environ or name in env]
+
+
+def step_image(context: dg.AssetExecutionContext, profile: Profile) -> str | None:
+    """The container image of the step's backend, None when the profile names none (the shared environment)."""
+    if not profile.images.model_dump(exclude_none=True):
+        return None
+    return getattr(profile.images, IMAGE_FIELD[step_kind(context)])
 
 
 def job_state(job_id: str) -> dict[str, str]:
@@ -107,15 +126,15 @@ def slurm_launcher(context: dg.AssetExecutionContext, profile: Profile, gpus: in
                 "run Dagster on a login node (slurm.host unset)"
             )
         job_name = "nemotron-" + context.asset_key.to_user_string().replace("/", "-")
-        directory = Path(profile.slurm.job_dir or DEFAULT_JOB_DIR) / f"{job_name}-{uuid.uuid4().hex[:8]}"
+        paths = job_paths(profile)
+        job_dir = Path(profile.slurm.job_dir or Path(profile.storage.host_path) / ".nemotron-jobs")
+        directory = job_dir / f"{job_name}-{uuid.uuid4().hex[:8]}"
         directory.mkdir(parents=True)
-        with dg.open_pipes_session(
-            context=context,
-            context_injector=dg.PipesFileContextInjector(str(directory / "pipes_context.json")),
-            message_reader=dg.PipesFileMessageReader(str(directory / "pipes_messages.jsonl")),
-        ) as session:
-            job_env = env | session.get_bootstrap_env_vars()
-            _run_job(context, profile, gpus, job_name, directory, command, job_env)
+        image = step_image(context, profile)
+        with storage_pipes(context, directory, paths) as pipes_env:
+            job_env = env | pipes_env | ({} if image else {"PATH": local_env({})["PATH"]})
+            script = job_script(command, profile.nodes, image, paths)
+            _run_job(context, profile, gpus, job_name, directory, script, job_env, image)
 
     return launch
 
@@ -126,12 +145,13 @@ def _run_job(
     gpus: int,
     job_name: str,
     directory: Path,
-    command: list[str],
+    script_text: str,
     env: dict[str, str],
+    image: str | None,
 ) -> None:
     script, log = directory / "job.sh", directory / "job.log"
-    script.write_text(job_script(command, profile.nodes))
-    submit = sbatch_command(profile, gpus, job_name, script, log, export_names(profile, env))
+    script.write_text(script_text)
+    submit = sbatch_command(profile, gpus, job_name, script, log, export_names(profile, env, image))
     submitted = subprocess.run(submit, env=os.environ | env, **_TEXT)
     if submitted.returncode:
         raise SlurmJobFailed(f"sbatch refused the job {script}: {submitted.stderr.strip()}")

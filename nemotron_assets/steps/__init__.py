@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,8 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_assets.catalog import StepSpec
-from nemotron_assets.errors import NamedError, step_error
-from nemotron_assets.steps.launch import Launcher, subprocess_launcher
+from nemotron_assets.errors import NamedError, contract_error, step_error
+from nemotron_assets.job import JobSpec, command, source_digest
+from nemotron_assets.steps.launch import (
+    LOCAL,
+    InfrastructureFailure,
+    Launcher,
+    LaunchFailed,
+    PathMap,
+    image_error,
+    subprocess_launcher,
+)
 
 
 @dataclass(frozen=True)
@@ -44,10 +54,55 @@ class StepRun:
     launcher: Launcher | None = None
     cpus: int | None = None  # CPUs of this node the step may use (from the hardware profile); None = unknown
     profile: str = "local_cpu"  # the hardware profile's name, for steps whose configuration follows it
+    paths: PathMap = LOCAL  # how a launched job sees this machine's paths (the profile's storage)
+    nodes: int = 1  # nodes a launched job spans
 
     def launch(self, command: list[str], env: dict[str, str] | None = None) -> None:
         """Run an external command to completion (Pipes from Dagster, a plain subprocess elsewhere)."""
         (self.launcher or subprocess_launcher(self.log))(command, env or {})
+
+    def launch_job(
+        self,
+        backend: str,
+        args: dict[str, Any],
+        nproc_per_node: int = 1,
+        torchrun: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Write the job spec into the work directory and run `python -m nemotron_assets.job` on it through the
+        launcher; a failure the job recorded becomes the step's named error (or `oom`) where the step declares it."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        spec_path, failure = self.work_dir / f"job-{backend}.json", self.work_dir / "failure.json"
+        failure.unlink(missing_ok=True)
+        spec = JobSpec(
+            step=self.step.id,
+            backend=backend,
+            args=self.paths.args(args),
+            work_dir=self.paths.to_job(self.work_dir),
+            failure_file=self.paths.to_job(failure),
+            nproc_per_node=nproc_per_node,
+            nnodes=self.nodes,
+            torchrun=torchrun,
+            source_digest=source_digest(),
+        )
+        spec_path.write_text(spec.model_dump_json(indent=1))
+        try:
+            self.launch(command(self.paths.to_job(spec_path)), env)
+        except InfrastructureFailure:
+            raise
+        except Exception as e:  # the launcher's own error type differs (subprocess, Pipes, scheduler)
+            if not failure.exists():
+                raise image_error(e) from e
+            raise self.job_failure(json.loads(failure.read_text())) from None
+
+    def job_failure(self, recorded: dict[str, str]) -> Exception:
+        """What a job recorded as its failure, as the step's named error where it declares one."""
+        name, detail = recorded["error"], recorded["detail"]
+        if name == "job_image_stale":
+            return contract_error(name, detail)
+        if any(error.name == name for error in self.step.errors):
+            return self.error(name, detail[-500:])
+        return LaunchFailed(detail)
 
     def error(self, name: str, detail: str) -> NamedError:
         return step_error(self.step.id, name, detail)

@@ -1,17 +1,27 @@
-"""Launching a step's external process: a plain subprocess, or (from Dagster) a Pipes subprocess that streams
-its logs and messages back to the run. Steps only see `Launcher`: run this command to completion or raise."""
+"""Launching a step's job: the job spec written onto the profile's storage, and the one command that runs it.
+
+A step calls `StepRun.launch_job(backend, args)`; every path in `args` given as a `Path` is a host path, written
+into the spec as the job sees it (`PathMap`), so the job reads and writes only the storage its executor mounts.
+The launcher the profile chose (a Pipes subprocess here, Slurm, Kubernetes, a container, Lepton, DGX Cloud) runs
+`python -m nemotron_assets.job <spec>` in the backend's image. Steps only see `Launcher`: run this command to
+completion or raise.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from nemotron_assets.errors import contract_error
 
 Launcher = Callable[[list[str], dict[str, str]], None]
+MISSING_PACKAGE = ("No module named 'nemotron_assets'", "No module named nemotron_assets")
 
 
 class LaunchFailed(RuntimeError):
@@ -23,13 +33,57 @@ class InfrastructureFailure(RuntimeError):
     may succeed, and a training step resumes from its last checkpoint."""
 
 
+@dataclass(frozen=True)
+class PathMap:
+    """How a job sees the host's files: (host prefix, job prefix) pairs of the storage the profile mounts. With no
+    pairs the job sees the host's own filesystem (this machine's executors)."""
+
+    pairs: tuple[tuple[str, str], ...] = ()
+
+    def to_job(self, path: Path | str) -> str:
+        """`path` as the job sees it; input_outside_storage when no mount holds it."""
+        absolute = os.path.abspath(path)
+        if not self.pairs:
+            return absolute
+        for host, job in sorted(self.pairs, key=lambda pair: -len(pair[0])):
+            host = host.rstrip("/") or "/"
+            if absolute == host or absolute.startswith(host.rstrip("/") + "/"):
+                return job.rstrip("/") + absolute[len(host.rstrip("/")) :] if job != "/" else absolute[len(host) :]
+        mounted = ", ".join(host for host, _ in self.pairs)
+        raise contract_error("input_outside_storage", f"{absolute} is on no storage the job mounts ({mounted})")
+
+    def name(self, value: str | Path) -> str:
+        """A model or data name as the job sees it: a local path mapped, a hub id unchanged."""
+        path = value if isinstance(value, Path) else as_path(value)
+        return self.to_job(path) if isinstance(path, Path) else value
+
+    def args(self, value: Any) -> Any:
+        """A job's arguments with every `Path` in them mapped into the job's filesystem."""
+        if isinstance(value, Path):
+            return self.to_job(value)
+        if isinstance(value, dict):
+            return {k: self.args(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.args(v) for v in value]
+        return value
+
+
+LOCAL = PathMap()  # the job sees this machine's filesystem as it is
+
+
+def as_path(value: str) -> Path | str:
+    """A parameter naming an existing local file or directory as a Path (mapped into the job); a hub id or any
+    other name stays a string."""
+    return Path(value) if os.sep in value and Path(value).exists() else value
+
+
 def subprocess_launcher(log: logging.Logger) -> Launcher:
-    """Run in a child process, forwarding its output lines to `log`."""
+    """Run in a child process of this environment (its bin first on PATH), forwarding its output lines to `log`."""
 
     def launch(command: list[str], env: dict[str, str]) -> None:
         tail: list[str] = []
         with subprocess.Popen(
-            command, env=os.environ | env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command, env=local_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as process:
             for line in process.stdout:
                 log.info(line.rstrip())
@@ -40,23 +94,19 @@ def subprocess_launcher(log: logging.Logger) -> Launcher:
     return launch
 
 
-@contextlib.contextmanager
-def failures_recorded() -> Iterator[None]:
-    """In a launched process: write what failed (`oom` or `error`) to $NEMOTRON_FAILURE_FILE, for the parent to
-    name whichever launcher ran the process, and re-raise."""
-    import torch
-
-    try:
-        yield
-    except torch.OutOfMemoryError as e:
-        _record_failure("oom", str(e))
-        raise
-    except Exception as e:
-        _record_failure("error", f"{type(e).__name__}: {e}")
-        raise
+def local_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a job on this machine: this environment is its image, so its interpreter's directory
+    comes first on PATH (the job command's `python` is this one)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return os.environ | env | {"PATH": path}
 
 
-def _record_failure(kind: str, detail: str) -> None:
-    path = os.environ.get("NEMOTRON_FAILURE_FILE")
-    if path:
-        Path(path).write_text(json.dumps({"error": kind, "detail": detail[-2000:]}))
+def missing_package(error: Exception) -> bool:
+    """The job's image has no nemotron_assets (its interpreter said so)."""
+    return any(sign in str(error) for sign in MISSING_PACKAGE)
+
+
+def image_error(error: Exception) -> Exception:
+    if missing_package(error):
+        return contract_error("job_image_missing_package", str(error)[-500:])
+    return error

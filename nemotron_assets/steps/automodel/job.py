@@ -1,24 +1,21 @@
-"""Child process of the AutoModel steps: run NeMo AutoModel's recipe and stream progress over Dagster Pipes.
-
-    python -m nemotron_assets.steps.automodel.job --config recipe.yaml            (CPU, one process)
-    torchrun --nproc-per-node N -m nemotron_assets.steps.automodel.job --config recipe.yaml   (GPUs)
-
-Rank 0 reports each optimizer step to Dagster (outside Dagster, Pipes is a no-op). A failure is also written to
-$NEMOTRON_FAILURE_FILE so the parent can name it (e.g. `oom`) whichever launcher ran the process.
+"""Job backend of the AutoModel steps: NeMo AutoModel's fine-tune recipe on the spec's recipe config, progress over
+Dagster Pipes. One process on CPU; under torchrun (nemotron_assets.job) over a node's GPUs. Rank 0 reports each
+optimizer step to Dagster (outside Dagster, Pipes is a no-op).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
+from pathlib import Path
 
-from nemotron_assets.steps.launch import failures_recorded
+import yaml
+
+from nemotron_assets.job import JobSpec
 
 
-def main() -> None:
-    args = _arguments()
+def run(spec: JobSpec) -> None:
     from nemotron_assets.steps.automodel import cpu
 
     cpu.apply()
@@ -26,6 +23,11 @@ def main() -> None:
     from nemo_automodel.components.config._arg_parser import parse_args_and_load_config
     from nemo_automodel.recipes.llm.train_ft import TrainFinetuneRecipeForNextTokenPrediction
 
+    config = Path(spec.work_dir) / "recipe.yaml"
+    written = config.with_suffix(f".{os.getpid()}")  # every rank writes the same bytes, each atomically
+    written.write_text(yaml.safe_dump(spec.args["recipe"], sort_keys=False))
+    os.replace(written, config)
+    sys.argv = [sys.argv[0], "--config", str(config)]  # the recipe's own parser reads sys.argv
     main_rank = int(os.environ.get("RANK", "0")) == 0
     with open_dagster_pipes() if main_rank else contextlib.nullcontext() as pipes:
 
@@ -36,19 +38,6 @@ def main() -> None:
                     m = log_data.metrics
                     pipes.log.info(f"step {log_data.step}: loss {m['loss']:.4f}, {m['tps']:.0f} tokens/s")
 
-        with failures_recorded():
-            recipe = Recipe(parse_args_and_load_config(args.config))
-            recipe.setup()
-            recipe.run_train_validation_loop()
-
-
-def _arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True)
-    args = parser.parse_args()
-    sys.argv = [sys.argv[0], "--config", args.config]  # the recipe's own parser reads sys.argv
-    return args
-
-
-if __name__ == "__main__":
-    main()
+        recipe = Recipe(parse_args_and_load_config(str(config)))
+        recipe.setup()
+        recipe.run_train_validation_loop()

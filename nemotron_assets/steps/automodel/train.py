@@ -10,18 +10,15 @@ provenance records the exact base, tokenizer, rank, alpha, target modules and da
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from nemotron_assets.artifacts.binidx import BLEND_FILE, read_blend
 from nemotron_assets.artifacts.files import data_files, link_or_copy, read_provenance
 from nemotron_assets.digests import content_digest
 from nemotron_assets.steps import InputArtifact, StepResult, StepRun
 from nemotron_assets.steps.data_prep.tokenizer import Tokenizer, TokenizerUnavailable, load_tokenizer
-from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
+from nemotron_assets.steps.launch import as_path
 from nemotron_assets.steps.training_log import training_stats
 
 RECIPE_TARGETS = {
@@ -59,7 +56,7 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
         "model": model_config(p, gpus),
         "checkpoint": {
             "enabled": True,
-            "checkpoint_dir": str(run.work_dir / "checkpoints"),
+            "checkpoint_dir": run.work_dir / "checkpoints",
             "model_save_format": "safetensors",
             "save_consolidated": True,
         },
@@ -111,7 +108,7 @@ def model_config(p: dict[str, Any], gpus: int) -> dict[str, Any]:
     """Load the model's weights, or (pretraining with load_weights false) only its architecture. Weights are fp32
     masters whose compute precision FSDP2's policy sets; on one GPU AutoModel does not shard, so bf16 compute
     needs bf16 weights."""
-    model = p["model.pretrained_model_name_or_path"]
+    model = as_path(p["model.pretrained_model_name_or_path"])
     dtype = "bfloat16" if gpus == 1 and p["precision"] == "bf16" else "float32"
     config = {"torch_dtype": dtype, "attn_implementation": "sdpa"}
     if p.get("load_weights", True):
@@ -122,22 +119,22 @@ def model_config(p: dict[str, Any], gpus: int) -> dict[str, Any]:
 def dataset_config(run: StepRun) -> dict[str, Any]:
     """Chat records for SFT/LoRA; for pretraining, the bins by split with absolute prefixes (validation unweighted)."""
     if "binidx" not in run.inputs:
-        files = [str(f) for f in data_files(run.input("training_jsonl").path, (".jsonl",))]
+        files = data_files(run.input("training_jsonl").path, (".jsonl",))
         return {
             "_target_": RECIPE_TARGETS["dataset"],
             "path_or_dataset_id": files,
             "seq_length": run.params["seq_length"],
         }
     blend = read_blend(run.input("binidx").path / BLEND_FILE)
-    paths = {"train": [str(x) for weight, prefix in blend["train"] for x in (weight, prefix)]}
+    paths = {"train": [x for weight, prefix in blend["train"] for x in (str(weight), prefix)]}
     if "valid" in blend:
-        paths["validation"] = [str(prefix) for _, prefix in blend["valid"]]
+        paths["validation"] = [prefix for _, prefix in blend["valid"]]
     return {
         "_target_": RECIPE_TARGETS["pretraining"],
         "paths": paths,
         "seq_length": run.params["seq_length"],
         "splits_to_build": "train",
-        "index_mapping_dir": str(run.work_dir / "index_mapping"),
+        "index_mapping_dir": run.work_dir / "index_mapping",
     }
 
 
@@ -152,13 +149,6 @@ def check_tokenizer(run: StepRun, tokenizer: Tokenizer) -> None:
             f"{run.input('binidx').name} was tokenized with {made_with[:12]}, the model's tokenizer is "
             f"{tokenizer.fingerprint[:12]}",
         )
-
-
-def launch_command(config_path: Path, gpus: int) -> list[str]:
-    module = ["-m", "nemotron_assets.steps.automodel.job", "--config", str(config_path)]
-    if gpus:
-        return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", *module]
-    return [sys.executable, *module]
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path:
@@ -185,19 +175,7 @@ def run(run: StepRun) -> StepResult:
     check_tokenizer(run, tokenizer)
     gpus = run.gpus
     run.work_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run.work_dir / "recipe.yaml"
-    config_path.write_text(yaml.safe_dump(recipe_config(run, gpus), sort_keys=False))
-    failure = run.work_dir / "failure.json"
-    failure.unlink(missing_ok=True)
-    try:
-        run.launch(launch_command(config_path, gpus), {"NEMOTRON_FAILURE_FILE": str(failure)})
-    except InfrastructureFailure:
-        raise
-    except Exception as e:  # the launcher's own error type differs (subprocess, Pipes, scheduler)
-        recorded = json.loads(failure.read_text()) if failure.exists() else {"error": "error", "detail": str(e)}
-        if recorded["error"] == "oom":
-            raise run.error("oom", recorded["detail"][-300:]) from None
-        raise LaunchFailed(recorded["detail"]) from e
+    run.launch_job("automodel", {"recipe": recipe_config(run, gpus)}, nproc_per_node=max(gpus, 1), torchrun=gpus > 0)
 
     checkpoints = run.work_dir / "checkpoints"
     model_dir = latest_checkpoint(checkpoints) / "model"

@@ -94,6 +94,7 @@ def profile_sections(profile: Profile) -> dict[str, dict[str, Any]]:
         "interconnect": profile.interconnect,
         "gpu": profile.gpu.model_dump() if profile.gpu else None,
         "images": images,
+        "storage": profile.storage.model_dump(exclude_none=True) if profile.storage else None,
         "container_image": images.get("megatron_bridge") or next(iter(images.values()), None),
         **_executor_fields(profile),
         "env_vars": {name: env_ref(name) for name in profile.env_vars},
@@ -143,7 +144,17 @@ def read_profile(document: dict[str, Any]) -> Profile:
     names = [_env_name(value) for value in base["env_vars"].values()]
     fields = {
         key: base[key]
-        for key in ("description", "nodes", "gpus_per_node", "cpus", "memory_gb", "interconnect", "gpu", "images")
+        for key in (
+            "description",
+            "nodes",
+            "gpus_per_node",
+            "cpus",
+            "memory_gb",
+            "interconnect",
+            "gpu",
+            "images",
+            "storage",
+        )
         if key in base
     }
     if prefix == "lepton":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ def write_tasks(run: StepRun, directory: Path, tasks: dict[str, tuple[str, str]]
         if port not in tasks:
             raise run.error("wrong_endpoint_type", f"{port} is scored by log-likelihood; a chat endpoint has none")
         name, template = tasks[port]
-        files = [str(f) for f in data_files(run.input(port).path, suffixes)]
+        files = [run.paths.to_job(f) for f in data_files(run.input(port).path, suffixes)]
         text = (TASK_DIR / template).read_text().replace('"@DATA_FILES@"', json.dumps(files))
         (directory / template).write_text(text)
         names.append(name)
@@ -80,14 +79,15 @@ def local_model(run: StepRun) -> tuple[str, dict[str, Any]]:
     if checkpoint is None:
         if not run.params["model"]:
             raise run.error("no_checkpoint_to_evaluate", "no checkpoint input and no `model` parameter")
-        return f"pretrained={run.params['model']},{dtype}", {"model": run.params["model"]}
+        return f"pretrained={run.paths.name(run.params['model'])},{dtype}", {"model": run.params["model"]}
     record = checkpoint_record(checkpoint)
     if (checkpoint.path / "hf_quant_config.json").exists():
         raise run.error("quantized_checkpoint_needs_endpoint", f"{checkpoint.name} is a ModelOpt-quantized export")
     if checkpoint.type == "checkpoint_lora":
         base = read_provenance(checkpoint.path)["base_model"]["name_or_path"]
-        return f"pretrained={base},peft={checkpoint.path},{dtype}", record | {"base_model": base}
-    return f"pretrained={checkpoint.path},{dtype}", record
+        pretrained, peft = run.paths.name(base), run.paths.to_job(checkpoint.path)
+        return f"pretrained={pretrained},peft={peft},{dtype}", record | {"base_model": base}
+    return f"pretrained={run.paths.to_job(checkpoint.path)},{dtype}", record
 
 
 def endpoint_record(run: StepRun) -> dict[str, Any]:
@@ -129,12 +129,12 @@ def api_key_env(run: StepRun) -> dict[str, str]:
     return {"OPENAI_API_KEY": os.environ[name]}
 
 
-def lm_eval_command(
+def lm_eval_arguments(
     run: StepRun, model: str, model_args: str, tasks: list[str], tasks_dir: Path, output: Path, chat_template: bool
-) -> list[str]:
+) -> list[str | Path]:
     p = run.params
-    command = [sys.executable, "-m", "lm_eval", "--model", model, "--model_args", model_args]
-    command += ["--tasks", ",".join(tasks), "--include_path", str(tasks_dir), "--output_path", str(output)]
+    command: list[str | Path] = ["--model", model, "--model_args", model_args]
+    command += ["--tasks", ",".join(tasks), "--include_path", tasks_dir, "--output_path", output]
     command += ["--device", "cuda" if run.gpus else "cpu", "--batch_size", str(p["batch_size"])]
     command += ["--num_fewshot", str(p["num_fewshot"]), "--seed", str(p["seed"])]
     if chat_template:
@@ -181,7 +181,8 @@ def evaluate_with_lm_eval(run: StepRun) -> StepResult:
     chat_template = p["apply_chat_template"] or model == ENDPOINT_MODELS["chat"]  # chat endpoints take messages
     output = run.work_dir / "lm_eval"
     shutil.rmtree(output, ignore_errors=True)
-    run.launch(lm_eval_command(run, model, model_args, tasks, run.work_dir / "tasks", output, chat_template), env)
+    arguments = lm_eval_arguments(run, model, model_args, tasks, run.work_dir / "tasks", output, chat_template)
+    run.launch_job("lm_eval", {"argv": arguments}, env=env)
     results, results_file = read_scores(output)
 
     scoring = ("endpoint_type",) if p["endpoint_url"] else ("dtype",)

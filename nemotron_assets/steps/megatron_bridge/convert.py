@@ -1,4 +1,4 @@
-"""convert/hf_to_megatron and convert/megatron_to_hf: Megatron-Bridge's AutoBridge in a child process
+"""convert/hf_to_megatron and convert/megatron_to_hf: Megatron-Bridge's AutoBridge in a job
 (convert_job), with fidelity as the gate.
 
 hf_to_megatron writes a Megatron run directory (latest_checkpointed_iteration.txt + iter_0000000); the checkpoint
@@ -12,7 +12,6 @@ over the node's GPUs.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,7 @@ from nemotron_assets.artifacts.checkpoints import MEGATRON_ITERATION, megatron_i
 from nemotron_assets.artifacts.files import overlaps
 from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
 
-CHILD = "nemotron_assets.steps.megatron_bridge.convert_job"
 # Files that mark a directory as a training run, optimizer state or adapter, not a clean HF model.
 NOT_CLEAN = ("adapter_config.json", "optimizer.pt", "trainer_state.json", "latest_checkpointed_iteration.txt")
 
@@ -40,9 +37,10 @@ def hf_to_megatron(run: StepRun) -> StepResult:
         raise run.error("source_not_clean_hf_checkpoint", e.detail) from None
     if overlaps(run.output_dir, source):
         raise run.error("output_path_overlaps_source", f"{run.output_dir} overlaps the source {source}")
-    arguments = ["import", "--hf", str(source), "--megatron", str(run.output_dir)]
-    arguments += ["--dtype", p.get("dtype") or p["torch_dtype"], *common_arguments(p)]
-    report = convert(run, arguments)
+    report = convert(
+        run,
+        {"direction": "import", "hf": source, "megatron": run.output_dir, "dtype": p.get("dtype") or p["torch_dtype"]},
+    )
     relative = gate(run, report, "round_trip", "round_trip_logits_mismatch", "HF -> Megatron -> HF")
     stats = report | {"relative_round_trip_difference": relative}
     return StepResult(stats, {"converted_from": {"hf": str(source)}})
@@ -54,10 +52,8 @@ def megatron_to_hf(run: StepRun) -> StepResult:
     hf = hf_config_source(run)
     if overlaps(run.output_dir, checkpoint.parent):
         raise run.error("output_path_overlaps_source", f"{run.output_dir} overlaps {checkpoint.parent}")
-    arguments = ["export", "--hf", str(hf), "--megatron", str(checkpoint), "--out", str(run.output_dir)]
-    arguments += ["--dtype", "float32", *common_arguments(p)]
-    arguments += [flag for flag, on in (("--strict", p["strict"]), ("--progress", p["show_progress"])) if on]
-    report = convert(run, arguments)
+    arguments = {"direction": "export", "hf": hf, "megatron": checkpoint, "out": run.output_dir, "dtype": "float32"}
+    report = convert(run, arguments | {"strict": p["strict"], "progress": p["show_progress"]})
     relative = gate(run, report, "export", "export_logits_mismatch", "Megatron -> HF export")
     iteration = int(MEGATRON_ITERATION.fullmatch(checkpoint.name).group(1))
     stats = report | {"relative_export_difference": relative, "iteration": iteration}
@@ -115,31 +111,12 @@ def megatron_source(run: StepRun) -> Path:
         raise run.error(name, e.detail) from None
 
 
-def common_arguments(p: dict[str, Any]) -> list[str]:
-    flags = [f"--{name}={p[name]}" for name in ("tp", "pp", "ep", "etp")]
-    return flags + (["--trust"] if p["trust_remote_code"] else [])
-
-
-def launch_command(arguments: list[str], p: dict[str, Any], gpus: int) -> list[str]:
-    """One process, or torchrun over the node's GPUs when `distributed` (the world must fit tp x pp)."""
-    if not (p["distributed"] and gpus):
-        return [sys.executable, "-m", CHILD, *arguments]
-    nproc = min(p["torchrun.nproc_per_node"], gpus)
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "-m", CHILD, *arguments]
-
-
-def convert(run: StepRun, arguments: list[str]) -> dict[str, Any]:
-    """Launch the child; return its report, or raise the named failure it recorded."""
-    run.work_dir.mkdir(parents=True, exist_ok=True)
+def convert(run: StepRun, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Run the conversion job (one process, or torchrun over the node's GPUs when `distributed`); its report."""
+    p = run.params
+    arguments |= {name: p[name] for name in ("tp", "pp", "ep", "etp")} | {"trust": p["trust_remote_code"]}
+    nproc = min(p["torchrun.nproc_per_node"], run.gpus) if p["distributed"] and run.gpus else 1
     report = run.work_dir / "report.json"
     report.unlink(missing_ok=True)
-    try:
-        run.launch(launch_command([*arguments, "--report", str(report)], run.params, run.gpus))
-    except InfrastructureFailure:
-        raise
-    except Exception as e:  # the launcher's own error type differs (subprocess, Pipes, scheduler)
-        recorded = json.loads(report.read_text()) if report.exists() else {}
-        if recorded.get("error"):
-            raise run.error(recorded["error"], recorded["detail"][-500:]) from None
-        raise LaunchFailed(str(e)) from e
+    run.launch_job("megatron_bridge.convert", arguments, nproc_per_node=nproc)
     return json.loads(report.read_text())

@@ -1,31 +1,32 @@
-"""Child process of convert/hf_to_megatron and convert/megatron_to_hf: Megatron-Bridge's AutoBridge, then proof.
+"""Job backend of convert/hf_to_megatron and convert/megatron_to_hf: Megatron-Bridge's AutoBridge, then proof.
 
-    python -m nemotron_assets.steps.megatron_bridge.convert_job import --hf DIR --megatron OUT --report R.json
-    python -m nemotron_assets.steps.megatron_bridge.convert_job export --megatron ITER_DIR --hf DIR --out OUT --report R
-    torchrun --nproc-per-node N -m nemotron_assets.steps.megatron_bridge.convert_job ...            (multi-GPU)
-
+The spec's args: direction (import | export), hf, megatron (import: output run directory; export: iter_* directory),
+out (export: HF output directory), dtype, trust (trust_remote_code), strict, progress, tp, pp, ep, etp.
 import: HF -> Megatron dist checkpoint, then the saved checkpoint is loaded back and exported to HF in a scratch
 directory; the report holds the largest logit difference between the source and that round-trip model (and the
 Megatron model's own forward against the source). export: the iter_* checkpoint -> HF directory; the report holds
 the largest difference between the Megatron model's logits and the exported model's. Logits are compared in
-float32 on a fixed probe of token ids. An AutoBridge-unsupported architecture is reported by name. The parent
-applies the tolerance. The dist-ckpt saver spawns processes, hence the `__main__` guard.
+float32 on a fixed probe of token ids. The report is report.json in the work directory; an AutoBridge-unsupported
+architecture is a named failure. The launching step applies the tolerance.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from nemotron_assets.job import JobError, JobSpec
+
 PROBE_TOKENS = 24
+DEFAULTS = {"out": None, "dtype": "bfloat16", "trust": False, "strict": False, "progress": False}
 
 
-def main() -> None:
-    args = _arguments()
+def run(spec: JobSpec) -> None:
+    args = SimpleNamespace(**DEFAULTS | spec.args)
     import torch
 
     from nemotron_assets.steps.megatron_bridge import no_te
@@ -39,18 +40,18 @@ def main() -> None:
     config = AutoConfig.from_pretrained(args.hf, trust_remote_code=args.trust)
     if not AutoBridge.supports(config):
         detail = f"architectures {getattr(config, 'architectures', None)} have no AutoBridge mapping"
-        _report(args.report, {"error": "unsupported_or_custom_architecture", "detail": detail})
-        raise SystemExit(3)
+        raise JobError("unsupported_or_custom_architecture", detail)
     dtype = getattr(torch, args.dtype)
     bridge = AutoBridge.from_hf_pretrained(args.hf, torch_dtype=dtype, trust_remote_code=args.trust)
     if args.direction == "import":
         report = import_checkpoint(bridge, args, dtype, cpu)
     else:
         report = export_checkpoint(bridge, args, cpu)
-    _report(args.report, report)
+    if int(os.environ.get("RANK", "0")) == 0:
+        (Path(spec.work_dir) / "report.json").write_text(json.dumps(report))
 
 
-def import_checkpoint(bridge, args: argparse.Namespace, dtype, cpu: bool) -> dict[str, Any]:
+def import_checkpoint(bridge, args: SimpleNamespace, dtype, cpu: bool) -> dict[str, Any]:
     """HF -> Megatron, saved; then the saved checkpoint -> HF again, compared with the source."""
     from transformers import AutoModelForCausalLM
 
@@ -77,7 +78,7 @@ def import_checkpoint(bridge, args: argparse.Namespace, dtype, cpu: bool) -> dic
     }
 
 
-def export_checkpoint(bridge, args: argparse.Namespace, cpu: bool) -> dict[str, Any]:
+def export_checkpoint(bridge, args: SimpleNamespace, cpu: bool) -> dict[str, Any]:
     """The iter_* checkpoint -> HF directory; its logits must be the Megatron model's."""
     from transformers import AutoModelForCausalLM
 
@@ -107,7 +108,7 @@ def load_checkpoint(iteration_dir: Path, cpu: bool) -> list:
     return models if isinstance(models, list) else [models]
 
 
-def _parallelism(provider, args: argparse.Namespace) -> None:
+def _parallelism(provider, args: SimpleNamespace) -> None:
     from nemotron_assets.steps.megatron_bridge import no_te
 
     if not no_te.has_transformer_engine():
@@ -147,28 +148,3 @@ def _megatron_logits(models, probe):
     with torch.no_grad():
         logits = model(tokens, positions, mask)
     return logits.float().cpu()
-
-
-def _report(path: str, report: dict[str, Any]) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:
-        Path(path).write_text(json.dumps(report))
-
-
-def _arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("direction", choices=["import", "export"])
-    parser.add_argument("--hf", required=True, help="HF model directory (import: source; export: config/tokenizer)")
-    parser.add_argument("--megatron", required=True, help="import: output run directory; export: iter_* directory")
-    parser.add_argument("--out", help="export: HF output directory")
-    parser.add_argument("--report", required=True)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--trust", action="store_true", help="trust_remote_code")
-    parser.add_argument("--strict", action="store_true")
-    parser.add_argument("--progress", action="store_true")
-    for name in ("tp", "pp", "ep", "etp"):
-        parser.add_argument(f"--{name}", type=int, default=1)
-    return parser.parse_args()
-
-
-if __name__ == "__main__":
-    main()

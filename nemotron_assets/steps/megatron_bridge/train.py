@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,8 @@ from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.data_prep.chat_template import ChatTemplate
 from nemotron_assets.steps.data_prep.tokenizer import TokenizerUnavailable, load_tokenizer
-from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
+from nemotron_assets.steps.launch import as_path
 
-CHILD = "nemotron_assets.steps.megatron_bridge.train_job"
 MODES = {"sft/megatron_bridge": "sft", "peft/megatron_bridge": "peft", "pretrain/megatron_bridge": "pretrain"}
 PACKED = "dataset.packed_sequence_specs.packed_train_data_path"
 
@@ -42,20 +41,8 @@ def run(run: StepRun) -> StepResult:
     check_batch_shape(run, world)
     run.work_dir.mkdir(parents=True, exist_ok=True)
     spec = launch_spec(run, mode) | {"world_size": world}
-    spec_path = run.work_dir / "training.json"
-    spec_path.write_text(json.dumps(spec, indent=2))
-    failure = run.work_dir / "failure.json"
-    failure.unlink(missing_ok=True)
-    try:
-        run.launch(launch_command(spec_path, run.gpus), {"NEMOTRON_FAILURE_FILE": str(failure), "UB_SKIPMC": "1"})
-    except InfrastructureFailure:
-        raise
-    except Exception as e:  # the launcher's own error type differs (subprocess, Pipes, scheduler)
-        recorded = json.loads(failure.read_text()) if failure.exists() else {"error": "error", "detail": str(e)}
-        if recorded["error"] == "oom" and has_error(run, "oom"):
-            raise run.error("oom", recorded["detail"][-300:]) from None
-        raise LaunchFailed(recorded["detail"]) from e
-    return publish(run, Path(spec["checkpoint"]["save"]), spec)
+    run.launch_job("megatron_bridge.train", spec, nproc_per_node=max(run.gpus, 1), torchrun=True)
+    return publish(run, spec["checkpoint"]["save"], spec)
 
 
 def has_error(run: StepRun, name: str) -> bool:
@@ -96,7 +83,7 @@ def launch_spec(run: StepRun, mode: str) -> dict[str, Any]:
     p = run.params
     spec: dict[str, Any] = {
         "mode": mode,
-        "hf_model_path": p["hf_model_path"],
+        "hf_model_path": as_path(p["hf_model_path"]),
         "load_hf_weights": p.get("load_hf_weights", True),
         "seq_length": p["seq_length"],
         "train": {k: p[f"train.{k}"] for k in ("train_iters", "global_batch_size", "micro_batch_size")},
@@ -108,7 +95,7 @@ def launch_spec(run: StepRun, mode: str) -> dict[str, Any]:
         },
         "recompute_granularity": p.get("model.recompute_granularity"),
         "checkpoint": {
-            "save": str(run.work_dir / "checkpoints"),
+            "save": run.work_dir / "checkpoints",
             "save_interval": p["checkpoint.save_interval"],
             "pretrained_checkpoint": base_checkpoint(run, mode),
         },
@@ -127,7 +114,7 @@ def lora(p: dict[str, Any], mode: str) -> dict[str, Any] | None:
     return None
 
 
-def base_checkpoint(run: StepRun, mode: str) -> str | None:
+def base_checkpoint(run: StepRun, mode: str) -> Path | None:
     """The Megatron checkpoint training starts from (validated); peft requires one, kept apart from its output."""
     given = run.params.get("checkpoint.pretrained_checkpoint")
     path = (
@@ -151,7 +138,7 @@ def base_checkpoint(run: StepRun, mode: str) -> str | None:
     if mode == "peft" and save and overlaps(Path(save), path):
         raise run.error("base_and_adapter_paths_mixed", f"checkpoint.save {save} overlaps the base {path}")
     check_sequence_length(run, iteration)
-    return str(pinned(run, iteration))
+    return pinned(run, iteration)
 
 
 def pinned(run: StepRun, iteration: Path) -> Path:
@@ -160,11 +147,16 @@ def pinned(run: StepRun, iteration: Path) -> Path:
     base = run.work_dir / "base"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    (base / iteration.name).symlink_to(iteration.resolve(), target_is_directory=True)
+    (base / iteration.name).symlink_to(relative(iteration, base), target_is_directory=True)
     (base / MEGATRON_TRACKER).write_text(str(int(iteration.name[5:])))
     if (iteration / "train_state.pt").exists():  # Megatron-Bridge reads this tracker first (the legacy one refuses 0)
-        (base / "latest_train_state.pt").symlink_to((iteration / "train_state.pt").resolve())
+        (base / "latest_train_state.pt").symlink_to(relative(iteration / "train_state.pt", base))
     return base
+
+
+def relative(target: Path, directory: Path) -> str:
+    """A link target that resolves the same on the host and in a job, wherever the job mounts the storage."""
+    return os.path.relpath(target.resolve(), directory.resolve())
 
 
 def check_sequence_length(run: StepRun, iteration: Path) -> None:
@@ -219,8 +211,8 @@ def packed_dataset(run: StepRun, seq_length: int) -> dict[str, Any]:
     tokens = sum(len(b["input_ids"]) for b in bins)
     return {
         "kind": "packed",
-        "path": str(path),
-        "metadata": str(metadata),
+        "path": path,
+        "metadata": metadata,
         "packed_sequence_size": packed_size,
         "bins": len(bins),
         "tokens": tokens,
@@ -268,13 +260,7 @@ def pretrain_dataset(run: StepRun) -> dict[str, Any]:
     except NamedError as e:
         raise run.error("missing_blend_json", e.detail) from None
     blend = read_blend(path)
-    return {"kind": "blend", "splits": {split: [[w, str(p)] for w, p in pairs] for split, pairs in blend.items()}}
-
-
-def launch_command(spec_path: Path, gpus: int) -> list[str]:
-    """torchrun over this node's GPUs; the launcher (Slurm, Kubernetes, cloud) starts one per node."""
-    module = ["-m", CHILD, "--spec", str(spec_path)]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={max(gpus, 1)}", *module]
+    return {"kind": "blend", "splits": {split: [[w, p] for w, p in pairs] for split, pairs in blend.items()}}
 
 
 def publish(run: StepRun, save: Path, spec: dict[str, Any]) -> StepResult:
@@ -291,9 +277,9 @@ def publish(run: StepRun, save: Path, spec: dict[str, Any]) -> StepResult:
     log = run.work_dir / "training_log.json"
     stats = json.loads(log.read_text()) if log.exists() else {}
     stats |= {"iteration": int(latest.name[5:]), "world_size": spec.get("world_size")}
-    provenance: dict[str, Any] = {"training": {"mode": spec["mode"], "hf_model_path": spec["hf_model_path"]}}
+    provenance: dict[str, Any] = {"training": {"mode": spec["mode"], "hf_model_path": str(spec["hf_model_path"])}}
     if spec["checkpoint"]["pretrained_checkpoint"]:
-        provenance["base_model"] = base_record(run, Path(spec["checkpoint"]["pretrained_checkpoint"]))
+        provenance["base_model"] = base_record(run, spec["checkpoint"]["pretrained_checkpoint"])
     if spec["peft"]:
         provenance["lora"] = spec["peft"]
     return StepResult(stats, provenance)

@@ -1,17 +1,14 @@
-"""Child process of the Megatron-Bridge training steps: build the ConfigContainer from the launch spec and run
-Megatron-Bridge's `finetune` (SFT, LoRA) or `pretrain` with its GPT forward step.
-
-    torchrun --nproc-per-node N -m nemotron_assets.steps.megatron_bridge.train_job --spec training.json
+"""Job backend of the Megatron-Bridge training steps: build the ConfigContainer from the spec's training record and
+run Megatron-Bridge's `finetune` (SFT, LoRA) or `pretrain` with its GPT forward step, under torchrun
+(nemotron_assets.job starts it over the node's GPUs).
 
 Each optimizer step's loss is reported to Dagster over Pipes by the last pipeline rank (outside Dagster Pipes is
 a no-op); that rank writes training_log.json (losses; tokens/s over the steps after the first, counting real tokens of
-the bins) beside the spec. A failure is written to
-$NEMOTRON_FAILURE_FILE (`oom` or `error`) so the parent can name it whichever launcher ran the process.
+the bins) into the work directory.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -19,14 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nemotron_assets.steps.launch import failures_recorded
+from nemotron_assets.job import JobSpec
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--spec", required=True)
-    spec_path = Path(parser.parse_args().spec)
-    spec = json.loads(spec_path.read_text())
+def run(job: JobSpec) -> None:
+    spec = job.args
+    os.environ.setdefault("UB_SKIPMC", "1")  # Transformer Engine's userbuffers without NVLink multicast
     from nemotron_assets.steps.megatron_bridge import no_te
 
     no_te.import_bridge()
@@ -40,14 +35,13 @@ def main() -> None:
     reporting = int(os.environ.get("RANK", "0")) == int(os.environ.get("WORLD_SIZE", "1")) - 1
     with open_dagster_pipes() if reporting else contextlib.nullcontext() as pipes:
         log = LossLog(spec, pipes)
-        with failures_recorded():
-            config = training_config(spec)
-            entry = pretrain if spec["mode"] == "pretrain" else finetune
-            started = time.perf_counter()
-            entry(config, log.wrap(forward_step))
-            seconds = time.perf_counter() - started
+        config = training_config(spec)
+        entry = pretrain if spec["mode"] == "pretrain" else finetune
+        started = time.perf_counter()
+        entry(config, log.wrap(forward_step))
+        seconds = time.perf_counter() - started
         if reporting:
-            (spec_path.parent / "training_log.json").write_text(json.dumps(log.summary(seconds)))
+            (Path(job.work_dir) / "training_log.json").write_text(json.dumps(log.summary(seconds)))
 
 
 class LossLog:
@@ -106,7 +100,3 @@ class LossLog:
             "tokens_per_second": round(tokens / timed, 1) if timed else None,
             "tokens_per_step": round(train["global_batch_size"] * per_bin, 1),
         }
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,9 @@
 """What the ModelOpt steps share: the target GPU from the hardware profile, input/output overlap checks, the
-calibration texts drawn from training data, and running a task of `modelopt.job` in a child process."""
+calibration texts drawn from training data, and running a task of the `modelopt` job backend."""
 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 from nemotron_assets.artifacts.files import data_files
@@ -58,11 +57,8 @@ def training_texts(run: StepRun, tokenizer, limit: int) -> list[str]:
 
 
 def run_task(run: StepRun, task: str, job: dict[str, Any]) -> dict[str, Any]:
-    """Run `modelopt.job <task>` on `job` through the step's launcher; return its result.json."""
-    run.work_dir.mkdir(parents=True, exist_ok=True)
-    path = run.work_dir / f"{task}.json"
-    path.write_text(json.dumps(job))
+    """Run the `modelopt` job backend's `task` on `job` through the step's launcher; return its result.json."""
     result = run.work_dir / "result.json"
     result.unlink(missing_ok=True)
-    run.launch([sys.executable, "-m", "nemotron_assets.steps.modelopt.job", task, "--job", str(path)])
+    run.launch_job("modelopt", {"task": task} | job)
     return json.loads(result.read_text())

@@ -11,6 +11,7 @@ from __future__ import annotations
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.automodel.train import base_model_record
 from nemotron_assets.steps.data_prep.tokenizer import TokenizerUnavailable, load_tokenizer
+from nemotron_assets.steps.launch import as_path
 from nemotron_assets.steps.modelopt.common import run_task, training_texts
 
 
@@ -38,15 +39,15 @@ def run(run: StepRun) -> StepResult:
     if len(texts) <= holdout:
         raise run.error("not_enough_training_rows", f"{len(texts)} rows, all needed for the {holdout} held-out ones")
     job = {
-        "teacher": teacher,
-        "student": str(student),
+        "teacher": as_path(teacher),
+        "student": student,
         "holdout": texts[:holdout],
         "train": texts[holdout:],
         "steps": p["args.train_iters"],
         "batch_size": p["args.gbs"],
         "lr": p["args.lr"],
         "max_tokens": p["args.seq_length"],
-        "output": str(run.output_dir),
+        "output": run.output_dir,
     }
     result = run_task(run, "distill", job)
     losses = result.pop("kd_loss")

@@ -1,21 +1,24 @@
-"""Child process of the ModelOpt steps: the torch work, run through the profile's launcher.
-
-    python -m nemotron_assets.steps.modelopt.job quantize --job job.json
+"""Job backend of the ModelOpt steps: the torch work, launched through the profile's executor.
 
 `quantize`: load the HF model, measure its mean token NLL on held-out texts, calibrate ModelOpt's quantizers on the
 calibration texts (`mtq.quantize` with the recipe's config: fake-quant on CPU, real kernels on GPU), measure the
 quantized model's NLL on the same texts, and write the deployable checkpoint with `export_hf_checkpoint`.
 `distill`: train the student on the teacher's logits with `modelopt.torch.distill` (logits KD loss between the two
-lm_heads), then export the plain student and save it. Each writes result.json beside the job file.
+lm_heads), then export the plain student and save it. Each writes result.json into the work directory.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import runpy
+import sys
 from pathlib import Path
 from typing import Any
 
+from nemotron_assets.job import JobSpec
+
+PRUNE_SCRIPT = "/opt/Model-Optimizer/examples/megatron_bridge/prune_minitron.py"
 RECIPES = {  # args.export_quant_cfg -> ModelOpt config name
     "fp8": "FP8_DEFAULT_CFG",
     "fp8_blockwise": "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG",
@@ -131,15 +134,17 @@ def distill(job: dict[str, Any]) -> dict[str, Any]:
     return {"device": device, "kd_loss": losses, "student_nll_before": before, "student_nll_after": after}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("task", choices=["quantize", "distill"])
-    parser.add_argument("--job", required=True, type=Path)
-    args = parser.parse_args()
-    job = json.loads(args.job.read_text())
-    task = {"quantize": quantize, "distill": distill}[args.task]
-    (args.job.parent / "result.json").write_text(json.dumps(task(job)))
+def prune(job: dict[str, Any]) -> dict[str, Any]:
+    """ModelOpt's own Minitron example (prune_minitron.py in the Megatron-Bridge image) on the job's flags, one rank
+    of the torchrun the job entry point started."""
+    sys.argv = [PRUNE_SCRIPT, *job["argv"]]
+    runpy.run_path(PRUNE_SCRIPT, run_name="__main__")
+    return {"script": PRUNE_SCRIPT}
 
 
-if __name__ == "__main__":
-    main()
+def run(spec: JobSpec) -> None:
+    """The spec's `task` (quantize, distill, prune) on its args; result.json in the work directory."""
+    job = dict(spec.args)
+    result = {"quantize": quantize, "distill": distill, "prune": prune}[job.pop("task")](job)
+    if int(os.environ.get("RANK", "0")) == 0:
+        (Path(spec.work_dir) / "result.json").write_text(json.dumps(result))

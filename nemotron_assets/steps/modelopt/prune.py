@@ -14,7 +14,6 @@ import json
 from nemotron_assets.artifacts.checkpoints import validate_checkpoint_hf
 from nemotron_assets.steps import StepResult, StepRun
 
-SCRIPT = "/opt/Model-Optimizer/examples/megatron_bridge/prune_minitron.py"
 PASSED = (  # parameters handed to the script under their own flag names
     "args.pp_size",
     "args.num_layers_in_first_pipeline_stage",
@@ -46,21 +45,27 @@ def check(run: StepRun) -> dict[str, int]:
     return {"layers": layers, "parameters": size}
 
 
-def prune_command(run: StepRun) -> list[str]:
-    """torchrun over args.pp_size processes running ModelOpt's prune_minitron.py into the artifact directory."""
+def prune_arguments(run: StepRun) -> list[str]:
+    """prune_minitron.py's flags: the consumed model into the artifact directory, as the job sees them."""
     p = run.params
-    flags = [f"--hf_model_name_or_path={run.input('checkpoint_hf').path}", f"--output_hf_path={run.output_dir}"]
+    model, output = (run.paths.to_job(path) for path in (run.input("checkpoint_hf").path, run.output_dir))
+    flags = [f"--hf_model_name_or_path={model}", f"--output_hf_path={output}"]
     flags += [f"--{name.removeprefix('args.')}={p[name]}" for name in PASSED if p.get(name) is not None]
     if p.get("args.prune_export_config"):
         flags.append(f"--prune_export_config={json.dumps(p['args.prune_export_config'])}")
     if p.get("args.hparams_to_skip"):
         flags += ["--hparams_to_skip", *p["args.hparams_to_skip"]]
-    return ["torchrun", f"--nproc_per_node={p['args.pp_size']}", SCRIPT, *flags, *p["extra_args"]]
+    return [*flags, *p["extra_args"]]
 
 
 def run(run: StepRun) -> StepResult:
     source = check(run)
-    run.launch(prune_command(run))
+    run.launch_job(
+        "modelopt",
+        {"task": "prune", "argv": prune_arguments(run)},
+        nproc_per_node=run.params["args.pp_size"],
+        torchrun=True,
+    )
     pruned = validate_checkpoint_hf(run.output_dir)
     stats = {"parameters_before": source["parameters"], "parameters_after": pruned["parameters"]}
     return StepResult(stats | {"kept": pruned["parameters"] / source["parameters"]})

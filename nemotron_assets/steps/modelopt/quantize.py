@@ -72,12 +72,12 @@ def run(run: StepRun) -> StepResult:
             f"args.calib_size is {calib} but {run.input('training_jsonl').name} holds only {len(texts)} rows",
         )
     job = {
-        "model": str(model),
+        "model": model,
         "recipe": recipe,
         "calibration": texts[:calib],
         "holdout": texts[calib:],
         "max_tokens": p["calib_max_tokens"],
-        "output": str(run.output_dir),
+        "output": run.output_dir,
     }
     result = run_task(run, "quantize", job)
     increase = (result["nll_after"] - result["nll_before"]) / result["nll_before"]

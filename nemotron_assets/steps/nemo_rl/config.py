@@ -8,6 +8,7 @@ the step decides, so every key NeMo-RL has but the step does not set keeps NeMo-
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 NEMO_RL = "/opt/nemo-rl"
@@ -45,7 +46,7 @@ def step_keys(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k.startswith(PREFIXES) and k not in LOCAL and v is not None}
 
 
-def data_section(step_id: str, train: str, validation: str, fields: dict[str, str]) -> dict[str, Any]:
+def data_section(step_id: str, train: Path, validation: Path, fields: dict[str, str]) -> dict[str, Any]:
     """data.train / data.validation / data.default for local JSONL files: preference pairs for DPO, prompts with
     their verifier field for the math environment, NeMo-Gym rows for RLHF."""
     if step_id == "rl/nemo_rl/dpo":
@@ -62,10 +63,10 @@ def data_section(step_id: str, train: str, validation: str, fields: dict[str, st
 def run_config(
     step_id: str,
     params: dict[str, Any],
-    policy: str,
+    policy: Path | str,
     data: dict[str, Any],
     cluster: dict[str, int],
-    output: dict[str, str],
+    output: dict[str, Path],
 ) -> dict[str, Any]:
     """The complete override config: inherits the example YAML; Megatron backend (the policy's checkpoints are
     Megatron distributed checkpoints, like the SFT checkpoint it starts from)."""

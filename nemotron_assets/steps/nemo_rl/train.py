@@ -16,8 +16,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nemotron_assets.artifacts import validate
 from nemotron_assets.artifacts.checkpoints import megatron_iteration_dir
 from nemotron_assets.artifacts.files import data_files, link_or_copy
@@ -25,6 +23,7 @@ from nemotron_assets.artifacts.jsonl import PROMPT_FIELDS, VERIFIER_FIELDS, Reco
 from nemotron_assets.digests import content_digest
 from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepResult, StepRun
+from nemotron_assets.steps.launch import as_path
 from nemotron_assets.steps.nemo_rl.config import ENTRIES, NEMO_RL, data_section, merge, run_config
 from resources.profile import HardwareProfile
 
@@ -133,14 +132,14 @@ def check_batches(run: StepRun, cluster: dict[str, int]) -> None:
         raise run.error(error, f"{rollouts} rollouts per step, train_global_batch_size {gbs}, data-parallel {dp}")
 
 
-def policy_source(run: StepRun) -> tuple[Path | None, str]:
+def policy_source(run: StepRun) -> tuple[Path | None, Path | str]:
     """(validated SFT Megatron checkpoint or None, the HF model NeMo-RL loads: its export, or policy.model_name)."""
     model = run.params["policy.model_name"]
     if "checkpoint_megatron" not in run.inputs:
-        return None, model
+        return None, as_path(model)
     checkpoint = run.input("checkpoint_megatron").path
     validate(checkpoint, "checkpoint_megatron")  # bad or incomplete SFT checkpoints stop here
-    return megatron_iteration_dir(checkpoint), str(run.work_dir / "policy_hf")
+    return megatron_iteration_dir(checkpoint), run.work_dir / "policy_hf"
 
 
 def check_reward_model(run: StepRun, policy: Path | None) -> dict[str, Any]:
@@ -154,7 +153,7 @@ def check_reward_model(run: StepRun, policy: Path | None) -> dict[str, Any]:
     same_path = policy is not None and policy.resolve() == reward.resolve()
     if same_path or (hf_start.exists() and content_digest(hf_start) == content_digest(reward)):
         raise run.error("reward_model_policy_confused", f"reward model {reward} is the policy's checkpoint")
-    return {"env": {"nemo_gym": {"genrm_model": {"responses_api_models": {"vllm_model": {"model": str(reward)}}}}}}
+    return {"env": {"nemo_gym": {"genrm_model": {"responses_api_models": {"vllm_model": {"model": reward}}}}}}
 
 
 def cluster_size(run: StepRun) -> dict[str, int]:
@@ -162,13 +161,16 @@ def cluster_size(run: StepRun) -> dict[str, int]:
     return {"num_nodes": HardwareProfile(name=run.profile).load().nodes, "gpus_per_node": run.gpus}
 
 
-def job_script(run: StepRun, config: Path, checkpoint: Path | None, policy: str, nodes: int) -> str:
-    """The job: export the SFT checkpoint (once), start Ray across the job's nodes, run NeMo-RL's entry on node 0.
-    On one node NeMo-RL starts its own Ray. Multi-node jobs find the head through Slurm's node list."""
-    entry = f"python {NEMO_RL}/{ENTRIES[run.step.id][0]} --config {shlex.quote(str(config))}"
-    lines = ["#!/bin/bash", "set -euo pipefail", f"cd {NEMO_RL}"]
+def job_script(run: StepRun, checkpoint: Path | None, policy: Path | str, nodes: int) -> str:
+    """The job's script (in the job's filesystem): export the SFT checkpoint (once), start Ray across the job's
+    nodes, run NeMo-RL's entry on node 0 on the config the backend wrote (CONFIG). On one node NeMo-RL starts its
+    own Ray. Multi-node jobs find the head through Slurm's node list."""
+    entry = f'python {NEMO_RL}/{ENTRIES[run.step.id][0]} --config "$CONFIG"'
+    lines = ["set -euo pipefail", f"cd {NEMO_RL}"]
+    policy = run.paths.name(policy)
     if checkpoint is not None:
-        export = shlex.join(["python", "-c", EXPORT, run.params["policy.model_name"], str(checkpoint), policy])
+        model = run.paths.name(run.params["policy.model_name"])
+        export = shlex.join(["python", "-c", EXPORT, model, run.paths.to_job(checkpoint), policy])
         lines.append(
             f'if [ "${{SLURM_NODEID:-0}}" = 0 ] && [ ! -f {shlex.quote(policy)}/config.json ]; then {export}; fi'
         )
@@ -200,8 +202,8 @@ def latest_step(checkpoints: Path) -> Path:
     return steps[-1]
 
 
-def prepare(run: StepRun) -> tuple[Path, dict[str, Any]]:
-    """Every check, then the config and job script in the work directory; returns the script and a summary."""
+def prepare(run: StepRun) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every check, then the job's NeMo-RL config and script; returns them and a summary."""
     train, validation = splits(run)
     fields = check_rows(run, sorted({train, validation}))
     cluster = cluster_size(run)
@@ -214,19 +216,16 @@ def prepare(run: StepRun) -> tuple[Path, dict[str, Any]]:
         train = response_rows(train, directory / "train.jsonl", answer)
         validation = response_rows(validation, directory / "val.jsonl", answer)
         fields |= {"prompt": "input", "answer": "output"}
-    output = {"checkpoints": str(run.work_dir / "checkpoints"), "logs": str(run.work_dir / "logs")}
-    data = data_section(run.step.id, str(train), str(validation), fields)
+    output = {"checkpoints": run.work_dir / "checkpoints", "logs": run.work_dir / "logs"}
+    data = data_section(run.step.id, train, validation, fields)
     config = merge(run_config(run.step.id, run.params, policy, data, cluster, output), reward)
-    config_path = run.work_dir / "nemo_rl.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    script = run.work_dir / "job.sh"
-    script.write_text(job_script(run, config_path, checkpoint, policy, cluster["num_nodes"]))
-    return script, {"rows": fields["rows"], "policy": policy, "warm_start": str(checkpoint) if checkpoint else None}
+    job = {"config": config, "script": job_script(run, checkpoint, policy, cluster["num_nodes"])}
+    return job, {"rows": fields["rows"], "policy": str(policy), "warm_start": str(checkpoint) if checkpoint else None}
 
 
 def run(run: StepRun) -> StepResult:
-    script, summary = prepare(run)
-    run.launch(["bash", str(script)])
+    job, summary = prepare(run)
+    run.launch_job("nemo_rl", job)
     step = latest_step(run.work_dir / "checkpoints")
     weights = step / "policy" / "weights"
     for item in weights.rglob("*"):
