@@ -13,17 +13,17 @@ export DAGSTER_DISABLE_TELEMETRY := 1
 
 .PHONY: demo test ui fixtures
 
-# Installed without their dependencies, after the rest (install probe): Dagster's selection parser needs antlr 4.13,
-# which hydra-core (pulled by nemo-curator) downgrades; megatron-bridge's CUDA-only dependencies do not build here.
-POST_INSTALL := antlr4-python3-runtime==4.13.2 omegaconf==2.4.0 megatron-bridge==0.3.1
+# Installed without their dependencies, after the rest: post-install.txt (antlr for Dagster's selection parser);
+# megatron-bridge, whose CUDA-only dependencies do not build here (install probe).
+NO_DEPS := megatron-bridge==0.3.1
 
 # torch first, from the local CPU wheel; every later install is constrained to it (constraints.txt).
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt post-install.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps $(POST_INSTALL)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all,dev]'
+	$(BIN)/pip install --quiet --no-deps -r post-install.txt $(NO_DEPS)
 	touch $@
 
 # NeMo Evaluator Launcher, in its own environment (its hydra pins an antlr that breaks Dagster's); tests dry-run it.

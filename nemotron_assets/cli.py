@@ -12,7 +12,7 @@ from typing import Any
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.fixtures import DEFAULT_FIXTURES, FIXTURES
-from nemotron_assets.paths import STATE_DIR
+from nemotron_assets.paths import STATE_DIR, setting
 
 
 def _print_json(value: Any) -> None:
@@ -236,6 +236,11 @@ def parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(func=cmd_fixtures_build)
 
+    rootfs = commands.add_parser("rootfs", help="the container executor's job root filesystem (bubblewrap)")
+    rootfs.add_argument("action", choices=["build"], help="debootstrap + this environment's pins + this package")
+    rootfs.add_argument("--dir", default=None, help="where (default $NEMOTRON_ROOTFS, else .nemotron/rootfs/job)")
+    rootfs.set_defaults(func=cmd_rootfs)
+
     slurm = commands.add_parser("slurm", help="a single-node Slurm on this machine, to try the Slurm launcher")
     slurm.add_argument("action", choices=["up", "down"], help="up: start it and print the exports; down: stop it")
     slurm.add_argument("--dir", default=str(STATE_DIR / "slurm"), help="its configuration, state and logs")
@@ -253,6 +258,13 @@ def parser() -> argparse.ArgumentParser:
     summary.add_argument("--pipeline", default="tiny")
     summary.set_defaults(func=cmd_demo_summary)
     return root
+
+
+def cmd_rootfs(args: argparse.Namespace) -> int:
+    from nemotron_assets.launchers.container import build_rootfs
+
+    print(build_rootfs(Path(args.dir or setting("NEMOTRON_ROOTFS"))))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ BACKENDS = {
     "modelopt": "nemotron_assets.steps.modelopt.job",
     "lm_eval": "nemotron_assets.steps.evaluation.lm_eval_job",
     "nemo_rl": "nemotron_assets.steps.nemo_rl.job",
+    "peft": "nemotron_assets.steps.peft.job",
 }
 JOB_PYTHON = "python"  # the image's own interpreter, found on the job's PATH
 MISSING_PACKAGE_EXIT = 86  # the image has no nemotron_assets, or another version of it

@@ -23,6 +23,7 @@ def project_defaults() -> dict[str, str]:
         "NEMOTRON_BASE_MODEL": str(Path(fixtures) / "tiny-llama"),  # `make demo` uses SmolLM2-135M-Instruct
         "NEMOTRON_CPT_INBOX": str(STATE_DIR / "cpt_inbox"),  # new CPT data drops go here, one file or dir each
         "NEMOTRON_CPT_CRON": "0 3 * * 1",  # the CPT refresh: Mondays 03:00 (UTC)
+        "NEMOTRON_ROOTFS": str(STATE_DIR / "rootfs" / "job"),  # the container executor's root filesystem
     }
 
 

@@ -22,7 +22,7 @@ PROFILE_DIR = PROJECT_ROOT / "env_profiles"
 DEFAULT_PROFILE = "local_cpu"
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 Executor = Literal["local", "container", "slurm", "k8s", "lepton", "dgxcloud"]
-REMOTE_EXECUTORS = ("slurm", "k8s", "lepton", "dgxcloud")
+SECTIONED_EXECUTORS = ("container", "slurm", "k8s", "lepton", "dgxcloud")  # each with its own [section]
 
 
 class Section(BaseModel):
@@ -56,6 +56,13 @@ class Storage(Section):
     @property
     def mount_path(self) -> str:
         return self.job_path or self.host_path
+
+
+class ContainerSettings(Section):
+    runtime: Literal["auto", "bwrap", "podman", "docker"] = Field(
+        default="auto", description="auto: podman or docker where one runs here, else bubblewrap"
+    )
+    rootfs: str = Field(default="${NEMOTRON_ROOTFS}", description="bubblewrap's root filesystem (rootfs build)")
 
 
 class SlurmSettings(Section):
@@ -120,6 +127,7 @@ class Profile(Section):
         default=[], description="More host:job paths a job mounts (read-only data, models); k8s: claim:path"
     )
     env_vars: list[str] = Field(default=[], description="Names of the variables a job gets; never values")
+    container: ContainerSettings | None = None
     slurm: SlurmSettings | None = None
     k8s: K8sSettings | None = None
     lepton: LeptonSettings | None = None
@@ -134,7 +142,7 @@ class Profile(Section):
     def _consistent(self) -> Profile:
         if self.gpus_per_node and self.gpu is None:
             raise ValueError("gpus_per_node > 0 needs a [gpu] section (model, memory_gb)")
-        for executor in REMOTE_EXECUTORS:
+        for executor in SECTIONED_EXECUTORS:
             section = getattr(self, executor)
             if executor == self.executor and section is None:
                 raise ValueError(f"executor {executor!r} needs a [{executor}] section")

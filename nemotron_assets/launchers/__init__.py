@@ -50,6 +50,14 @@ def job_paths(profile: Profile, artifact_root: Path | None = None) -> PathMap:
     return PathMap(((host, expand(storage.mount_path)), *mounts))
 
 
+def storage_source(profile: Profile, field: str) -> str:
+    """What the executor mounts the storage from (`pvc`, `volume`); storage_unreachable without it."""
+    source = getattr(profile.storage, field) if profile.storage else None
+    if source is None:
+        raise contract_error("storage_unreachable", f"profile {profile.name}: [storage] needs the {field} holding it")
+    return source
+
+
 IMAGE_FIELD = {  # catalog step kind -> the profile's image for that backend
     "automodel": "automodel",
     "peft": "automodel",

@@ -18,27 +18,20 @@ from pathlib import Path
 import dagster as dg
 import nemo_run as run
 
-from nemotron_assets.errors import contract_error
-from nemotron_assets.launchers import backend_image, env_values, job_paths, step_kind, storage_pipes
+from nemotron_assets.launchers import backend_image, env_values, job_paths, step_kind, storage_pipes, storage_source
 from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
 from resources.profile import Profile
 
 
 def lepton_mounts(profile: Profile) -> list[dict[str, str]]:
     """The storage's mount (from its volume), then the profile's own [lepton] mounts."""
-    storage = profile.storage
-    if storage is None or storage.volume is None:
-        raise contract_error("storage_unreachable", f"profile {profile.name}: [storage] needs the volume holding it")
-    own = {"path": "/", "mount_path": storage.mount_path, "from": storage.volume}
+    own = {"path": "/", "mount_path": profile.storage.mount_path, "from": storage_source(profile, "volume")}
     return [own, *(dict(m) for m in profile.lepton.mounts)]
 
 
 def dgxcloud_pvcs(profile: Profile) -> list[dict[str, str]]:
     """The storage's PVC, then the profile's own [dgxcloud] pvcs."""
-    storage = profile.storage
-    if storage is None or storage.pvc is None:
-        raise contract_error("storage_unreachable", f"profile {profile.name}: [storage] needs the pvc holding it")
-    own = {"name": "storage", "path": storage.mount_path, "claimName": storage.pvc}
+    own = {"name": "storage", "path": profile.storage.mount_path, "claimName": storage_source(profile, "pvc")}
     return [own, *(dict(p) for p in profile.dgxcloud.pvcs)]
 
 

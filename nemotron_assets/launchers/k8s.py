@@ -15,8 +15,7 @@ import dagster as dg
 from dagster_k8s import PipesK8sClient
 from dagster_k8s.client import DagsterK8sError
 
-from nemotron_assets.errors import contract_error
-from nemotron_assets.launchers import backend_image, env_values, step_kind
+from nemotron_assets.launchers import backend_image, env_values, step_kind, storage_source
 from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
 from resources.profile import Profile
 
@@ -55,10 +54,8 @@ def pod_spec(profile: Profile, gpus: int) -> dict[str, Any]:
 
 def volume_claims(profile: Profile) -> list[tuple[str, str, str]]:
     """(volume name, claim, mount path) of the storage's PVC and of each `claim:path` in the profile's mounts."""
-    storage = profile.storage
-    if storage is None or storage.pvc is None:
-        raise contract_error("storage_unreachable", f"profile {profile.name}: [storage] needs the pvc holding it")
-    pairs = [(storage.pvc, storage.mount_path), *(tuple(mount.split(":", 1)) for mount in profile.mounts)]
+    own = (storage_source(profile, "pvc"), profile.storage.mount_path)
+    pairs = [own, *(tuple(mount.split(":", 1)) for mount in profile.mounts)]
     return [(f"storage-{i}", claim, path) for i, (claim, path) in enumerate(pairs)]
 
 

@@ -77,21 +77,20 @@ def as_path(value: str) -> Path | str:
     return Path(value) if os.sep in value and Path(value).exists() else value
 
 
+def stream(command: list[str], env: dict[str, str], log: logging.Logger) -> None:
+    """Run `command` with exactly `env`, forwarding its output lines to `log`; LaunchFailed with its last lines."""
+    tail: list[str] = []
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            log.info(line.rstrip())
+            tail = [*tail[-40:], line.rstrip()]
+    if process.returncode:
+        raise LaunchFailed(f"{command[:4]} exited with {process.returncode}:\n" + "\n".join(tail))
+
+
 def subprocess_launcher(log: logging.Logger) -> Launcher:
     """Run in a child process of this environment (its bin first on PATH), forwarding its output lines to `log`."""
-
-    def launch(command: list[str], env: dict[str, str]) -> None:
-        tail: list[str] = []
-        with subprocess.Popen(
-            command, env=local_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        ) as process:
-            for line in process.stdout:
-                log.info(line.rstrip())
-                tail = [*tail[-40:], line.rstrip()]
-        if process.returncode:
-            raise LaunchFailed(f"{command[:4]} exited with {process.returncode}:\n" + "\n".join(tail))
-
-    return launch
+    return lambda command, env: stream(command, local_env(env), log)
 
 
 def local_env(env: dict[str, str]) -> dict[str, str]:

@@ -1,10 +1,13 @@
-"""convert/merge_lora: fold a LoRA adapter into its exact base with peft, and prove the merge changed nothing.
+"""convert/merge_lora: fold a LoRA adapter into its exact base with peft (in a job: peft.job), and prove the
+merge changed nothing.
 
 The base given must be the one the adapter recorded (same content fingerprint). Before saving, the merged model's
 logits on a probe text must equal the adapter-on-base logits within `tolerance` (relative to the largest logit).
 """
 
 from __future__ import annotations
+
+import json
 
 from nemotron_assets.artifacts import validate
 from nemotron_assets.artifacts.files import read_provenance
@@ -16,10 +19,6 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
 
 
 def run(run: StepRun) -> StepResult:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     p = run.params
     if p["backend"] == "megatron_bridge" or "checkpoint_megatron" in run.inputs:
         raise run.error("adapter_not_validated", "the Megatron-Bridge merge backend is not runnable here yet")
@@ -33,28 +32,23 @@ def run(run: StepRun) -> StepResult:
             f"adapter {adapter.name} was trained on {recorded['name_or_path']} ({recorded['fingerprint'][:12]}), "
             f"given base {base.name} is {given['fingerprint'][:12]}",
         )
-    dtype = getattr(torch, DTYPES[p["torch_dtype"]])
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype), adapter.path)
-    model.eval()
-    probe = tokenizer(PROBE, return_tensors="pt")
-    with torch.no_grad():
-        adapted = model(**probe).logits
-        merged = model.merge_and_unload()
-        difference = (merged(**probe).logits - adapted).abs().max().item()
-    relative = difference / adapted.abs().max().item()
+    report_file = run.work_dir / "report.json"
+    report_file.unlink(missing_ok=True)
+    job = {"base": base.path, "adapter": adapter.path, "output": run.output_dir, "probe": PROBE}
+    run.launch_job("peft", job | {"dtype": DTYPES[p["torch_dtype"]]})
+    report = json.loads(report_file.read_text())
+    difference = report["max_logit_difference"]
+    relative = difference / report["largest_logit"]
     if relative > p["tolerance"]:
         raise run.error(
             "merge_logits_mismatch",
             f"max |logit difference| {difference:.3g} is {relative:.3g} of the largest |logit|, "
             f"over the tolerance {p['tolerance']}",
         )
-    merged.save_pretrained(run.output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(run.output_dir)
     stats = {
         "max_logit_difference": difference,
         "relative_logit_difference": relative,
-        "parameters": sum(t.numel() for t in merged.parameters()),
+        "parameters": report["parameters"],
     }
     lora = read_provenance(adapter.path).get("lora")
     return StepResult(stats, {"merged_from": {"adapter": adapter.version, "base": recorded, "lora": lora}})
