@@ -117,5 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         raise
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run the importable module's main, so that backends raise the JobError it catches
+    from nemotron_assets.job import main as job_main
+
+    job_main()

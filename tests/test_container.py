@@ -31,7 +31,7 @@ from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile, load_profile
 
 SPEC = "t/out/.work/v/job-automodel.json"  # a spec under each profile's storage
-TIMINGS = ("seconds", "tokens_per_second")  # wall-clock metadata: the rest must match
+TIMINGS = ("seconds", "tokens_per_second", "mfu_percent")  # from wall-clock time: the rest must match
 MODEL_STAGES = ("binidx", "eval_base", "lora", "eval_lora", "merged", "eval_merged", "cpt", "eval_cpt")
 
 

@@ -29,7 +29,8 @@ def test_definitions_load_and_a_plan_is_made_without_the_extras(tmp_path: Path):
     from nemotron_assets.definitions import defs
 
     assert int(loaded.stdout.split()[-1]) == len(list(defs.resolve_all_asset_keys()))  # every shipped asset
-    plan = [venv / "bin" / "nemotron-assets", "plan", "--goal", "checkpoint_hf", "--have", "training_jsonl"]
-    planned = subprocess.run([*plan, "--format", "yaml"], capture_output=True, text=True, cwd=tmp_path)
-    assert planned.returncode == 0, planned.stderr[-2000:]
-    assert "peft/automodel" in planned.stdout or "sft/automodel" in planned.stdout
+    plan = ["plan", "--goal", "checkpoint_hf", "--have", "training_jsonl", "--gpu", "h100", "--gpus-per-node", "8"]
+    light = subprocess.run([venv / "bin" / "nemotron-assets", *plan], capture_output=True, text=True, cwd=tmp_path)
+    assert light.returncode == 0, light.stderr[-2000:]
+    full = subprocess.run([Path(sys.executable).parent / "nemotron-assets", *plan], capture_output=True, text=True)
+    assert "sft/megatron_bridge" in light.stdout and light.stdout == full.stdout  # the same plan as with the extras

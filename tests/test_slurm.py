@@ -34,6 +34,7 @@ gpus_per_node = 0
 cpus = 2
 memory_gb = 4
 env_vars = ["HF_TOKEN"]
+mounts = ["{{fixtures}}:{{fixtures}}", "{{data}}:{{data}}"]  # the tiny Llama and the chat data, shared with the node
 
 [storage]
 host_path = "{{storage}}"
@@ -81,11 +82,17 @@ def test_pyxis_job_from_the_same_spec(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.fixture
-def slurm_profile(slurm_cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
+def slurm_profile(
+    slurm_cluster: Path,  # noqa: F811
+    fixtures_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
     """A profile `slurm_test` (0 GPUs, the local partition) in $NEMOTRON_PROFILE_DIR; returns its job directory."""
     profiles, jobs = tmp_path / "profiles", tmp_path / "jobs"
     profiles.mkdir()
-    (profiles / "slurm_test.toml").write_text(TEST_PROFILE.format(job_dir=jobs, storage=tmp_path))
+    profile = TEST_PROFILE.format(job_dir=jobs, storage=tmp_path, fixtures=fixtures_dir, data=DATA)
+    (profiles / "slurm_test.toml").write_text(profile)
     monkeypatch.setenv("NEMOTRON_PROFILE_DIR", str(profiles))
     monkeypatch.setenv("HF_TOKEN", SECRET)
     assert HardwareProfile(name="slurm_test").load().gpus_per_node == 0
