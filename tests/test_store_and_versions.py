@@ -9,6 +9,9 @@ import pytest
 from conftest import DATA
 from helpers import materialize, one_stage_pipeline, published
 
+from nemotron_assets import execution, versions
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.paths import PACKAGE_DIR
 from nemotron_assets.steps.data_prep import sft_packing
 from resources.artifact_store import ArtifactStore
 
@@ -108,3 +111,30 @@ def test_versions_follow_content_not_location(fixtures_dir: Path, store: Artifac
     data = Path(shutil.copy(DATA / "tiny_chat.jsonl", tmp_path / "elsewhere" / "chat.jsonl"))
     moved = materialize(one_stage_pipeline("data_prep/sft_packing", data, tokenizer=str(tokenizer)), store)
     assert (moved.version, moved.reused) == (original.version, True)
+
+
+def test_code_versions_follow_the_source_and_libraries(store: ArtifactStore, tmp_path: Path, monkeypatch):
+    """Editing a step's source (here a module its entry imports) gives a new code version and a re-run; another
+    library's source does not; a library version is part of it."""
+    step = CATALOG.step("data_prep/rl_prep")
+    checkout = Path(shutil.copytree(PACKAGE_DIR, tmp_path / "nemotron_assets", ignore=shutil.ignore_patterns("*.pyc")))
+    assert versions.code_version(step, checkout) == versions.step_code_version(step.id)
+    (checkout / "steps" / "modelopt" / "common.py").write_text("# another library's step\n", "utf-8")
+    assert versions.code_version(step, checkout) == versions.step_code_version(step.id)
+    sharding = checkout / "steps" / "data_prep" / "sharding.py"
+    sharding.write_text(sharding.read_text() + "\n# changed\n")
+    edited = versions.code_version(step, checkout)
+    assert edited != versions.step_code_version(step.id)
+    assert "nemotron_assets.steps.data_prep.sharding" in versions.implementation(step.entry.split(":")[0])
+
+    pipeline = one_stage_pipeline("data_prep/rl_prep", DATA / "tiny_dpo.jsonl", kind="dpo")
+    first = materialize(pipeline, store)
+    monkeypatch.setattr(execution, "step_code_version", lambda step_id: edited)
+    rerun = materialize(pipeline, store)
+    assert (rerun.reused, rerun.provenance["step"]["code_version"]) == (False, edited)
+    assert rerun.version != first.version
+
+    sft = CATALOG.step("data_prep/sft_packing")
+    monkeypatch.setattr(versions, "version", lambda name: "0.0.0-other" if name == "tokenizers" else "1")
+    assert versions.library_versions(sft)["tokenizers"] == "0.0.0-other"
+    assert versions.code_version(sft) != versions.step_code_version(sft.id)

@@ -100,7 +100,9 @@ class StepSpec(StrictModel):
     description: str
     backend: Literal["in_process", "torchrun", "ray", "container"]
     min_gpus: int
-    code_version: str
+    libraries: tuple[str, ...] = Field(
+        (), description="Distributions the step runs; their versions are part of its derived code version."
+    )
     entry: str | None = Field(None, description="'module:function' running the step here; None = not yet runnable")
     kind: str = Field(description="Dagster kind naming the library doing the work.")
     consumes: tuple[Port, ...] = ()

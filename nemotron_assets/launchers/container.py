@@ -10,6 +10,7 @@ refuses a spec written by other code anyway, job_image_stale). Dagster Pipes run
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -123,8 +124,10 @@ def read_stamp(rootfs: Path) -> dict | None:
     return json.loads((rootfs / STAMP).read_text()) if (rootfs / STAMP).exists() else None
 
 
+@functools.cache
 def identity() -> dict[str, list[str]]:
-    """What a root filesystem is built from: its Debian packages and the Python libraries' pins."""
+    """What a root filesystem is built from: its Debian packages and the Python libraries' pins (computed once per
+    process: pip freeze, ldd and dpkg take seconds; a launch then checks only the package digest)."""
     return {"debian": system_packages(), "pins": pins()}
 
 
@@ -156,14 +159,14 @@ def build_rootfs(rootfs: Path, mirror: str | None = None) -> Path:
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:
         mirror = mirror or os.environ.get("NEMOTRON_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-        packages = ",".join(system_packages())
+        packages = ",".join(identity()["debian"])
         subprocess.run(
             ["debootstrap", "--variant=minbase", f"--include={packages}", SUITE, str(staging), mirror], check=True
         )
         copy_interpreter(staging)
         inside(staging, [f"{BASE}/bin/python3.11", "-m", "venv", PREFIX])
         requirements = staging / REQUIREMENTS.lstrip("/")
-        requirements.write_text("\n".join(pins()) + "\n")
+        requirements.write_text("\n".join(identity()["pins"]) + "\n")
         inside(staging, [f"{PREFIX}/bin/pip", "install", "--no-deps", "-r", REQUIREMENTS])
         requirements.unlink()
         (staging / STAMP).write_text(json.dumps(identity() | {"package": None}))
