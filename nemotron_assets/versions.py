@@ -3,7 +3,8 @@ of the libraries it runs, so a change to either marks its artifacts stale and no
 
 The implementation is the step's library package (`steps/<library>/`, whose job backends a launched job runs),
 every module under `nemotron_assets.steps` it imports, transitively, and the job entry point
-(`nemotron_assets.job`): the code that decides the artifact's bytes.
+(`nemotron_assets.job`), with the package data they read (`PACKAGE_DIR / "eval_tasks"`): the code that decides
+the artifact's bytes.
 Orchestration (catalog, contracts, store, Dagster wiring) is not part of it, so a change there reuses artifacts.
 """
 
@@ -15,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from nemotron_assets.catalog import CATALOG, StepSpec
-from nemotron_assets.digests import json_digest
+from nemotron_assets.digests import file_sha256, json_digest
 from nemotron_assets.paths import PACKAGE_DIR
 
 IMPLEMENTATION = ("nemotron_assets.steps", "nemotron_assets.job")
@@ -30,19 +31,29 @@ def module_file(module: str, root: Path) -> Path | None:
     return None
 
 
-def imported(path: Path) -> set[str]:
-    """The modules a source file imports (`from a import b` counts `a` and `a.b`, which may be a module)."""
-    names: set[str] = set()
+def references(path: Path) -> tuple[set[str], set[str]]:
+    """The modules a source file imports (`from a import b` counts `a` and `a.b`, which may be a module) and the
+    package data directories it addresses as `PACKAGE_DIR / "<name>"`."""
+    modules: set[str] = set()
+    data: set[str] = set()
     for node in ast.walk(ast.parse(path.read_bytes())):
         if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
+            modules |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
-    return names
+            modules |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif (
+            isinstance(node, ast.BinOp)
+            and isinstance(node.left, ast.Name)
+            and node.left.id == "PACKAGE_DIR"
+            and isinstance(node.right, ast.Constant)
+        ):
+            data.add(str(node.right.value))
+    return modules, data
 
 
 def implementation(entry_module: str, root: Path = PACKAGE_DIR) -> dict[str, Path]:
-    """{module: file} of the entry module's package and the implementation modules it reaches."""
+    """{module or data file: file} of the entry module's package, the implementation modules it reaches and the
+    package data they read."""
     package = entry_module.rsplit(".", 1)[0]
     siblings = (module_file(package, root) or root).parent.glob("*.py")
     found: dict[str, Path] = {}
@@ -58,8 +69,12 @@ def implementation(entry_module: str, root: Path = PACKAGE_DIR) -> dict[str, Pat
         path = module_file(module, root)
         if path is not None:
             found[module] = path
+            modules, data = references(path)
             parents = [".".join(module.split(".")[:n]) for n in range(2, module.count(".") + 1)]
-            pending += [*imported(path), *parents]  # a module's package runs its __init__ first
+            pending += [*modules, *parents]  # a module's package runs its __init__ first
+            for name in data:
+                files = (p for p in sorted((root / name).rglob("*")) if p.is_file() and "__pycache__" not in p.parts)
+                found |= {p.relative_to(root).as_posix(): p for p in files}
     return found
 
 
@@ -81,7 +96,7 @@ def code_version(step: StepSpec, root: Path = PACKAGE_DIR) -> str | None:
     if step.entry is None:
         return None
     modules = implementation(step.entry.split(":")[0], root)
-    sources = {module: path.read_bytes().decode() for module, path in sorted(modules.items())}
+    sources = {name: file_sha256(path) for name, path in sorted(modules.items())}
     return json_digest({"sources": sources, "libraries": library_versions(step)})[:16]
 
 
