@@ -241,6 +241,11 @@ def parser() -> argparse.ArgumentParser:
     rootfs.add_argument("--dir", default=None, help="where (default $NEMOTRON_ROOTFS, else .nemotron/rootfs/job)")
     rootfs.set_defaults(func=cmd_rootfs)
 
+    store = commands.add_parser("store", help="the artifact store")
+    store.add_argument("action", choices=["gc"], help="gc: remove what dead runs left (staging, finished work dirs)")
+    store.add_argument("--root", default=None, help="the artifact root (default $NEMOTRON_ARTIFACT_ROOT)")
+    store.set_defaults(func=cmd_store)
+
     slurm = commands.add_parser("slurm", help="a single-node Slurm on this machine, to try the Slurm launcher")
     slurm.add_argument("action", choices=["up", "down"], help="up: start it and print the exports; down: stop it")
     slurm.add_argument("--dir", default=str(STATE_DIR / "slurm"), help="its configuration, state and logs")
@@ -264,6 +269,14 @@ def cmd_rootfs(args: argparse.Namespace) -> int:
     from nemotron_assets.launchers.container import build_rootfs
 
     print(build_rootfs(Path(args.dir or setting("NEMOTRON_ROOTFS"))))
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from resources.artifact_store import ArtifactStore
+
+    for path in ArtifactStore(root=args.root).gc():
+        print(f"removed {path}")
     return 0
 
 

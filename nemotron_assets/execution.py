@@ -30,7 +30,7 @@ from nemotron_assets.pipelines import PipelineSpec, Stage
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
 from nemotron_assets.steps.launch import LOCAL, Launcher, PathMap
 from nemotron_assets.versions import step_code_version
-from resources.artifact_store import ArtifactStore, seal, write_provenance
+from resources.artifact_store import WORK, ArtifactStore, seal, write_provenance
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,28 @@ def code_identity() -> dict[str, Any]:
     return identity
 
 
+def stage_version(
+    pipeline: PipelineSpec, stage: Stage, params: dict[str, Any], store: ArtifactStore, partition: str | None = None
+) -> tuple[dict[str, Any], dict[str, InputArtifact], str]:
+    """What reuse is decided on, before any work: the checked parameters (expanded), the resolved and checked
+    inputs, and the data version they make."""
+    step = CATALOG.step(stage.step)
+    if step.entry is None:
+        raise contract_error("step_not_runnable", f"{pipeline.name}/{stage.name}: {step.id}")
+    for name, value in params.items():
+        if value is not None:
+            try:
+                check_value(step.parameter(name), value)
+            except ValueError as e:
+                raise contract_error("invalid_parameter", f"{pipeline.name}/{stage.name}: {e}") from None
+    params = expand_params(params)
+    inputs = {port: resolve_input(pipeline, name, store, partition) for port, name in stage.consumes.items()}
+    for port, artifact in inputs.items():
+        for part in artifact.parts or (artifact,):
+            check_input(step, port, part)
+    return params, inputs, data_version(step, params, inputs)
+
+
 def run_stage(
     pipeline: PipelineSpec,
     stage: Stage,
@@ -177,28 +199,15 @@ def run_stage(
 ) -> Materialization:
     """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
     step = CATALOG.step(stage.step)
-    if step.entry is None:
-        raise contract_error("step_not_runnable", f"{pipeline.name}/{stage.name}: {step.id}")
-    for name, value in params.items():
-        if value is not None:
-            try:
-                check_value(step.parameter(name), value)
-            except ValueError as e:
-                raise contract_error("invalid_parameter", f"{pipeline.name}/{stage.name}: {e}") from None
-    params = expand_params(params)
-    inputs = {port: resolve_input(pipeline, name, store, partition) for port, name in stage.consumes.items()}
-    for port, artifact in inputs.items():
-        for part in artifact.parts or (artifact,):
-            check_input(step, port, part)
+    params, inputs, version = stage_version(pipeline, stage, params, store, partition)
     key = store_key(pipeline, stage.name, partition)
-    version = data_version(step, params, inputs)
     existing = store.version_dir(key, version)
     published = read_provenance(existing)
     if published is not None:
         store.set_current(key, version)
         return Materialization(existing, version, True, published)
 
-    work_dir = store.artifact_dir(key) / ".work" / version  # steps that need it create it; kept across attempts
+    work_dir = store.artifact_dir(key) / WORK / version  # steps that need it create it; kept across attempts
 
     def build(staging: Path) -> dict[str, Any]:
         started = time.time()

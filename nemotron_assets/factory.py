@@ -101,14 +101,22 @@ def plots_metadata(artifact: Path, plots: dict[str, str]) -> dict[str, dg.Metada
     }
 
 
-def _contract_result(path_text: str, type_name: str, verify_digests: bool) -> dg.AssetCheckResult:
+class ContractCheckConfig(dg.Config):
+    full_verify: bool = Field(
+        False,
+        description="Re-read every byte of the published artifact against its recorded digests instead of taking an "
+        "unchanged file's digest (same size, mtime, ctime, inode) from the digest cache.",
+    )
+
+
+def _contract_result(path_text: str, type_name: str, verify_digests: bool, full: bool = False) -> dg.AssetCheckResult:
     from nemotron_assets.artifacts import validate
     from resources.artifact_store import verify
 
     try:
         stats = validate(Path(path_text), type_name)
         if verify_digests:
-            verify(Path(path_text))
+            verify(Path(path_text), full)
     except NamedError as e:
         return dg.AssetCheckResult(
             passed=False, description=str(e), metadata=_metadata(e.to_json() | {"path": path_text})
@@ -128,14 +136,16 @@ def contract_check(
         blocking=True,
         description=f"The {type_name} contract: {CATALOG.types[type_name].description}",
     )
-    def _check(context: dg.AssetCheckExecutionContext, artifact_store: ArtifactStore) -> dg.AssetCheckResult:
+    def _check(
+        context: dg.AssetCheckExecutionContext, config: ContractCheckConfig, artifact_store: ArtifactStore
+    ) -> dg.AssetCheckResult:
         if source is not None:
             return _contract_result(expand(source.path), type_name, verify_digests=False)
         partition = [context.op_execution_context.partition_key] if partitioned else []
         current = artifact_store.current(key.path + partition)
         if current is None:
             return dg.AssetCheckResult(passed=False, description=f"{key.to_user_string()} has no published artifact")
-        return _contract_result(str(current[1]), type_name, verify_digests=True)
+        return _contract_result(str(current[1]), type_name, verify_digests=True, full=config.full_verify)
 
     return _check
 

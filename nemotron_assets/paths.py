@@ -24,6 +24,7 @@ def project_defaults() -> dict[str, str]:
         "NEMOTRON_CPT_INBOX": str(STATE_DIR / "cpt_inbox"),  # new CPT data drops go here, one file or dir each
         "NEMOTRON_CPT_CRON": "0 3 * * 1",  # the CPT refresh: Mondays 03:00 (UTC)
         "NEMOTRON_ROOTFS": str(STATE_DIR / "rootfs" / "job"),  # the container executor's root filesystem
+        "NEMOTRON_DIGEST_CACHE": str(STATE_DIR / "digests.sqlite"),  # stat-keyed file digests (digests.py)
     }
 
 

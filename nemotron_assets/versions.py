@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from nemotron_assets.catalog import CATALOG, StepSpec
-from nemotron_assets.digests import file_sha256, json_digest
+from nemotron_assets.digests import file_digest, json_digest
 from nemotron_assets.paths import PACKAGE_DIR
 
 IMPLEMENTATION = ("nemotron_assets.steps", "nemotron_assets.job")
@@ -96,7 +96,7 @@ def code_version(step: StepSpec, root: Path = PACKAGE_DIR) -> str | None:
     if step.entry is None:
         return None
     modules = implementation(step.entry.split(":")[0], root)
-    sources = {name: file_sha256(path) for name, path in sorted(modules.items())}
+    sources = {name: file_digest(path) for name, path in sorted(modules.items())}
     return json_digest({"sources": sources, "libraries": library_versions(step)})[:16]
 
 

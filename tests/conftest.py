@@ -23,6 +23,7 @@ def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> None:
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
     os.environ["NEMOTRON_ARTIFACT_ROOT"] = str(tmp_path_factory.mktemp("artifacts"))
+    os.environ["NEMOTRON_DIGEST_CACHE"] = str(tmp_path_factory.mktemp("state") / "digests.sqlite")
 
 
 @pytest.fixture(scope="session")

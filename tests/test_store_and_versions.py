@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import DATA
 from helpers import materialize, one_stage_pipeline, published
 
-from nemotron_assets import execution, versions
+from nemotron_assets import cli, digests, execution, versions
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.paths import PACKAGE_DIR
 from nemotron_assets.steps.data_prep import sft_packing
-from resources.artifact_store import ArtifactStore
+from resources import artifact_store
+from resources.artifact_store import WORK, ArtifactStore, verify
 
 
 def test_failed_build_leaves_nothing(store: ArtifactStore):
@@ -139,3 +144,95 @@ def test_code_versions_follow_the_source_and_libraries(store: ArtifactStore, tmp
     monkeypatch.setattr(versions, "version", lambda name: "0.0.0-other" if name == "tokenizers" else "1")
     assert versions.library_versions(sft)["tokenizers"] == "0.0.0-other"
     assert versions.code_version(sft) != installed
+
+
+def test_unchanged_files_are_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The stat-keyed cache: an unchanged file's digest comes from the cache (also after a rename, as publication
+    does); a write, even one that restores size and mtime, reads it again; a file written just now is not cached."""
+    (tmp_path / "staging").mkdir()
+    data = tmp_path / "staging" / "data.bin"
+    data.write_bytes(b"a" * 4096)
+    time.sleep(2 * digests.RACY_NS / 1e9)
+    first = digests.content_digest(data)
+    reads = []
+    real = digests.read_digest
+    monkeypatch.setattr(digests, "read_digest", lambda path: reads.append(path) or real(path))
+    moved = (tmp_path / "staging").rename(tmp_path / "published") / "data.bin"
+    assert digests.content_digest(moved) == first and reads == []
+
+    stat = moved.stat()
+    moved.write_bytes(b"b" * 4096)
+    os.utime(moved, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime; the ctime moved on
+    assert digests.content_digest(moved) != first and len(reads) == 1
+
+    fresh = tmp_path / "fresh.bin"
+    fresh.write_bytes(b"c")
+    digests.content_digest(fresh)
+    digests.content_digest(fresh)
+    assert len(reads) == 3  # racy: modified within the timestamp granularity of its hashing, so never cached
+
+
+def test_contract_verification_uses_the_cache_and_verifies_fully_on_request(
+    fixtures_dir: Path, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+):
+    result = materialize(one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl"), store)
+    time.sleep(2 * digests.RACY_NS / 1e9)
+    verify(result.path)  # reads (and caches) the settled files
+    reads = []
+    real = digests.read_digest
+    monkeypatch.setattr(digests, "read_digest", lambda path: reads.append(path) or real(path))
+    verify(result.path)
+    assert reads == []
+    verify(result.path, full=True)
+    assert len(reads) == sum(not digest.startswith("link:") for digest in result.provenance["files"].values())
+
+
+BUILD_FOREVER = """
+import sys, time
+from pathlib import Path
+from resources.artifact_store import ArtifactStore
+
+def build(staging):
+    (staging / "shard.bin").write_bytes(b"x" * 1000)
+    print("building", flush=True)
+    time.sleep(600)
+
+ArtifactStore(root=sys.argv[1]).publish(("t", "out"), "v1", build)
+"""
+
+
+def building_process(root: Path) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", BUILD_FOREVER, str(root)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "building"
+    return process
+
+
+def test_staging_of_dead_runs_is_collected(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch):
+    """kill -9 during a build leaves its staging directory; the next build of the artifact and `store gc` remove
+    it, never a live build's, never a young one's, never a published version."""
+    monkeypatch.setattr(artifact_store, "SETTLE_SECONDS", 0)
+    dead = building_process(store.base)
+    dead.kill()
+    dead.wait()
+    live = building_process(store.base)
+    try:
+        leftovers = [p for p in published(store) if ".tmp-" in p]
+        assert len(leftovers) == 4  # two staging directories and their locks
+        store.publish(("t", "out"), "v2", lambda staging: (staging / "a").write_text("done"))
+        assert len([p for p in published(store) if ".tmp-" in p]) == 2  # the live build's
+        assert [p for p in published(store) if not p.startswith(".")] == ["CURRENT", "v2"]
+    finally:
+        live.kill()
+        live.wait()
+    (store.artifact_dir(("t", "out")) / WORK / "v2").mkdir(parents=True)  # a published version's work directory
+    (store.artifact_dir(("t", "out")) / WORK / "v3").mkdir()  # an unfinished one's: kept, it resumes
+    monkeypatch.setenv("NEMOTRON_ARTIFACT_ROOT", str(store.base))
+    removed = cli.main(["store", "gc"])
+    assert removed == 0 and published(store) == [".work", "CURRENT", "v2"]
+    assert sorted(p.name for p in (store.artifact_dir(("t", "out")) / WORK).iterdir()) == ["v3"]
+
+    monkeypatch.setattr(artifact_store, "SETTLE_SECONDS", 3600)  # a staging directory just made is left alone
+    dead = building_process(store.base)
+    dead.kill()
+    dead.wait()
+    assert store.gc() == [] and len([p for p in published(store) if ".tmp-" in p]) == 2
