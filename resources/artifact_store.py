@@ -36,7 +36,7 @@ CURRENT = "CURRENT"
 PROMOTED = "PROMOTED"
 STAGING = ".tmp-"
 WORK = ".work"  # <artifact>/.work/<version>: a step's resumable work directory, kept across attempts
-SETTLE_SECONDS = 60  # a staging directory or pointer file younger than this is never collected
+SETTLE_SECONDS = 60  # a pointer temporary younger than this may still be being written
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -123,11 +123,16 @@ class ArtifactStore(dg.ConfigurableResource):
 
 @contextlib.contextmanager
 def building(staging: Path) -> Iterator[None]:
-    """Hold `<staging>.lock` while the build runs (the kernel drops the lock when the process dies, kill -9 too)."""
+    """Hold `<staging>.lock` while the build runs (the kernel drops the lock when the process dies, kill -9 too).
+    The lock is taken before the directory exists, and re-taken if a collector removed the file meanwhile."""
     lock = staging.with_name(staging.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if lock.exists() and os.stat(lock).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    try:
         staging.mkdir()
         yield
     finally:
@@ -136,18 +141,24 @@ def building(staging: Path) -> Iterator[None]:
 
 
 def collect(directory: Path) -> list[Path]:
-    """Remove the staging directories and pointer temporaries of dead runs in one directory of the store: those
-    whose lock nobody holds (or that have none), older than SETTLE_SECONDS."""
+    """Remove what dead runs left in one directory of the store: staging directories whose lock nobody holds (their
+    lock files with them), and pointer temporaries older than SETTLE_SECONDS. Returns what was removed."""
     removed = []
-    settled = time.time() - SETTLE_SECONDS
     for path in sorted(directory.glob(f".*{STAGING}*")):
         lock = path if path.suffix == ".lock" else path.with_name(path.name + ".lock")
-        if not os.path.lexists(path) or path.lstat().st_mtime > settled or held(lock):
+        if not os.path.lexists(path) or held(lock):
             continue
-        if lock == path and path.with_suffix("").exists():
-            continue  # a staging directory's lock goes with its directory
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-        lock.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        elif path == lock:
+            if path.with_suffix("").exists():
+                continue  # goes with its directory
+            path.unlink(missing_ok=True)
+        elif path.lstat().st_mtime < time.time() - SETTLE_SECONDS:  # a pointer being written has no lock
+            path.unlink(missing_ok=True)
+        else:
+            continue
         removed.append(path)
     return removed
 

@@ -209,30 +209,29 @@ def building_process(root: Path) -> subprocess.Popen:
 
 def test_staging_of_dead_runs_is_collected(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch):
     """kill -9 during a build leaves its staging directory; the next build of the artifact and `store gc` remove
-    it, never a live build's, never a young one's, never a published version."""
-    monkeypatch.setattr(artifact_store, "SETTLE_SECONDS", 0)
+    it, never a live build's, never a published version, never a pointer being written."""
     dead = building_process(store.base)
     dead.kill()
     dead.wait()
-    live = building_process(store.base)
+    left = [p for p in published(store) if ".tmp-" in p]
+    assert len(left) == 2  # its staging directory and lock
+    live = building_process(store.base)  # its build collects the dead one's first
     try:
-        leftovers = [p for p in published(store) if ".tmp-" in p]
-        assert len(leftovers) == 4  # two staging directories and their locks
+        assert len(staging := [p for p in published(store) if ".tmp-" in p]) == 2 and not set(staging) & set(left)
         store.publish(("t", "out"), "v2", lambda staging: (staging / "a").write_text("done"))
         assert len([p for p in published(store) if ".tmp-" in p]) == 2  # the live build's
         assert [p for p in published(store) if not p.startswith(".")] == ["CURRENT", "v2"]
     finally:
         live.kill()
         live.wait()
-    (store.artifact_dir(("t", "out")) / WORK / "v2").mkdir(parents=True)  # a published version's work directory
-    (store.artifact_dir(("t", "out")) / WORK / "v3").mkdir()  # an unfinished one's: kept, it resumes
+    artifact = store.artifact_dir(("t", "out"))
+    (artifact / WORK / "v2").mkdir(parents=True)  # a published version's work directory
+    (artifact / WORK / "v3").mkdir()  # an unfinished one's: kept, it resumes
+    pointer = artifact / ".CURRENT.tmp-abcd1234"  # a pointer being written
+    pointer.write_text("v3")
     monkeypatch.setenv("NEMOTRON_ARTIFACT_ROOT", str(store.base))
-    removed = cli.main(["store", "gc"])
-    assert removed == 0 and published(store) == [".work", "CURRENT", "v2"]
-    assert sorted(p.name for p in (store.artifact_dir(("t", "out")) / WORK).iterdir()) == ["v3"]
-
-    monkeypatch.setattr(artifact_store, "SETTLE_SECONDS", 3600)  # a staging directory just made is left alone
-    dead = building_process(store.base)
-    dead.kill()
-    dead.wait()
-    assert store.gc() == [] and len([p for p in published(store) if ".tmp-" in p]) == 2
+    assert cli.main(["store", "gc"]) == 0
+    assert published(store) == [".CURRENT.tmp-abcd1234", ".work", "CURRENT", "v2"]
+    assert sorted(p.name for p in (artifact / WORK).iterdir()) == ["v3"]
+    monkeypatch.setattr(artifact_store, "SETTLE_SECONDS", 0)
+    assert store.gc() == [pointer] and published(store) == [".work", "CURRENT", "v2"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from nemotron_assets.artifacts.jsonl import check_text, iter_lines, parse_line
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.curator.runtime import drop_empty_shards, execution_stages, ray_cpus, run_pipeline
+from nemotron_assets.steps.curator.runtime import execution_stages, finish_shards, ray_cpus, run_pipeline
 
 DOMAIN_MODEL = "nvidia/multilingual-domain-classifier"
 
@@ -106,7 +106,7 @@ def run(run: StepRun) -> StepResult:
         "curate_nemo_curator", [JsonlReader(file_paths=files), *(s for g in groups for s in g)], ray_cpus(run)
     )
     received = [rows.get(execution_stages(group)[0].name, 0) for group in groups]
-    shards = drop_empty_shards(run.output_dir)
+    shards = finish_shards(run.output_dir)
     stats: dict[str, Any] = {
         "files": len(files),
         "shards": shards,

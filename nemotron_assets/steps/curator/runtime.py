@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from nemotron_assets.digests import read_digest
 from nemotron_assets.steps import StepRun
 
 CPUS_VARIABLE = "NEMOTRON_CURATOR_RAY_NUM_CPUS"
@@ -27,13 +28,17 @@ def ray_cpus(run: StepRun) -> int:
     return int(wanted)
 
 
-def drop_empty_shards(directory: Path) -> int:
-    """The writer leaves a blank file for an input file whose records were all filtered out; remove those."""
+def finish_shards(directory: Path) -> int:
+    """The writer's shards, made location-independent: a blank one (an input file whose records were all filtered
+    out) is removed, and each is renamed after its content (the writer names it by a hash of the input's absolute
+    path, so the same data read from another store would get other names). Returns how many remain."""
     shards = sorted(directory.glob("*.jsonl"))
     for shard in shards:
-        if not shard.read_bytes().strip():
+        if shard.read_bytes().strip():
+            shard.rename(directory / f"part-{read_digest(shard)[:16]}.jsonl")
+        else:
             shard.unlink()
-    return sum(shard.exists() for shard in shards)
+    return len(list(directory.glob("part-*.jsonl")))
 
 
 def execution_stages(stages: Sequence[Any]) -> list[Any]:

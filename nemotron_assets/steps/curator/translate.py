@@ -17,9 +17,10 @@ from typing import Any
 from nemotron_assets.artifacts.files import data_files
 from nemotron_assets.artifacts.jsonl import iter_lines, parse_line
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.curator.runtime import drop_empty_shards, ray_cpus, run_pipeline
+from nemotron_assets.steps.curator.runtime import finish_shards, ray_cpus, run_pipeline
 
 JSON_COLUMNS = ["translated_messages", "translation_metadata", "faith_segment_scores"]
+WALL_CLOCK_COLUMNS = ["translation_time"]  # seconds per row: would make two runs of one version differ
 CLOUD_VARIABLES = {
     "google": ("GOOGLE_APPLICATION_CREDENTIALS",),
     "aws": ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE"),
@@ -141,8 +142,9 @@ def decoded(value: Any) -> Any:
     return value
 
 
-def column_stage(name: str, columns: list[str], convert: Any) -> Any:
-    """A Curator ProcessingStage applying `convert` to every cell of the `columns` a batch has."""
+def column_stage(name: str, columns: list[str], convert: Any, drop: list[str] | None = None) -> Any:
+    """A Curator ProcessingStage applying `convert` to every cell of the `columns` a batch has, and dropping the
+    `drop` columns."""
     from nemo_curator.stages.base import ProcessingStage
     from nemo_curator.tasks import DocumentBatch
 
@@ -152,6 +154,7 @@ def column_stage(name: str, columns: list[str], convert: Any) -> Any:
             for column in columns:
                 if column in df.columns:
                     df[column] = df[column].map(convert)
+            df = df.drop(columns=[column for column in drop or () if column in df.columns])
             return DocumentBatch(
                 dataset_name=batch.dataset_name, data=df, _metadata=batch._metadata, _stage_perf=batch._stage_perf
             )
@@ -189,11 +192,11 @@ def run(run: StepRun) -> StepResult:
         JsonlReader(file_paths=[str(f) for f in files]),
         column_stage("nested_as_lists", [root], plain),
         translation_stage(run),
-        column_stage("json_columns", [root, *JSON_COLUMNS], decoded),
+        column_stage("json_columns", [root, *JSON_COLUMNS], decoded, drop=WALL_CLOCK_COLUMNS),
         writer,
     ]
     rows = run_pipeline("nemotron_translate", stages, ray_cpus(run))
-    drop_empty_shards(run.output_dir)
+    finish_shards(run.output_dir)
     kept = rows.get(writer.name, 0)
     stats = {"input_records": records, "output_records": kept, "faith_dropped": records - kept}
     return StepResult(

@@ -25,6 +25,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from nemotron_assets.paths import PACKAGE_DIR
 
 BUNDLED_DIR = PACKAGE_DIR / "templates"
+# What a template's strftime_now() renders (Llama 3's "Today Date"): one fixed day, the one Llama 3.1's template
+# falls back to itself, so that rendered and packed data never depend on the day they were made.
+TEMPLATE_DATE = datetime(2024, 7, 26)
 GEN_OPEN, GEN_CLOSE = "\ue000", "\ue001"
 _MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _SPLIT = re.compile(f"([{GEN_OPEN}{GEN_CLOSE}])")
@@ -60,7 +63,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.globals["strftime_now"] = lambda fmt: TEMPLATE_DATE.strftime(fmt)
     return env
 
 
