@@ -25,6 +25,8 @@ from nemotron_assets.catalog import CATALOG, StepSpec
 from nemotron_assets.catalog.models import check_value
 from nemotron_assets.digests import content_digest, json_digest
 from nemotron_assets.errors import contract_error, step_error
+from nemotron_assets.gates import QUALITY_CATEGORIES
+from nemotron_assets.held_out import TRAINED_ON, reject_trained_on, trained_on
 from nemotron_assets.paths import PROJECT_ROOT, expand
 from nemotron_assets.pipelines import PipelineSpec, Stage
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
@@ -111,15 +113,15 @@ def reject_fed(step: StepSpec, artifact: InputArtifact, found: str | None) -> No
             raise step_error(step.id, error.name, f"{artifact.name} at {artifact.path} is {found}")
 
 
-HELD_OUT = "benchmark_parquet"
-HELD_OUT_READERS = frozenset({"eval", "byob"})
+BENCHMARK = "benchmark_parquet"
+BENCHMARK_READERS = frozenset({"eval", "byob"})
 
 
 def reject_held_out(step: StepSpec, artifact: InputArtifact, found: str | None) -> None:
     """Benchmarks are held-out evaluation data: only evaluation and BYOB steps may read one, whatever type the
     pipeline declares for it (a published benchmark is recognised by its recorded type)."""
-    held_out = CATALOG.is_a(artifact.type, HELD_OUT) or (found in CATALOG.types and CATALOG.is_a(found, HELD_OUT))
-    if held_out and step.category not in HELD_OUT_READERS:
+    benchmark = CATALOG.is_a(artifact.type, BENCHMARK) or (found in CATALOG.types and CATALOG.is_a(found, BENCHMARK))
+    if benchmark and step.category not in BENCHMARK_READERS:
         raise contract_error("held_out_benchmark_in_training", f"{step.id} was fed {artifact.name} ({artifact.path})")
 
 
@@ -179,6 +181,7 @@ def stage_version(
     for port, artifact in inputs.items():
         for part in artifact.parts or (artifact,):
             check_input(step, port, part)
+    reject_trained_on(step, inputs)
     return params, inputs, data_version(step, params, inputs)
 
 
@@ -239,6 +242,7 @@ def run_stage(
                 for port, a in sorted(inputs.items())
             ],
             "code": code_identity(),
+            **({TRAINED_ON: trained_on(inputs)} if step.category in QUALITY_CATEGORIES else {}),
             "profile": profile,
             "run_id": run_id,
             "plots": result.plots,

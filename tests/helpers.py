@@ -18,6 +18,7 @@ STEP_INPUT = {
     "data_prep/sft_packing": "training_jsonl",
     "data_prep/pretrain_prep": "filtered_jsonl",
     "data_prep/rl_prep": "training_jsonl",
+    "data_prep/split": "training_jsonl",
     "sft/automodel": "training_jsonl",
     "peft/automodel": "training_jsonl",
     "curate/nemo_curator": "raw_jsonl",

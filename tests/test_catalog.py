@@ -17,7 +17,7 @@ SEED_STEPS = {
     "optimize/modelopt/quantize", "optimize/modelopt/prune", "optimize/modelopt/distill", "eval/model_eval",
     "env/env_toml",
 }  # fmt: skip
-PROJECT_STEPS = {"data_prep/blend"}  # beyond the seed catalog: combines a partitioned corpus's drops
+PROJECT_STEPS = {"data_prep/blend", "data_prep/split"}  # beyond the seed catalog: drops blended; a held-out split
 
 
 def test_all_seed_steps_and_types():

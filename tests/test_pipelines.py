@@ -16,7 +16,9 @@ def spec(stages, sources=None) -> dict:
 
 def test_shipped_pipelines_load():
     tiny = next(p for p in load_pipelines() if p.name == "tiny")
-    assert [s.name for s in tiny.stages][:4] == ["packed_parquet", "binidx", "dpo_data", "rlvr_data"]
+    assert [s.name for s in tiny.stages][:5] == ["chat_split", "packed_parquet", "binidx", "dpo_data", "rlvr_data"]
+    assert tiny.stage("lora").consumes == {"training_jsonl": "chat_split"}  # trained on the train split
+    assert tiny.stage("eval_lora").consumes["training_jsonl"] == "chat_split"  # scored on the held-out split
     assert gates(tiny) == {  # inserted by its evaluation section
         "lora": ("eval_base", "eval_lora"),
         "merged": ("eval_lora", "eval_merged"),

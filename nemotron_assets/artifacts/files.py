@@ -12,6 +12,8 @@ from typing import Any
 from nemotron_assets.errors import contract_error
 
 PROVENANCE_FILE = "provenance.json"
+SPLITS_DIR = "splits"  # a split artifact's splits/<name>/: training reads TRAIN, evaluation HELD_OUT
+TRAIN, HELD_OUT = "train", "test"
 
 # File signatures of the artifact families, for telling a user what they passed instead.
 _SIGNATURES: tuple[tuple[str, str], ...] = (
@@ -60,8 +62,15 @@ def sniff_type(path: Path) -> str | None:
     return None
 
 
-def data_files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """An artifact's data files: the file itself, a directory's matching files (recursive, sorted), or a glob's."""
+def has_split(path: Path, split: str) -> bool:
+    return (path / SPLITS_DIR / split).is_dir()
+
+
+def data_files(path: Path, suffixes: tuple[str, ...], split: str | None = None) -> list[Path]:
+    """An artifact's data files: the file itself, a directory's matching files (recursive, sorted), or a glob's;
+    with `split`, only that split's of an artifact that has splits (an unsplit one is read whole)."""
+    if split is not None and has_split(path, split):
+        path = path / SPLITS_DIR / split
     if path.is_file():
         candidates = [path]
     elif path.is_dir():

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from itertools import groupby
 from pathlib import Path
 
-from nemotron_assets.artifacts.files import data_files
+from nemotron_assets.artifacts.files import TRAIN, data_files
 from nemotron_assets.artifacts.jsonl import RecordStream, iter_lines
 from nemotron_assets.errors import contract_error
 from nemotron_assets.steps import StepResult, StepRun
@@ -43,7 +43,7 @@ def labelled_records(run: StepRun, files: list[Path], stream: RecordStream):
 def run(run: StepRun) -> StepResult:
     params = run.params
     data = run.input("training_jsonl")
-    files = data_files(data.path, (".jsonl",))
+    files = data_files(data.path, (".jsonl",), TRAIN)
     stream = RecordStream(files, SHAPES[params["kind"]], max_rows=params["max_rows"])
     per_split = params["num_shards_per_split"]
     shard_paths = {

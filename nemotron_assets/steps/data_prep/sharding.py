@@ -9,7 +9,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TypeVar
 
-from nemotron_assets.artifacts.files import data_files
+from nemotron_assets.artifacts.files import TRAIN, data_files
 from nemotron_assets.artifacts.jsonl import RecordStream
 from nemotron_assets.errors import contract_error
 from nemotron_assets.steps import StepRun
@@ -74,7 +74,7 @@ def sharded_input(run: StepRun, port: str, shapes: frozenset[str], batch_size: i
     fewer records than shards.
     """
     params = run.params
-    files = data_files(run.input(port).path, (".jsonl",))
+    files = data_files(run.input(port).path, (".jsonl",), TRAIN)
     rows, shards = count_rows(files, params["max_rows"]), params["num_shards"]
     if rows == 0:
         raise contract_error("empty_artifact", f"{run.input(port).path}: no records")

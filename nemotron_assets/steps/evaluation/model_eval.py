@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from nemotron_assets.artifacts.files import data_files, read_provenance
+from nemotron_assets.artifacts.files import HELD_OUT, data_files, read_provenance
 from nemotron_assets.paths import PACKAGE_DIR
 from nemotron_assets.steps import InputArtifact, StepResult, StepRun
 from nemotron_assets.steps.evaluation import nemo_evaluator
@@ -52,7 +52,7 @@ def write_tasks(run: StepRun, directory: Path, tasks: dict[str, tuple[str, str]]
         if port not in tasks:
             raise run.error("wrong_endpoint_type", f"{port} is scored by log-likelihood; a chat endpoint has none")
         name, template = tasks[port]
-        files = [run.paths.to_job(f) for f in data_files(run.input(port).path, suffixes)]
+        files = [run.paths.to_job(f) for f in data_files(run.input(port).path, suffixes, HELD_OUT)]
         text = (TASK_DIR / template).read_text().replace('"@DATA_FILES@"', json.dumps(files))
         (directory / template).write_text(text)
         names.append(name)

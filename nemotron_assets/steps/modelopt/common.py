@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nemotron_assets.artifacts.files import data_files
+from nemotron_assets.artifacts.files import TRAIN, data_files
 from nemotron_assets.artifacts.jsonl import CORPUS_SHAPES, RecordStream
 from nemotron_assets.steps import StepRun
 
@@ -51,7 +51,7 @@ def record_text(record: dict[str, Any], tokenizer) -> str:
 
 def training_texts(run: StepRun, tokenizer, limit: int) -> list[str]:
     """Up to `limit` texts from the consumed training_jsonl, in file order."""
-    files = data_files(run.input("training_jsonl").path, (".jsonl",))
+    files = data_files(run.input("training_jsonl").path, (".jsonl",), TRAIN)
     stream = RecordStream(files, CORPUS_SHAPES, max_rows=limit)
     return [record_text(record, tokenizer) for record in stream]
 

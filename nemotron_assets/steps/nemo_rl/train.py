@@ -18,7 +18,7 @@ from typing import Any
 
 from nemotron_assets.artifacts import validate
 from nemotron_assets.artifacts.checkpoints import megatron_iteration_dir
-from nemotron_assets.artifacts.files import data_files, link_or_copy
+from nemotron_assets.artifacts.files import TRAIN, data_files, link_or_copy
 from nemotron_assets.artifacts.jsonl import PROMPT_FIELDS, VERIFIER_FIELDS, RecordStream, iter_lines, parse_line
 from nemotron_assets.digests import content_digest
 from nemotron_assets.errors import NamedError
@@ -48,7 +48,7 @@ def splits(run: StepRun) -> tuple[Path, Path]:
         entries = json.loads(manifest.read_text())
         train, validation = data / entries["train"], data / entries["val"] if entries.get("val") else None
     else:
-        train = data_files(data, (".jsonl",))[0]
+        train = data_files(data, (".jsonl",), TRAIN)[0]
         validation = run.params.get("data.validation.data_path")
         validation = Path(validation) if validation else None
     if validation is None or validation.resolve() == train.resolve():
