@@ -133,7 +133,9 @@ def local_path_digests(params: dict[str, Any]) -> dict[str, str]:
 
 
 def data_version(step: StepSpec, params: dict[str, Any], inputs: dict[str, InputArtifact]) -> str:
-    """Content hash of what determines the artifact; a local path counts by its content, not its location."""
+    """Content hash of what determines the artifact (parameters that cannot change it left out); a local path
+    counts by its content, not its location."""
+    params = {k: v for k, v in params.items() if step.parameter(k).versioned}
     digests = local_path_digests(params)
     return json_digest(
         {

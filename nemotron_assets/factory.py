@@ -182,7 +182,7 @@ def gate_check(pipeline: PipelineSpec, target: Stage, before: Stage, after: Stag
             f"| {r.metric} | {r.before:.4g} | {r.after:.4g} | {r.improvement:+.4g} | {'yes' if r.passed else 'NO'} |"
             for r in rows
         )
-        current = settle(artifact_store, target_key, sides[1][1], passed)
+        current = settle(artifact_store, target_key, sides[0][1], sides[1][1], passed, tolerance)
         metadata = {"tolerance": tolerance, "comparison": dg.MetadataValue.md(table), "current": current or "none"}
         return dg.AssetCheckResult(passed=passed, description=reason, metadata=metadata)
 

@@ -55,20 +55,32 @@ def compare(before: Path, after: Path, category: str, tolerance: float) -> tuple
     return not failed, rows, reason
 
 
-def settle(store: ArtifactStore, key: Sequence[str], evaluated: Path, passed: bool) -> str | None:
-    """Promotion by a gate: passing marks the checkpoint version its after-evaluation scored PROMOTED; failing puts
-    CURRENT back on the PROMOTED version (withdraws it before any pass), so consumers never read a regressed
-    checkpoint and its files stay for inspection. Returns the version consumers read now."""
+GATES = ".gates"  # <artifact>/.gates/<decision>.json: each decision of the artifact's quality gate, once
+
+
+def settle(
+    store: ArtifactStore, key: Sequence[str], before: Path, after: Path, passed: bool, tolerance: float
+) -> str | None:
+    """Promotion by a gate, decided once per (scored version, before and after evaluations, tolerance): passing
+    marks the checkpoint version the after-evaluation scored PROMOTED; failing puts CURRENT back on the PROMOTED
+    version (withdraws it before any pass) if CURRENT still is the scored version, so consumers never read a
+    regressed checkpoint and its files stay for inspection. The decision is recorded; re-running the check with the
+    same inputs finds it and moves nothing (a newer version's pointers are never touched by an old decision).
+    Returns the version consumers read now."""
+    from nemotron_assets.digests import json_digest
     from resources.artifact_store import PROMOTED
 
-    scored = next(i["version"] for i in read_provenance(evaluated)["inputs"] if i["name"] == key[-1])
-    if passed:
-        store.set_current(key, scored, PROMOTED)
-    else:
-        good = store.current(key, PROMOTED)
-        if good:
-            store.set_current(key, good[0])
-        else:
-            store.withdraw(key)
+    scored = next(i["version"] for i in read_provenance(after)["inputs"] if i["name"] == key[-1])
+    evaluations = [read_provenance(p)["version"] for p in (before, after)]
+    decision = {"scored": scored, "evaluations": evaluations, "tolerance": tolerance, "passed": passed}
+    record = store.artifact_dir(key) / GATES / f"{json_digest(decision)[:16]}.json"
+    if not record.exists():
+        if passed:
+            store.set_current(key, scored, PROMOTED)
+        elif (current := store.current(key)) is None or current[0] == scored:
+            good = store.current(key, PROMOTED)
+            store.set_current(key, good[0]) if good else store.withdraw(key)
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(json.dumps(decision, indent=1))
     current = store.current(key)
     return current[0] if current else None

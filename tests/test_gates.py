@@ -12,13 +12,16 @@ from conftest import DATA
 from helpers import materialize_in_dagster
 
 from nemotron_assets.factory import pipeline_assets
+from nemotron_assets.gates import GATES, settle
 from nemotron_assets.pipelines import PipelineError, PipelineSpec
+from resources.artifact_store import PROMOTED, ArtifactStore, write_provenance
 
-EVAL_DATA = {"mcq_benchmark_parquet": "mcq", "training_jsonl": "chat"}
+EVAL_DATA = {"mcq_benchmark_parquet": "mcq", "training_jsonl": "chat_split"}  # its held-out rows
 
 
 def gated(tolerance: float | None = None) -> PipelineSpec:
-    """eval_base -> lora -> eval_lora -> merged: evaluations inserted by the evaluation section (none for merged)."""
+    """eval_base -> lora -> eval_lora -> merged: evaluations inserted by the evaluation section (none for merged),
+    scoring the held-out split of what lora trains on."""
     evaluation = {"data": EVAL_DATA, "preset": "tiny", "names": {"base": "eval_base"}}
     return PipelineSpec.parse(
         {
@@ -31,7 +34,18 @@ def gated(tolerance: float | None = None) -> PipelineSpec:
             ],
             "evaluation": evaluation | ({} if tolerance is None else {"gate_tolerance": {"lora": tolerance}}),
             "stages": [
-                {"name": "lora", "step": "peft/automodel", "consumes": {"training_jsonl": "chat"}, "preset": "tiny"},
+                {
+                    "name": "chat_split",
+                    "step": "data_prep/split",
+                    "consumes": {"training_jsonl": "chat"},
+                    "preset": "tiny",
+                },
+                {
+                    "name": "lora",
+                    "step": "peft/automodel",
+                    "consumes": {"training_jsonl": "chat_split"},
+                    "preset": "tiny",
+                },
                 {
                     "name": "merged",
                     "step": "convert/merge_lora",
@@ -71,6 +85,34 @@ def test_failing_gate_blocks_downstream(fixtures_dir: Path, tmp_path: Path):
     assert "merged" not in materialized(result)
 
 
+def test_a_gate_decides_once(tmp_path: Path):
+    """Re-running a gate check moves no pointer: the decision for (scored version, evaluations, tolerance) is
+    recorded once; an old decision never touches a newer version's pointers."""
+    store = ArtifactStore(root=str(tmp_path))
+    key = ("g", "lora")
+    for version in ("A", "B"):
+        store.publish(key, version, lambda staging: None)
+
+    def evaluation(name: str, scored: str) -> Path:
+        path = tmp_path / "evals" / name
+        path.mkdir(parents=True)
+        write_provenance(path, {"version": name, "inputs": [{"name": "lora", "version": scored}]})
+        return path
+
+    before, after_a, after_b = evaluation("base", "X"), evaluation("after_a", "A"), evaluation("after_b", "B")
+    store.set_current(key, "A")
+    assert settle(store, key, before, after_a, True, 0.01) == "A" and store.current(key, PROMOTED)[0] == "A"
+    store.set_current(key, "B")  # retrained: B is current, its gate fails
+    assert settle(store, key, before, after_b, False, 0.01) == "A"
+    store.set_current(key, "B")  # by hand, to inspect it
+    assert settle(store, key, before, after_b, False, 0.01) == "B"  # the recorded decision: nothing moves
+    assert settle(store, key, before, after_a, True, 0.01) == "B" and store.current(key, PROMOTED)[0] == "A"
+    assert settle(store, key, before, after_b, True, 0.5) == "B"  # another tolerance: a new decision, B passes
+    assert store.current(key, PROMOTED)[0] == "B"
+    assert settle(store, key, before, after_a, False, 0.5) == "B"  # an old version's failure leaves B current
+    assert len(list((store.artifact_dir(key) / GATES).iterdir())) == 4
+
+
 def test_gate_needs_identical_settings(tmp_path: Path):
     import json
 
@@ -87,7 +129,7 @@ def test_gate_needs_identical_settings(tmp_path: Path):
 
 def test_bookend_targets_must_exist():
     spec = gated().model_dump()
-    spec["stages"][2]["config"]["target"] = "nowhere"
+    next(stage for stage in spec["stages"] if stage["name"] == "eval_lora")["config"]["target"] = "nowhere"
     with pytest.raises(PipelineError, match="target 'nowhere' is not a stage"):
         PipelineSpec.parse(spec)
 

@@ -118,6 +118,14 @@ def test_round_trip_mismatch_publishes_nothing(fixtures_dir: Path, store, monkey
     assert "0.4" in error.detail
 
 
+def test_megatron_logits_mismatch_publishes_nothing(fixtures_dir: Path, store, monkeypatch):
+    """Weights that round-trip exactly but a Megatron model computing other logits (a config mismatch)."""
+    report = {"largest_logit": 1.3, "round_trip_logit_difference": 0.0, "megatron_logit_difference": 0.4}
+    monkeypatch.setattr(megatron_convert, "convert", lambda run, arguments: report)
+    error = expect("megatron_logits_mismatch", "convert/hf_to_megatron", fixtures_dir / "tiny-llama", store)
+    assert "megatron_tolerance 0.01" in error.detail
+
+
 def test_run_directory_as_megatron_path(round_trip, store):
     run_dir = round_trip["imported"].path
     error = expect(

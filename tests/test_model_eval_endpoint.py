@@ -251,6 +251,17 @@ def test_wait_for_tasks_waits_for_every_exit_stage(tmp_path: Path, monkeypatch: 
     assert time.monotonic() - started >= 0.5
 
 
+def test_wait_for_tasks_gives_up_at_the_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(nemo_evaluator, "POLL_SECONDS", 0.05)
+    invocation = tmp_path / "20261122_160013-5fc6a2cb0bf8bd0d"
+    finish_task(invocation / "mmlu_instruct.0", 0)
+    (invocation / "gsm8k.1" / "logs").mkdir(parents=True)
+    (invocation / "gsm8k.1" / "logs" / "stage.running").write_text("2026-11-22T16:00:14Z\n")  # never ends
+    with pytest.raises(NamedError, match=r"evaluator_timeout: 1 of 2 tasks .*\['gsm8k\.1'\]") as raised:
+        nemo_evaluator.wait_for_tasks(tmp_path, 2, timeout_minutes=0.01)
+    assert "nemo-evaluator-launcher kill" in raised.value.recovery
+
+
 def test_wait_for_tasks_names_the_failed_tasks(tmp_path: Path):
     invocation = tmp_path / "20261122_160013-5fc6a2cb0bf8bd0d"
     finish_task(invocation / "mmlu_instruct.0", 0)

@@ -19,7 +19,7 @@ from helpers import materialize_in_dagster, one_stage_pipeline
 from slurm_cluster import PARTITION, slurm_cluster  # noqa: F401 (the fixture)
 
 from nemotron_assets.job import command
-from nemotron_assets.launchers import job_paths, launcher_for
+from nemotron_assets.launchers import job_paths, launcher_for, slurm
 from nemotron_assets.launchers.slurm import export_names, job_script, log_line, sbatch_command
 from nemotron_assets.local_slurm import missing_programs
 from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
@@ -185,6 +185,28 @@ def test_cancelled_job_is_an_infrastructure_failure(slurm_profile: Path):
     watcher.join()
     assert isinstance(error, InfrastructureFailure) and "ended CANCELLED" in str(error)
     assert "working" in str(error)  # the job's tail
+
+
+def test_a_job_the_controller_lost_is_cancelled_before_a_retry(slurm_profile: Path, monkeypatch: pytest.MonkeyPatch):
+    """A job slurmctld and accounting no longer know is an infrastructure failure (the run retries it), and it is
+    cancelled first: it may still be running, and the retry writes into the same work directory."""
+    real = slurm.job_state
+    running = lambda job_id: real(job_id).get("JobState") == "RUNNING"  # noqa: E731
+    lost: list[str] = []
+
+    def forgetful(job_id: str) -> dict[str, str]:
+        if running(job_id) and any("working" in log.read_text() for log in slurm_profile.glob("*/job.log")):
+            lost.append(job_id)
+            return {"JobState": "NODE_FAIL", "Reason": f"job {job_id} unknown to slurmctld and accounting"}
+        return real(job_id)
+
+    monkeypatch.setattr(slurm, "job_state", forgetful)
+    error = launch_in_asset([sys.executable, "-c", "import time; print('working', flush=True); time.sleep(120)"])
+    assert isinstance(error, InfrastructureFailure) and "unknown to slurmctld" in str(error)
+    deadline = time.monotonic() + 30
+    while real(lost[0])["JobState"] not in slurm.TERMINAL_STATES and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert real(lost[0])["JobState"] == "CANCELLED"
 
 
 def test_successful_command_raises_nothing(slurm_profile: Path):

@@ -235,3 +235,15 @@ def test_staging_of_dead_runs_is_collected(store: ArtifactStore, monkeypatch: py
     assert sorted(p.name for p in (artifact / WORK).iterdir()) == ["v3"]
     monkeypatch.setattr(artifact_store, "SETTLE_SECONDS", 0)
     assert store.gc() == [pointer] and published(store) == [".work", "CURRENT", "v2"]
+
+
+def test_wiring_parameters_are_not_part_of_a_version():
+    """An evaluation's role, target, also_before, gate tolerance and timeout cannot change its scores: changing
+    them reuses the evaluation; its limit can."""
+    step = CATALOG.step("eval/model_eval")
+    params = step.preset_values("tiny")
+    base = execution.data_version(step, params, {})
+    wiring = {"role": "after", "target": "lora", "also_before": "merged", "gate_tolerance": 0.5, "timeout_minutes": 1.0}
+    assert {name for name in wiring if not step.parameter(name).versioned} == set(wiring)
+    assert execution.data_version(step, params | wiring, {}) == base
+    assert execution.data_version(step, params | {"limit": 3}, {}) != base

@@ -52,6 +52,11 @@ class Parameter(StrictModel):
     default: Any = None
     choices: tuple[Any, ...] | None = None
     description: str
+    versioned: bool = Field(
+        True,
+        description="False for a parameter that cannot change the artifact (pipeline wiring such as an evaluation's "
+        "role, target or gate tolerance; a timeout): it is left out of the data version, so changing it reuses.",
+    )
 
     @model_validator(mode="after")
     def _default_fits(self) -> Parameter:

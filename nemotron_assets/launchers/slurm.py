@@ -168,7 +168,12 @@ def _run_job(
         return
     detail = f"Slurm job {job_id} ended {ended} (exit {exit_code}, reason {reason}, log {log}); last lines:\n"
     detail += "\n".join(tail)
-    raise (SlurmInfrastructureFailure if ended in INFRASTRUCTURE_STATES else SlurmJobFailed)(detail)
+    if ended in INFRASTRUCTURE_STATES:
+        # a job the controller lost track of may still run: cancel it before the retry submits another into the
+        # same work directory (scancel of an ended job is a no-op)
+        subprocess.run(["scancel", job_id], **_TEXT)
+        raise SlurmInfrastructureFailure(detail)
+    raise SlurmJobFailed(detail)
 
 
 def log_line(text: str) -> str:

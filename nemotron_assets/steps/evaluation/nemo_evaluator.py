@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from nemotron_assets.errors import step_error
 from nemotron_assets.steps import InputArtifact, StepRun
 from nemotron_assets.steps.launch import LaunchFailed
 
@@ -94,10 +95,20 @@ def launcher_executable(run: StepRun) -> str:
     return launcher
 
 
-def wait_for_tasks(output_dir: Path, count: int) -> list[Path]:
+def wait_for_tasks(output_dir: Path, count: int, timeout_minutes: float | None = None) -> list[Path]:
     """Block until each of `count` tasks has its exit stage (`logs/stage.exit`, what `nemo-evaluator-launcher status`
-    reads for the local executor); their directories, or LaunchFailed naming the tasks that failed."""
+    reads for the local executor); their directories, or LaunchFailed naming the tasks that failed, or
+    evaluator_timeout after `timeout_minutes`."""
+    deadline = time.monotonic() + timeout_minutes * 60 if timeout_minutes is not None else None
     while len(exits := sorted(output_dir.glob("*/*/logs/stage.exit"))) < count:
+        if deadline is not None and time.monotonic() > deadline:
+            running = sorted(p.parent.parent.name for p in output_dir.glob("*/*/logs/stage.*") if p.suffix != ".exit")
+            raise step_error(
+                "eval/model_eval",
+                "evaluator_timeout",
+                f"{len(exits)} of {count} tasks ended after {timeout_minutes} minutes (still: {running}); "
+                f"logs under {output_dir}",
+            )
         time.sleep(POLL_SECONDS)
     codes = {exit_file.parent.parent.name: exit_file.read_text().split()[-1] for exit_file in exits}
     failed = {task: code for task, code in codes.items() if code != "0"}
@@ -125,7 +136,7 @@ def read_scores(task_dirs: list[Path]) -> dict[str, Any]:
 def run_launcher(run: StepRun, config_file: Path, output_dir: Path) -> dict[str, Any]:
     """Run the launcher on `config_file`, wait for its tasks, copy their results.yml next to the config; the scores."""
     run.launch([launcher_executable(run), "run", "--config", str(config_file)], {})
-    task_dirs = wait_for_tasks(output_dir, len(run.params["evaluator_tasks"]))
+    task_dirs = wait_for_tasks(output_dir, len(run.params["evaluator_tasks"]), run.params["timeout_minutes"])
     for task_dir in task_dirs:
         target = config_file.parent / "nemo_evaluator" / task_dir.name
         target.mkdir(parents=True)

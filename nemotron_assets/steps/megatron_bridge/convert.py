@@ -42,7 +42,8 @@ def hf_to_megatron(run: StepRun) -> StepResult:
         {"direction": "import", "hf": source, "megatron": run.output_dir, "dtype": p.get("dtype") or p["torch_dtype"]},
     )
     relative = gate(run, report, "round_trip", "round_trip_logits_mismatch", "HF -> Megatron -> HF")
-    stats = report | {"relative_round_trip_difference": relative}
+    megatron = gate(run, report, "megatron", "megatron_logits_mismatch", "The Megatron model", "megatron_tolerance")
+    stats = report | {"relative_round_trip_difference": relative, "relative_megatron_difference": megatron}
     return StepResult(stats, {"converted_from": {"hf": str(source)}})
 
 
@@ -60,15 +61,16 @@ def megatron_to_hf(run: StepRun) -> StepResult:
     return StepResult(stats, {"exported_from": {"megatron": str(checkpoint), "iteration": iteration, "hf": str(hf)}})
 
 
-def gate(run: StepRun, report: dict[str, Any], kind: str, error: str, what: str) -> float:
-    """The `kind` logit difference relative to the largest logit; the named error when over the tolerance."""
+def gate(run: StepRun, report: dict[str, Any], kind: str, error: str, what: str, tolerance: str = "tolerance") -> float:
+    """The `kind` logit difference relative to the largest logit; the named error when over the `tolerance`
+    parameter."""
     difference = report[f"{kind}_logit_difference"]
     relative = difference / report["largest_logit"]
-    if relative > run.params["tolerance"]:
+    if relative > run.params[tolerance]:
         raise run.error(
             error,
             f"{what} changed the logits by {difference:.3g} ({relative:.3g} of the largest), "
-            f"over the tolerance {run.params['tolerance']}",
+            f"over {tolerance} {run.params[tolerance]}",
         )
     return relative
 
