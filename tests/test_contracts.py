@@ -138,14 +138,38 @@ def test_jsonl_handed_to_a_packed_consumer_names_the_fix():
         ([{"prompt": "p", "answer": ""}], None, "training_jsonl", "missing_rlvr_verifier_fields"),
         ([{"answer": "4"}], None, "training_jsonl", "missing_rlvr_verifier_fields"),
         (
-            [{"messages": [{"role": "user", "content": "a"}]}, {"prompt": "p", "chosen": "a", "rejected": "b"}],
+            [
+                {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+                {"prompt": "p", "chosen": "a", "rejected": "b"},
+            ],
             None, "training_jsonl", "mixed_record_shapes",
+        ),
+        ([{"messages": [{"role": "user", "content": "only a question"}]}], None, "training_jsonl", "no_assistant_turn"),
+        (
+            [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}],
+            None, "training_jsonl", "no_assistant_turn",
+        ),
+        ([], "[" * 100_000 + "]" * 100_000 + "\n", "training_jsonl", "malformed_jsonl"),
+        (
+            [{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_score": "high", "rejected_score": 1}],
+            None, "training_jsonl", "invalid_dpo_preference_schema",
         ),
         ([{"text": "  "}], None, "filtered_jsonl", "missing_text_field"),
     ],
 )  # fmt: skip
 def test_bad_jsonl(tmp_path: Path, records, raw, type_name: str, error: str):
     named(error, jsonl(tmp_path, *records, raw=raw), type_name)
+
+
+def test_invalid_utf8_is_malformed_jsonl(tmp_path: Path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n')  # Latin-1, not UTF-8
+    assert "not UTF-8 at byte" in named("malformed_jsonl", path, "training_jsonl").detail
+
+
+def test_an_unreadable_provenance_is_corrupt_file(packed: Path):
+    (packed / "provenance.json").write_bytes(b'{"type": "packed_par')
+    named("corrupt_file", packed, "packed_parquet")
 
 
 def test_missing_path(tmp_path: Path):
@@ -168,6 +192,9 @@ def test_checkpoint_lora_needs_its_base_recorded(fixtures_dir: Path, tmp_path: P
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}))
     shutil.copy(fixtures_dir / "tiny-llama" / "model.safetensors", adapter / "adapter_model.safetensors")
     named("base_not_recorded_for_merge", adapter, "checkpoint_lora")
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": "8", "target_modules": 7}))
+    named("invalid_adapter_config", adapter, "checkpoint_lora")
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}))
     base = {"name_or_path": "tiny-llama", "fingerprint": "abc123"}
     (adapter / "provenance.json").write_text(json.dumps({"type": "checkpoint_lora", "base_model": base}))
     stats = validate(adapter, "checkpoint_lora")

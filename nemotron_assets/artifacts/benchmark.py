@@ -5,18 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nemotron_assets.artifacts.files import data_files
+from nemotron_assets.artifacts.files import data_files, read_parquet
 from nemotron_assets.errors import contract_error
 
 COLUMNS = ("question_id", "question", "options", "answer_index", "answer", "cot_content", "src", "category")
 
 
 def validate_mcq_benchmark(path: Path) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
     rows = 0
     for file in data_files(path, (".parquet",)):
-        table = pq.read_table(file)
+        table = read_parquet(file, "mcq_schema_mismatch")
         missing = [c for c in COLUMNS if c not in table.column_names]
         if missing:
             raise contract_error("mcq_schema_mismatch", f"{file}: missing columns {missing}")

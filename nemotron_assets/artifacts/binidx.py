@@ -6,7 +6,6 @@ document counts, int32 sequence lengths, int64 byte pointers, int64 document ind
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from nemotron_assets.artifacts.files import read_json
 from nemotron_assets.errors import contract_error
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -98,10 +98,7 @@ def read_index(prefix: Path) -> Index:
 
 def read_blend(path: Path) -> dict[str, list[tuple[float, Path]]]:
     """Parse blend.json into {split: [(weight, prefix), ...]}; prefixes relative to the blend's directory."""
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise contract_error("missing_or_invalid_blend", f"{path}: {e}") from None
+    raw = read_json(path, "missing_or_invalid_blend")
     if not isinstance(raw, dict) or not raw.get("train") or set(raw) - set(SPLITS):
         raise contract_error("missing_or_invalid_blend", f"{path}: needs a non-empty `train` and only {SPLITS}")
     blend: dict[str, list[tuple[float, Path]]] = {}

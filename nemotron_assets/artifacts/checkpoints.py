@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from nemotron_assets.artifacts.files import read_provenance
+from nemotron_assets.artifacts.files import read_json, read_provenance
 from nemotron_assets.errors import contract_error
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -22,24 +22,25 @@ def safetensors_parameters(path: Path, error: str) -> int:
         if len(raw) < 8:
             raise contract_error(error, f"{path}: truncated safetensors header")
         (header_len,) = struct.unpack("<Q", raw)
+        if header_len > path.stat().st_size - 8:
+            raise contract_error(error, f"{path}: file shorter than its safetensors header")
         try:
             header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+            end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+            parameters = sum(math.prod(int(n) for n in v["shape"]) for v in tensors.values())
+        except (ValueError, RecursionError, AttributeError, KeyError, IndexError, TypeError):
             raise contract_error(error, f"{path}: unreadable safetensors header") from None
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
     if path.stat().st_size < 8 + header_len + end:
         raise contract_error(error, f"{path}: file shorter than its tensors ({path.stat().st_size} bytes)")
-    return sum(math.prod(v["shape"]) for v in tensors.values())
+    return parameters
 
 
 def _json(path: Path, error: str) -> dict[str, Any]:
-    if not path.exists():
-        raise contract_error(error, f"{path.parent}: no {path.name}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise contract_error(error, f"{path}: {e}") from None
+    document = read_json(path, error)
+    if not isinstance(document, dict):
+        raise contract_error(error, f"{path}: not a JSON object")
+    return document
 
 
 def validate_checkpoint_hf(path: Path) -> dict[str, Any]:
@@ -66,18 +67,21 @@ def validate_checkpoint_lora(path: Path) -> dict[str, Any]:
     error = "base_not_recorded_for_merge"
     if (path / MEGATRON_TRACKER).exists():
         return _megatron_lora(path, error)
-    adapter = _json(path / "adapter_config.json", error)
+    adapter = _json(path / "adapter_config.json", "invalid_adapter_config")
+    modules, rank = adapter.get("target_modules") or [], adapter.get("r")
+    names = [modules] if isinstance(modules, str) else modules
+    if not isinstance(names, list) or not all(isinstance(m, str) for m in names) or not isinstance(rank, int):
+        raise contract_error("invalid_adapter_config", f"{path}: r = {rank!r}, target_modules = {modules!r}")
     weights = sorted(path.glob("adapter_model*.safetensors"))
     if not weights:
         raise contract_error(error, f"{path}: no adapter_model.safetensors")
-    modules = adapter.get("target_modules") or []
-    base = (read_provenance(path) or {}).get("base_model") or {}
-    if not base.get("fingerprint") or not base.get("name_or_path"):
+    base = (read_provenance(path) or {}).get("base_model")
+    if not isinstance(base, dict) or not base.get("fingerprint") or not base.get("name_or_path"):
         raise contract_error(error, f"{path}: provenance does not record the base model and its fingerprint")
     return {
-        "rank": adapter.get("r"),
+        "rank": rank,
         "alpha": adapter.get("lora_alpha"),
-        "target_modules": [modules] if isinstance(modules, str) else sorted(modules),
+        "target_modules": sorted(names),
         "base_model": base["name_or_path"],
         "base_fingerprint": base["fingerprint"],
         "adapter_parameters": sum(safetensors_parameters(w, error) for w in weights),
@@ -100,8 +104,8 @@ def megatron_iteration_dir(path: Path) -> Path:
         raise contract_error(
             "bad_megatron_checkpoint_path", f"{path}: neither an iter_NNNNNNN directory nor a run directory"
         )
-    text = tracker.read_text().strip()
-    if not text.isdigit():
+    text = tracker.read_bytes().decode(errors="replace").strip()
+    if not (text.isascii() and text.isdigit()):
         raise contract_error("incomplete_megatron_checkpoint", f"{tracker}: {text!r} is not an iteration number")
     return path / f"iter_{int(text):07d}"
 
@@ -119,11 +123,11 @@ def validate_checkpoint_megatron(path: Path) -> dict[str, Any]:
         raise contract_error("incomplete_megatron_checkpoint", f"{iteration_dir}: no {lacking}")
     metadata = _json(iteration_dir / "metadata.json", "incomplete_megatron_checkpoint")
     tracker = iteration_dir.parent / MEGATRON_TRACKER
-    latest = tracker.read_text().strip() if tracker.exists() else ""
+    latest = tracker.read_bytes().decode(errors="replace").strip() if tracker.exists() else ""
     return {
         "iteration": int(MEGATRON_ITERATION.fullmatch(iteration_dir.name).group(1)),
         "iteration_dir": iteration_dir.name,
-        "latest_iteration": int(latest) if latest.isdigit() else None,
+        "latest_iteration": int(latest) if latest.isascii() and latest.isdigit() else None,
         "checkpoint_format": metadata.get("sharded_backend"),
         "shards": len(shards),
         "bytes": sum(f.stat().st_size for f in iteration_dir.iterdir() if f.is_file()),

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from nemotron_assets.artifacts.files import read_json
 from nemotron_assets.errors import contract_error
 
 FILES = ("results.json", "settings.json", "checkpoint.json")
@@ -15,10 +15,10 @@ def validate_eval_results(path: Path) -> dict[str, Any]:
     missing = [name for name in FILES if not (path / name).exists()]
     if missing:
         raise contract_error("invalid_eval_results", f"{path}: missing {missing}")
-    try:
-        scores = json.loads((path / "results.json").read_text())["scores"]
-    except (json.JSONDecodeError, KeyError):
-        raise contract_error("invalid_eval_results", f"{path}/results.json has no `scores`") from None
+    results = read_json(path / "results.json", "invalid_eval_results")
+    scores = results.get("scores") if isinstance(results, dict) else None
+    if not isinstance(scores, dict) or not all(isinstance(metrics, dict) for metrics in scores.values()):
+        raise contract_error("invalid_eval_results", f"{path}/results.json has no `scores` of {{task: {{metric}}}}")
     numbers = {
         f"{task}/{metric}": value
         for task, metrics in scores.items()

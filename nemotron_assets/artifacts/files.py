@@ -45,7 +45,31 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
     candidate = path / PROVENANCE_FILE if path.is_dir() else None
     if candidate is None or not candidate.exists():
         return None
-    return json.loads(candidate.read_text())
+    provenance = read_json(candidate, "corrupt_file")
+    if not isinstance(provenance, dict) or not isinstance(provenance.get("type"), str):
+        raise contract_error("corrupt_file", f"{candidate}: not a provenance record (a JSON object with a `type`)")
+    return provenance
+
+
+def read_json(path: Path, error: str) -> Any:
+    """A JSON file's document, or the named `error` when it is missing, unreadable, not UTF-8 or not JSON."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise contract_error(error, f"{path.parent}: no {path.name}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise contract_error(error, f"{path}: not readable JSON ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def read_parquet(path: Path, error: str = "corrupt_file", **options: Any) -> Any:
+    """A Parquet file as a pyarrow Table, or the named `error` when it is not a readable Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, **options)
+    except (pa.ArrowException, OSError) as e:
+        raise contract_error(error, f"{path}: not a readable Parquet file ({str(e)[:200]})") from None
 
 
 def sniff_type(path: Path) -> str | None:

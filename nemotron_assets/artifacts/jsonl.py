@@ -37,9 +37,13 @@ def iter_lines(paths: Iterable[Path]) -> Iterator[tuple[str, bytes]]:
 
 def parse_line(where: str, line: bytes) -> dict[str, Any]:
     try:
-        record = json.loads(line)
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise contract_error("malformed_jsonl", f"{where}: not UTF-8 at byte {e.start}") from None
     except json.JSONDecodeError as e:
         raise contract_error("malformed_jsonl", f"{where}: {e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise contract_error("malformed_jsonl", f"{where}: nested deeper than a JSON parser accepts") from None
     if not isinstance(record, dict):
         raise contract_error("malformed_jsonl", f"{where}: a line must be a JSON object, got {type(record).__name__}")
     return record
@@ -83,7 +87,15 @@ def check_dpo(record: dict[str, Any], where: str) -> None:
     if record["chosen"] == record["rejected"]:
         raise contract_error("invalid_dpo_preference_schema", f"{where}: chosen equals rejected")
     for chosen_key, rejected_key in SCORE_FIELDS:
-        if chosen_key in record and rejected_key in record and record[chosen_key] < record[rejected_key]:
+        if chosen_key not in record or rejected_key not in record:
+            continue
+        if not all(
+            isinstance(record[k], int | float) and not isinstance(record[k], bool) for k in (chosen_key, rejected_key)
+        ):
+            raise contract_error(
+                "invalid_dpo_preference_schema", f"{where}: {chosen_key}/{rejected_key} must be numbers"
+            )
+        if record[chosen_key] < record[rejected_key]:
             raise contract_error(
                 "invalid_dpo_preference_schema",
                 f"{where}: inverted pair, {chosen_key}={record[chosen_key]} < {rejected_key}={record[rejected_key]}",
@@ -116,6 +128,8 @@ def check_record(record: dict[str, Any], where: str, shapes: frozenset[str], tex
         )
     if shape == "chat":
         check_messages(record["messages"], where)
+        if not any(m.get("role") == "assistant" and m.get("content") for m in record["messages"]):
+            raise contract_error("no_assistant_turn", f"{where}: no assistant message with content")
     elif shape == "dpo":
         check_dpo(record, where)
     elif shape == "rlvr":

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nemotron_assets.artifacts.files import data_files, read_provenance
+from nemotron_assets.artifacts.files import data_files, read_parquet, read_provenance
 from nemotron_assets.errors import contract_error
 
 SPLITS = ("train", "valid", "test")
@@ -42,9 +42,7 @@ def _offsets_and_values(column) -> tuple[np.ndarray, np.ndarray]:
 
 def check_shard(path: Path, pack_size: int | None) -> dict[str, int]:
     """Validate one shard; return bins, tokens, sequences and trainable tokens."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
+    table = read_parquet(path)
     types = {name: str(table.schema.field(name).type) for name in table.schema.names}
     if {k: types.get(k) for k in COLUMNS} != COLUMNS:
         raise contract_error("artifact_type_mismatch", f"{path}: columns {types} are not the packed schema {COLUMNS}")
