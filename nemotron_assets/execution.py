@@ -208,11 +208,11 @@ def run_stage(
     key = store_key(pipeline, stage.name, partition)
     existing = store.version_dir(key, version)
     published = read_provenance(existing)
+    work_dir = store.artifact_dir(key) / WORK / version  # steps that need it create it; kept across attempts
     if published is not None:
+        shutil.rmtree(work_dir, ignore_errors=True)  # left by a run killed between publishing and cleaning up
         store.set_current(key, version)
         return Materialization(existing, version, True, published)
-
-    work_dir = store.artifact_dir(key) / WORK / version  # steps that need it create it; kept across attempts
 
     def build(staging: Path) -> dict[str, Any]:
         started = time.time()
