@@ -18,10 +18,11 @@ HEADLINE = (  # (metadata keys, format): shown when every key is present
     (("packing_efficiency",), "packing efficiency {:.1f}%"),
     (("train_rows",), "train {:,}"),
     (("val_rows",), "val {:,}"),
+    (("train_records", "held_out_records"), "train {:,}, held out {:,} records"),
     (("steps",), "{} steps"),
     (("first_loss", "final_loss"), "loss {:.3f} -> {:.3f}"),
     (("nemotron_mcq/acc",), "MCQ accuracy {:.3f}"),
-    (("nemotron_chat_loss/nll_per_byte",), "chat NLL/byte {:.3f}"),
+    (("nemotron_chat_loss/nll_per_byte",), "held-out chat NLL/byte {:.3f}"),
     (("max_logit_difference", "relative_logit_difference"), "max logit difference {:.1e} ({:.0e} of the largest)"),
 )
 CHECKS = ("contract", "quality_gate")

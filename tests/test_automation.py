@@ -203,7 +203,9 @@ def test_blend_refuses_drops_of_different_tokenizers(tmp_path: Path):
     parts = []
     for name, fingerprint in (("a", "x"), ("b", "y")):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "provenance.json").write_text(json.dumps({"tokenizer": {"fingerprint": fingerprint}}))
+        (tmp_path / name / "provenance.json").write_text(
+            json.dumps({"type": "binidx", "tokenizer": {"fingerprint": fingerprint}})
+        )
         parts.append(InputArtifact(name, "binidx", tmp_path / name, name))
     corpus = InputArtifact("drops", "binidx", tmp_path, "v", tuple(parts))
     step = CATALOG.step("data_prep/blend")

@@ -24,7 +24,7 @@ def cli_json(*args: str):
 
 def test_steps_list_json_shape():
     steps = cli_json("steps", "list", "--json")
-    assert len(steps) == 25  # the seed catalog's 24 and data_prep/blend (partitioned corpora)
+    assert len(steps) == 26  # the seed catalog's 24, data_prep/blend (partitioned corpora) and data_prep/split
     for step in steps:
         assert step.keys() >= STEP_KEYS
         assert all(p.keys() >= {"type", "required"} for p in step["consumes"] + step["produces"])

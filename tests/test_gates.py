@@ -96,7 +96,9 @@ def test_a_gate_decides_once(tmp_path: Path):
     def evaluation(name: str, scored: str) -> Path:
         path = tmp_path / "evals" / name
         path.mkdir(parents=True)
-        write_provenance(path, {"version": name, "inputs": [{"name": "lora", "version": scored}]})
+        write_provenance(
+            path, {"type": "eval_results", "version": name, "inputs": [{"name": "lora", "version": scored}]}
+        )
         return path
 
     before, after_a, after_b = evaluation("base", "X"), evaluation("after_a", "A"), evaluation("after_b", "B")

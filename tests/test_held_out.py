@@ -57,7 +57,7 @@ def test_split_errors(store: ArtifactStore, ratio: float, error: str):
 
 def published(directory: Path, provenance: dict) -> Path:
     directory.mkdir(parents=True)
-    write_provenance(directory, provenance)
+    write_provenance(directory, {"type": "checkpoint_hf"} | provenance)
     return directory
 
 
