@@ -128,3 +128,22 @@ def test_configuration_errors(store: ArtifactStore, tmp_path: Path, config: dict
         materialize(one_stage_pipeline("translate/nemo_curator", data, **(base | config)), store)
     assert recovery in raised.value.recovery
     assert published(store) == []
+
+
+def test_same_version_same_bytes_from_another_location(
+    tmp_path: Path, server: ServiceServer, monkeypatch: pytest.MonkeyPatch
+):
+    """The same input read from two places into two stores: one version, the same files byte for byte (shards
+    named by content, not by the input's path; no per-row wall-clock time in the records)."""
+    monkeypatch.setenv(KEY_VARIABLE, SECRET)
+    results = []
+    for place in ("a", "b"):
+        (tmp_path / place).mkdir()
+        data = write(tmp_path / place / "docs.jsonl", [{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+        pipeline = one_stage_pipeline("translate/nemo_curator", data, **llm_config(server, text_field="text"))
+        results.append(materialize(pipeline, ArtifactStore(root=str(tmp_path / place / "store")), cpus=2))
+    first, second = results
+    assert first.version == second.version and not first.reused and not second.reused
+    assert first.provenance["files"] == second.provenance["files"]
+    assert all(f.startswith("part-") for f in first.provenance["files"])
+    assert not any("translation_time" in row for row in output(first.path))
