@@ -136,6 +136,24 @@ def test_packed_parquet_is_refused_with_the_catalog_error(fixtures_dir: Path, tm
         materialize(one_stage_pipeline("peft/automodel", packed.path), ArtifactStore(root=str(tmp_path / "s")))
 
 
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "only a question"}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}],
+    ],
+)
+def test_a_conversation_without_a_reply_is_refused_before_training(fixtures_dir: Path, tmp_path: Path, messages):
+    """Valid training_jsonl (an RLHF prompt looks like this) but nothing to fine-tune on: refused before launch."""
+    data = tmp_path / "chat.jsonl"
+    data.write_text(CHAT.read_text() + json.dumps({"messages": messages}) + "\n")
+    validate(data, "training_jsonl")
+    store = ArtifactStore(root=str(tmp_path / "s"))
+    with pytest.raises(NamedError, match="no_assistant_turn: .*chat.jsonl:49") as raised:
+        materialize(one_stage_pipeline("peft/automodel", data), store)
+    assert "dropped_rows" in raised.value.recovery and published(store) in ([], [".work"])  # no version
+
+
 def test_model_without_chat_template(fixtures_dir: Path, tmp_path: Path):
     model = Path(shutil.copytree(fixtures_dir / "tiny-llama", tmp_path / "model"))
     (model / "chat_template.jinja").unlink()

@@ -144,11 +144,6 @@ def test_jsonl_handed_to_a_packed_consumer_names_the_fix():
             ],
             None, "training_jsonl", "mixed_record_shapes",
         ),
-        ([{"messages": [{"role": "user", "content": "only a question"}]}], None, "training_jsonl", "no_assistant_turn"),
-        (
-            [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}],
-            None, "training_jsonl", "no_assistant_turn",
-        ),
         ([], "[" * 100_000 + "]" * 100_000 + "\n", "training_jsonl", "malformed_jsonl"),
         (
             [{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_score": "high", "rejected_score": 1}],

@@ -128,8 +128,6 @@ def check_record(record: dict[str, Any], where: str, shapes: frozenset[str], tex
         )
     if shape == "chat":
         check_messages(record["messages"], where)
-        if not any(m.get("role") == "assistant" and m.get("content") for m in record["messages"]):
-            raise contract_error("no_assistant_turn", f"{where}: no assistant message with content")
     elif shape == "dpo":
         check_dpo(record, where)
     elif shape == "rlvr":
@@ -165,6 +163,16 @@ class RecordStream:
                 raise contract_error("mixed_record_shapes", f"{where}: {shape} record after {self.shape} records")
             self.records += 1
             yield record
+
+
+def require_assistant_turns(files: list[Path]) -> None:
+    """SFT learns only assistant tokens: no_assistant_turn for a chat record without an assistant message with
+    content (valid training_jsonl, e.g. an RLHF prompt, but nothing to fine-tune on)."""
+    for where, line in iter_lines(files):
+        messages = parse_line(where, line).get("messages")
+        replies = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else None
+        if replies is not None and not any(m.get("role") == "assistant" and m.get("content") for m in replies):
+            raise contract_error("no_assistant_turn", f"{where}: no assistant message with content")
 
 
 def validate_jsonl(path: Path, shapes: frozenset[str], text_field: str = "text") -> dict[str, Any]:

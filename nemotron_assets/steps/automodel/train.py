@@ -15,6 +15,7 @@ from typing import Any
 
 from nemotron_assets.artifacts.binidx import BLEND_FILE, read_blend
 from nemotron_assets.artifacts.files import TRAIN, data_files, link_or_copy, read_provenance
+from nemotron_assets.artifacts.jsonl import require_assistant_turns
 from nemotron_assets.digests import content_digest
 from nemotron_assets.steps import InputArtifact, StepResult, StepRun
 from nemotron_assets.steps.data_prep.tokenizer import Tokenizer, TokenizerUnavailable, load_tokenizer
@@ -120,6 +121,7 @@ def dataset_config(run: StepRun) -> dict[str, Any]:
     """Chat records for SFT/LoRA; for pretraining, the bins by split with absolute prefixes (validation unweighted)."""
     if "binidx" not in run.inputs:
         files = data_files(run.input("training_jsonl").path, (".jsonl",), TRAIN)
+        require_assistant_turns(files)
         return {
             "_target_": RECIPE_TARGETS["dataset"],
             "path_or_dataset_id": files,
