@@ -32,7 +32,8 @@ from resources.profile import HardwareProfile, load_profile
 
 SPEC = "t/out/.work/v/job-automodel.json"  # a spec under each profile's storage
 TIMINGS = ("seconds", "tokens_per_second", "mfu_percent")  # from wall-clock time: the rest must match
-MODEL_STAGES = ("binidx", "eval_base", "lora", "eval_lora", "merged", "eval_merged", "cpt", "eval_cpt")
+IN_PROCESS = ("chat_split", "binidx")  # the data the model stages read, made in-process
+MODEL_STAGES = (*IN_PROCESS, "eval_base", "lora", "eval_lora", "merged", "eval_merged", "cpt", "eval_cpt")
 
 
 def spec_command(profile_name: str) -> tuple[list[str], object]:
@@ -99,7 +100,7 @@ def rootfs() -> Path:
 
 
 def materialize(root: Path, profile: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """The tiny pipeline's model stages (and the bins CPT reads), materialized by Dagster on `profile`."""
+    """The tiny pipeline's model stages (and the split and bins they read), materialized by Dagster on `profile`."""
     tiny = load_pipeline(PIPELINE_DIR / "tiny.yaml")
     return dg.materialize(
         pipeline_assets(tiny),
@@ -125,14 +126,14 @@ def test_tiny_model_stages_through_the_container_executor(
         (mine,) = isolated.asset_materializations_for_node(f"tiny__{name}")
         (theirs,) = local.asset_materializations_for_node(f"tiny__{name}")
         assert mine.metadata["data_version"] == theirs.metadata["data_version"], name  # versions ignore executors
-        assert mine.metadata["launcher"].value == ("in_process" if name == "binidx" else "container"), name
+        assert mine.metadata["launcher"].value == ("in_process" if name in IN_PROCESS else "container"), name
         for key, value in theirs.metadata.items():
             if isinstance(value, dg.FloatMetadataValue | dg.IntMetadataValue) and not key.endswith(TIMINGS):
                 assert mine.metadata[key].value == pytest.approx(value.value, rel=1e-4, abs=1e-6), (name, key)
     streamed = [entry.user_message for entry in instance.all_logs(isolated.run_id)]
     assert any(message.startswith("step 29: loss") for message in streamed)  # the LoRA job's Pipes log
     jobs = list((tmp_path / "store" / ".nemotron-jobs").iterdir())
-    assert len(jobs) == len(MODEL_STAGES) - 1  # one job per launching stage, each with its Pipes files
+    assert len(jobs) == len(MODEL_STAGES) - len(IN_PROCESS)  # one job per launching stage, with its Pipes files
 
 
 @needs_tools

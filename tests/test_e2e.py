@@ -19,7 +19,7 @@ from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile
 
 BIN = Path(sys.executable).parent
-DATA_STAGES = ("packed_parquet", "binidx", "dpo_data", "rlvr_data")
+DATA_STAGES = ("chat_split", "packed_parquet", "binidx", "dpo_data", "rlvr_data")
 DATA_BRANCH = ("curated", "translated", "synthetic", "byob_benchmark", "eval_byob")  # via the fixture services
 MODEL_STAGES = ("eval_base", "lora", "eval_lora", "merged", "eval_merged", "cpt", "eval_cpt")
 GATED = ("eval_lora", "eval_merged", "eval_cpt")
