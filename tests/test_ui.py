@@ -97,6 +97,23 @@ def screenshot(page, name: str, tmp_path: Path) -> None:
         shutil.copy(tmp_path / name, DOCS / name)
 
 
+def launch(page, button) -> None:
+    """Click a Materialize button and wait for the run's launch mutation to be answered (leaving the page sooner
+    cancels it)."""
+    with page.expect_response(lambda response: "op=LaunchPipelineExecution" in response.url):
+        button.click()
+
+
+def wait_for_metadata(page, url: str, key: str, timeout: float) -> None:
+    """Reload the asset page until its latest materialization shows the metadata key."""
+    deadline = time.time() + timeout
+    page.goto(url, wait_until="networkidle")
+    while page.get_by_text(key).count() == 0:
+        assert time.time() < deadline, f"{url} was not materialized within {timeout:.0f} s"
+        time.sleep(5)
+        page.reload(wait_until="networkidle")
+
+
 def test_lineage_launchpad_materialization_and_metadata(dagster_ui: str, page, tmp_path: Path):
     page.goto(f"{dagster_ui}/locations/nemotron_assets/asset-groups/tiny", wait_until="networkidle")
     page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())  # community dialog
@@ -116,6 +133,11 @@ def test_lineage_launchpad_materialization_and_metadata(dagster_ui: str, page, t
     page.get_by_text("packed_parquet", exact=True).first.wait_for()
     screenshot(page, "ui-lineage.png", tmp_path)
 
+    # lora trains on chat_split's train split: materialize that first with a plain click, as a user would
+    page.goto(f"{dagster_ui}/assets/tiny/chat_split", wait_until="networkidle")
+    launch(page, page.get_by_role("button", name="Materialize").first)
+    wait_for_metadata(page, f"{dagster_ui}/assets/tiny/chat_split", "held_out_records", timeout=300)
+
     page.goto(f"{dagster_ui}/assets/tiny/lora", wait_until="networkidle")
     page.get_by_role("button", name="Materialize").first.click(modifiers=["Shift"])
     editor = page.locator(".CodeMirror").first
@@ -124,14 +146,9 @@ def test_lineage_launchpad_materialization_and_metadata(dagster_ui: str, page, t
     page.keyboard.press("Control+A")
     page.keyboard.press("Delete")
     page.keyboard.insert_text(LAUNCHPAD_CONFIG)
-    page.get_by_role("button", name="Materialize").last.click()
+    launch(page, page.get_by_role("button", name="Materialize").last)
 
-    deadline = time.time() + 600
-    page.goto(f"{dagster_ui}/assets/tiny/lora", wait_until="networkidle")
-    while page.get_by_text("final_loss").count() == 0:
-        assert time.time() < deadline, "lora was not materialized within 10 minutes"
-        time.sleep(5)
-        page.reload(wait_until="networkidle")
+    wait_for_metadata(page, f"{dagster_ui}/assets/tiny/lora", "final_loss", timeout=600)
     steps = page.locator("tr").filter(has=page.get_by_text("steps", exact=True)).first
     assert steps.locator("td").last.inner_text().strip() == "4"  # the Launchpad's max_steps, not the stage's 30
     page.get_by_text("loss_curve").first.scroll_into_view_if_needed()
