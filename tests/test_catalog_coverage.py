@@ -1,0 +1,159 @@
+"""The catalog says what the code does: every declared named error is raised by the code and triggered by a test,
+every declared parameter is read by its step's code, and a named-error test names the error it expects.
+
+Read statically from the sources (string constants in the syntax trees), so the check holds for any subset of tests
+that runs and costs no execution."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.catalog.models import StepSpec
+
+PACKAGE = Path(__file__).resolve().parents[1] / "nemotron_assets"
+TESTS = Path(__file__).resolve().parent
+
+
+@cache
+def tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def strings(paths: list[Path]) -> set[str]:
+    return {
+        node.value
+        for path in paths
+        for node in ast.walk(tree(path))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+
+
+def mentioned(name: str, texts: set[str]) -> bool:
+    """The name as a word of a string (a test's `match="name: detail"`, an expected `{"error": "name"}`)."""
+    return any(re.search(rf"(?<!\w){name}(?!\w)", text) for text in texts)
+
+
+def module_file(module: str) -> Path:
+    return Path(importlib.util.find_spec(module).origin)
+
+
+def step_code(step: StepSpec) -> list[Path]:
+    """The step's own code: the package its entry lives in (config builder, job backend) and the project modules
+    that package imports, transitively."""
+    seen: set[Path] = set()
+    todo = sorted(module_file(step.entry.split(":")[0]).parent.glob("*.py"))
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(tree(path)):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nemotron_assets.steps"):
+                target = module_file(node.module)
+                todo.append(target)
+    return sorted(seen)
+
+
+ALL_CODE = sorted(PACKAGE.rglob("*.py"))
+TEST_CODE = sorted(p for p in TESTS.rglob("*.py") if p.name != Path(__file__).name)
+WIRING = sorted((PACKAGE / "pipelines").glob("*.py")) + [PACKAGE / "factory.py", PACKAGE / "gates.py"]
+RUNNABLE = [step for step in CATALOG.steps.values() if step.entry]
+
+
+CODE_STRINGS = strings(ALL_CODE)
+TEST_STRINGS = strings(TEST_CODE)
+
+
+def uncovered(declared: list[str]) -> tuple[list[str], list[str]]:
+    """(names no code raises, names no test triggers)."""
+    return [n for n in declared if n not in CODE_STRINGS], [n for n in declared if not mentioned(n, TEST_STRINGS)]
+
+
+@pytest.mark.parametrize("step", RUNNABLE, ids=lambda step: step.id)
+def test_every_declared_error_is_raised_by_the_code_and_by_a_test(step: StepSpec):
+    unraised, untested = uncovered(sorted(error.name for error in step.errors if not error.fed))  # fed: by its type
+    assert not unraised, f"{step.id} declares errors no code raises: {unraised}"
+    assert not untested, f"{step.id} declares errors no test triggers: {untested}"
+
+
+def test_every_contract_error_is_raised_by_the_code_and_by_a_test():
+    unraised, untested = uncovered(sorted(CATALOG.contract_errors))
+    assert not unraised, f"contract errors no code raises: {unraised}"
+    assert not untested, f"contract errors no test triggers: {untested}"
+
+
+def read_by(name: str, constants: set[str], groups: set[str]) -> bool:
+    """Read by key (`p["peft.dim"]`), composed (`p[f"train.{k}"]` over a tuple holding "train_iters"), or as a
+    group passed through whole (a tuple of prefixes holding "dpo.")."""
+    parts = name.split(".")
+    prefixes = [(".".join(parts[:i]) + ".", ".".join(parts[i:])) for i in range(1, len(parts))]
+    return (
+        name in constants
+        or any(prefix in constants and rest in constants for prefix, rest in prefixes)
+        or any(prefix in groups for prefix, _ in prefixes)
+    )
+
+
+def group_prefixes(paths: list[Path]) -> set[str]:
+    return {
+        element.value
+        for path in paths
+        for node in ast.walk(tree(path))
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set))
+        for element in node.elts
+        if isinstance(element, ast.Constant) and isinstance(element.value, str) and element.value.endswith(".")
+    }
+
+
+@pytest.mark.parametrize("step", RUNNABLE, ids=lambda step: step.id)
+def test_every_declared_parameter_is_read_by_its_step(step: StepSpec):
+    code = step_code(step)
+    constants, groups = strings(code), group_prefixes(code)
+    wiring = strings(WIRING)  # an unversioned parameter may wire the stage into its pipeline instead
+    unread = [
+        p.name
+        for p in step.parameters
+        if not read_by(p.name, constants, groups) and (p.versioned or p.name not in wiring)
+    ]
+    assert not unread, f"{step.id} declares parameters its code never reads: {unread}"
+
+
+def checks_name(function: ast.AST, caught: str) -> bool:
+    """`caught.value.name` is compared somewhere in the test function."""
+    return any(
+        isinstance(node, ast.Compare)
+        and any(
+            isinstance(side, ast.Attribute)
+            and side.attr == "name"
+            and isinstance(side.value, ast.Attribute)
+            and getattr(side.value.value, "id", "") == caught
+            for side in (node.left, *node.comparators)
+        )
+        for node in ast.walk(function)
+    )
+
+
+def test_a_named_error_test_names_the_error():
+    """`pytest.raises(NamedError)` alone passes on any error: each says which (match=, or a check of .value.name)."""
+    unnamed = [
+        f"{path.name}:{item.context_expr.lineno}"
+        for path in TEST_CODE
+        for function in ast.walk(tree(path))
+        if isinstance(function, ast.FunctionDef)
+        for node in ast.walk(function)
+        if isinstance(node, ast.With)
+        for item in node.items
+        if isinstance(item.context_expr, ast.Call)
+        and getattr(item.context_expr.func, "attr", "") == "raises"
+        and any(getattr(a, "id", "") == "NamedError" for a in item.context_expr.args)
+        and not any(k.arg == "match" for k in item.context_expr.keywords)
+        and not (item.optional_vars is not None and checks_name(function, item.optional_vars.id))
+    ]
+    assert not unnamed, f"pytest.raises(NamedError) that accepts any error: {unnamed}"
