@@ -160,9 +160,9 @@ def test_lora_needs_a_megatron_base(fixtures_dir: Path, packed: Path, tmp_path):
 
 
 def test_adapter_written_into_its_base(fixtures_dir: Path, packed: Path, tmp_path):
-    base = megatron_run(tmp_path / "base")
+    base = megatron_run(tmp_path / "work" / "checkpoints" / "base")  # inside the stage's own save directory
     inputs = {"packed_parquet": packed, "checkpoint_megatron": base}
-    params = {"hf_model_path": str(fixtures_dir / "tiny-llama"), "checkpoint.save": str(base / "lora")}
+    params = {"hf_model_path": str(fixtures_dir / "tiny-llama")}
     expect("base_and_adapter_paths_mixed", step_run("peft/megatron_bridge", tmp_path, inputs, **params))
 
 
@@ -230,3 +230,20 @@ def test_the_planners_layout_passes_the_launch_checks(model: str, hardware: Hard
     run = StepRun(spec, params, {}, tmp_path, tmp_path / "work", hardware.gpus_per_node)
     megatron_bridge.check_batch_shape(run, hardware.gpus)
     assert params["seq_length"] == params["dataset.packed_sequence_specs.packed_sequence_size"]
+
+
+def initialize_ub():  # named as Transformer Engine's userbuffer set-up
+    raise RuntimeError("CUDA multicast is not supported on this fabric")
+
+
+def test_a_failure_inside_transformer_engines_userbuffer_set_up_is_named():
+    from nemotron_assets.steps.megatron_bridge.train_job import userbuffer_failure
+
+    with pytest.raises(RuntimeError) as inside:
+        initialize_ub()
+    named = userbuffer_failure(inside.value)
+    assert named.name == "transformer_engine_userbuffer_failure" and "multicast" in named.detail
+    assert "UB_SKIPMC=1" in CATALOG.step("pretrain/megatron_bridge").recovery(named.name)
+    with pytest.raises(RuntimeError) as elsewhere:
+        raise RuntimeError("CUDA multicast is not supported on this fabric")
+    assert userbuffer_failure(elsewhere.value) is None  # the same message raised elsewhere is not this failure

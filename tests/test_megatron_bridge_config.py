@@ -72,19 +72,18 @@ def test_sft_of_an_hf_llama_uses_the_common_recipe_with_its_autobridge_provider(
     assert config.train.global_batch_size == 16 and config.train.eval_iters == 0 and config.data_parallel_size == 8
 
 
-def test_nano3_lora_uses_megatron_bridges_nemotron_3_nano_recipe(bridge, tmp_path):
-    from megatron.bridge.peft.lora import LoRA
-
+@pytest.mark.parametrize(("scheme", "adapter"), [("lora", "LoRA"), ("dora", "DoRA")])
+def test_nano3_lora_uses_megatron_bridges_nemotron_3_nano_recipe(bridge, tmp_path, scheme: str, adapter: str):
     from nemotron_assets.steps.megatron_bridge.config import training_config
 
-    lora = {"dim": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["linear_qkv", "linear_proj"]}
+    lora = {"type": scheme, "dim": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["linear_qkv", "linear_proj"]}
     base = str(tmp_path / "base")
     changes = {"checkpoint": {"save": str(tmp_path / "ck"), "save_interval": 5, "pretrained_checkpoint": base}}
     config = training_config(spec(tmp_path, "peft", NANO3, peft=lora, load_hf_weights=False) | changes)
     config.validate()
     assert type(config.model).__name__ == "Nemotron3NanoProvider" and config.model.num_moe_experts
     assert config.model.expert_model_parallel_size == 8 and config.model.tensor_model_parallel_size == 2
-    assert isinstance(config.peft, LoRA) and (config.peft.dim, config.peft.alpha) == (16, 32)
+    assert type(config.peft).__name__ == adapter and (config.peft.dim, config.peft.alpha) == (16, 32)  # peft.type
     assert config.checkpoint.pretrained_checkpoint == base
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from nemotron_assets.errors import NamedError
 from nemotron_assets.pipelines import PipelineError, PipelineSpec, load_pipelines
 
 PACKING = {"name": "a", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}}
@@ -79,6 +80,24 @@ def test_packed_parquet_fed_to_automodel_names_the_catalog_error():
     message = str(caught.value)
     assert "edge packed -> sft: packed is packed_parquet, sft/automodel consumes training_jsonl" in message
     assert "packed_parquet_used_with_automodel: AutoModel reads chat JSONL" in message
+
+
+@pytest.mark.parametrize("seq_length", [2048, 4096])
+def test_bins_packed_to_another_length_than_the_trainer_reads_are_refused_at_load(seq_length: int):
+    stages = [
+        PACKING | {"config": {"pack_size": 2048}},
+        {
+            "name": "sft",
+            "step": "sft/megatron_bridge",
+            "consumes": {"packed_parquet": "a"},
+            "config": {"seq_length": seq_length},
+        },
+    ]
+    if seq_length == 2048:
+        assert PipelineSpec.parse(spec(stages)).stage("sft")
+        return
+    with pytest.raises(NamedError, match="seq_length_mismatch: stage a packs to 2048 tokens, stage sft trains at seq"):
+        PipelineSpec.parse(spec(stages))
 
 
 def test_unset_source_variable_is_a_named_error(tmp_path):

@@ -16,11 +16,13 @@ import yaml
 
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.catalog.models import StrictModel, check_value
+from nemotron_assets.errors import step_error
 from nemotron_assets.pipelines.bookends import check_roles, expand, pairs
 from nemotron_assets.pipelines.models import Automation, Evaluation, PipelineError, Source, Stage
 
 PIPELINE_DIR = Path(__file__).resolve().parent
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+PACKING = "data_prep/sft_packing"
 
 
 class PipelineSpec(StrictModel):
@@ -45,7 +47,23 @@ class PipelineSpec(StrictModel):
         spec._check_stages([s for s in stages if s.name not in seen], seen)
         spec = spec.model_copy(update={"stages": stages})
         spec._check_partitions()
+        spec._check_pack_sizes()
         return spec
+
+    def _check_pack_sizes(self) -> None:
+        """seq_length_mismatch before anything runs: bins packed in this pipeline must be as long as the sequences
+        of the stage that trains on them (the trainer checks the bins' recorded pack_size again at launch)."""
+        packers = {s.name: s for s in self.stages if s.step == PACKING}
+        for stage in self.stages:
+            packer = packers.get(stage.consumes.get("packed_parquet", ""))
+            seq_length = self.params(stage).get("seq_length")
+            if packer and seq_length and self.params(packer)["pack_size"] != seq_length:
+                raise step_error(
+                    PACKING,
+                    "seq_length_mismatch",
+                    f"stage {packer.name} packs to {self.params(packer)['pack_size']} tokens, "
+                    f"stage {stage.name} trains at seq_length {seq_length}",
+                )
 
     def error(self, message: str) -> PipelineError:
         return PipelineError(f"pipeline {self.name}: {message}")

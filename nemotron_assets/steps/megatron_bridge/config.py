@@ -8,6 +8,7 @@ Transformer Engine is absent the model is built from Megatron-Core's local layer
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ def training_config(spec: dict[str, Any]):
             path_to_cache=str(Path(save).parent / "index_cache"),
             dataloader_type="single",
         )
-    cfg.peft = _lora(spec["peft"])
+    cfg.peft = _adapter(spec["peft"])
     return cfg
 
 
@@ -108,11 +109,15 @@ def _packed_specs(data: dict[str, Any]):
     )
 
 
-def _lora(peft: dict[str, Any] | None):
+ADAPTERS = {"lora": ("megatron.bridge.peft.lora", "LoRA"), "dora": ("megatron.bridge.peft.dora", "DoRA")}
+
+
+def _adapter(peft: dict[str, Any] | None):
+    """Megatron-Bridge's own PEFT scheme named by peft.type, with the step's rank, alpha, dropout and modules."""
     if peft is None:
         return None
-    from megatron.bridge.peft.lora import LoRA
-
-    return LoRA(
+    module, name = ADAPTERS[peft["type"]]
+    scheme = getattr(importlib.import_module(module), name)
+    return scheme(
         target_modules=list(peft["target_modules"]), dim=peft["dim"], alpha=peft["alpha"], dropout=peft["dropout"]
     )

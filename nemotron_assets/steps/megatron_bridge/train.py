@@ -95,7 +95,7 @@ def launch_spec(run: StepRun, mode: str) -> dict[str, Any]:
         },
         "recompute_granularity": p.get("model.recompute_granularity"),
         "checkpoint": {
-            "save": run.work_dir / "checkpoints",
+            "save": save_dir(run),
             "save_interval": p["checkpoint.save_interval"],
             "pretrained_checkpoint": base_checkpoint(run, mode),
         },
@@ -106,11 +106,16 @@ def launch_spec(run: StepRun, mode: str) -> dict[str, Any]:
     return spec
 
 
+def save_dir(run: StepRun) -> Path:
+    """Where Megatron-Bridge saves: the work directory, so a retried run resumes (the store publishes it)."""
+    return run.work_dir / "checkpoints"
+
+
 def lora(p: dict[str, Any], mode: str) -> dict[str, Any] | None:
     if mode == "peft":
-        return {k: p[f"peft.{k}"] for k in ("dim", "alpha", "dropout", "target_modules")}
+        return {k: p[f"peft.{k}"] for k in ("type", "dim", "alpha", "dropout", "target_modules")}
     if mode == "sft" and p.get("peft") == "lora":
-        return {"dim": 32, "alpha": 32, "dropout": 0.0, "target_modules": ["linear_qkv", "linear_proj"]}
+        return {"type": "lora", "dim": 32, "alpha": 32, "dropout": 0.0, "target_modules": ["linear_qkv", "linear_proj"]}
     return None
 
 
@@ -134,9 +139,8 @@ def base_checkpoint(run: StepRun, mode: str) -> Path | None:
     except NamedError as e:
         name = "missing_base_checkpoint" if has_error(run, "missing_base_checkpoint") else e.name
         raise run.error(name, e.detail) if name != e.name else e from None
-    save = run.params.get("checkpoint.save")
-    if mode == "peft" and save and overlaps(Path(save), path):
-        raise run.error("base_and_adapter_paths_mixed", f"checkpoint.save {save} overlaps the base {path}")
+    if mode == "peft" and overlaps(save_dir(run), path):
+        raise run.error("base_and_adapter_paths_mixed", f"the adapter's save directory {save_dir(run)} overlaps {path}")
     check_sequence_length(run, iteration)
     return pinned(run, iteration)
 

@@ -13,10 +13,11 @@ import contextlib
 import json
 import os
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
-from nemotron_assets.job import JobSpec
+from nemotron_assets.job import JobError, JobSpec
 
 
 def run(job: JobSpec) -> None:
@@ -38,10 +39,24 @@ def run(job: JobSpec) -> None:
         config = training_config(spec)
         entry = pretrain if spec["mode"] == "pretrain" else finetune
         started = time.perf_counter()
-        entry(config, log.wrap(forward_step))
+        try:
+            entry(config, log.wrap(forward_step))
+        except Exception as e:
+            named = userbuffer_failure(e)
+            if named is None:
+                raise
+            raise named from e
         seconds = time.perf_counter() - started
         if reporting:
             (Path(job.work_dir) / "training_log.json").write_text(json.dumps(log.summary(seconds)))
+
+
+def userbuffer_failure(error: Exception) -> JobError | None:
+    """transformer_engine_userbuffer_failure: the error was raised while Transformer Engine set up its userbuffers
+    (inside its `initialize_ub`), which fails on fabrics without the multicast or the NVLink it expects."""
+    if any(frame.name == "initialize_ub" for frame in traceback.extract_tb(error.__traceback__)):
+        return JobError("transformer_engine_userbuffer_failure", f"{type(error).__name__}: {error}")
+    return None
 
 
 class LossLog:
