@@ -269,6 +269,21 @@ def test_pretraining_from_scratch_builds_the_architecture_only():
     assert "pretrained_model_name_or_path" not in model
 
 
+def test_scheduler_keys_the_installed_automodel_does_not_take_are_named_before_loading(tmp_path: Path):
+    from nemotron_assets.job import JobError
+    from nemotron_assets.steps.automodel.job import check_scheduler_keys
+
+    step = CATALOG.step("pretrain/automodel")
+    chat = InputArtifact(name="chat", type="training_jsonl", path=CHAT, version="v")
+    run = StepRun(step, step.preset_values("default"), {"training_jsonl": chat}, tmp_path, tmp_path / "w")
+    recipe = automodel.recipe_config(run, 0)
+    check_scheduler_keys(recipe)  # every key the step writes is one this AutoModel takes
+    recipe["step_scheduler"]["warmup_ratio"] = 0.1  # a key of another release
+    with pytest.raises(JobError) as e:
+        check_scheduler_keys(recipe)
+    assert e.value.name == "unsupported_scheduler_kwargs" and "['warmup_ratio']" in e.value.detail
+
+
 @pytest.mark.parametrize(("gpus", "weights"), [(0, "float32"), (1, "bfloat16"), (8, "float32")])
 def test_recipe_config_for_the_hardware(gpus: int, weights: str, tmp_path: Path):
     """bf16 on one GPU means bf16 weights (AutoModel does not shard one rank, so no FSDP2 policy casts them);

@@ -6,13 +6,24 @@ optimizer step to Dagster (outside Dagster, Pipes is a no-op).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 from pathlib import Path
 
 import yaml
 
-from nemotron_assets.job import JobSpec
+from nemotron_assets.job import JobError, JobSpec
+
+
+def check_scheduler_keys(recipe: dict) -> None:
+    """unsupported_scheduler_kwargs: every step_scheduler key must be a parameter of the image's own AutoModel
+    StepScheduler (keys move between AutoModel releases), checked before anything is loaded."""
+    from nemo_automodel.components.training.step_scheduler import StepScheduler
+
+    unknown = sorted(set(recipe.get("step_scheduler", {})) - set(inspect.signature(StepScheduler).parameters))
+    if unknown:
+        raise JobError("unsupported_scheduler_kwargs", f"this AutoModel's StepScheduler takes no {unknown}")
 
 
 def run(spec: JobSpec) -> None:
@@ -38,6 +49,7 @@ def run(spec: JobSpec) -> None:
                     m = log_data.metrics
                     pipes.log.info(f"step {log_data.step}: loss {m['loss']:.4f}, {m['tps']:.0f} tokens/s")
 
+        check_scheduler_keys(spec.args["recipe"])
         recipe = Recipe(parse_args_and_load_config(str(config)))
         recipe.setup()
         recipe.run_train_validation_loop()
