@@ -154,6 +154,15 @@ def test_a_conversation_without_a_reply_is_refused_before_training(fixtures_dir:
     assert "dropped_rows" in raised.value.recovery and published(store) in ([], [".work"])  # no version
 
 
+@pytest.mark.parametrize("step", ["sft/automodel", "peft/automodel"])
+def test_a_model_that_is_not_there_is_named_before_launch(step: str, tmp_path: Path):
+    pipeline = one_stage_pipeline(step, CHAT, **{"model.pretrained_model_name_or_path": str(tmp_path / "nowhere")})
+    store = ArtifactStore(root=str(tmp_path / "s"))
+    with pytest.raises(NamedError, match="model_unavailable: .*nowhere") as raised:
+        materialize(pipeline, store)
+    assert "fixtures build" in raised.value.recovery and published(store) in ([], [".work"])
+
+
 def test_model_without_chat_template(fixtures_dir: Path, tmp_path: Path):
     model = Path(shutil.copytree(fixtures_dir / "tiny-llama", tmp_path / "model"))
     (model / "chat_template.jinja").unlink()
