@@ -122,6 +122,18 @@ def test_bins_made_with_another_chat_template(fixtures_dir: Path, packed: Path, 
     assert "chat template" in expect("tokenizer_mismatch", run).detail
 
 
+@pytest.mark.parametrize("step", ["sft/megatron_bridge", "peft/megatron_bridge"])
+def test_bins_that_train_no_token(step: str, fixtures_dir: Path, packed: Path, tmp_path):
+    untrained = Path(shutil.copytree(packed, tmp_path / "packed"))
+    for shard in (untrained / "splits" / "train").glob("*.parquet"):
+        table = pq.read_table(shard)
+        masks = [[0] * len(mask) for mask in table["loss_mask"].to_pylist()]
+        pq.write_table(table.set_column(table.schema.get_field_index("loss_mask"), "loss_mask", [masks]), shard)
+    inputs = {"packed_parquet": untrained, "checkpoint_megatron": megatron_run(tmp_path / "base")}
+    run = step_run(step, tmp_path, inputs, hf_model_path=str(fixtures_dir / "tiny-llama"))
+    assert "no trainable token" in expect("bad_loss_masks_or_template", run).detail
+
+
 def test_global_batch_not_divisible_by_data_parallel(fixtures_dir: Path, packed: Path, tmp_path):
     model = str(fixtures_dir / "tiny-llama")
     inputs = {"packed_parquet": packed}
