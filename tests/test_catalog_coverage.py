@@ -61,7 +61,7 @@ def step_code(step: StepSpec) -> list[Path]:
     return sorted(seen)
 
 
-ALL_CODE = sorted(PACKAGE.rglob("*.py"))
+ALL_CODE = sorted(PACKAGE.rglob("*.py")) + sorted((PACKAGE.parent / "resources").rglob("*.py"))  # + launchers, store
 TEST_CODE = sorted(p for p in TESTS.rglob("*.py") if p.name != Path(__file__).name)
 WIRING = sorted((PACKAGE / "pipelines").glob("*.py")) + [PACKAGE / "factory.py", PACKAGE / "gates.py"]
 RUNNABLE = [step for step in CATALOG.steps.values() if step.entry]
