@@ -167,3 +167,15 @@ def test_a_job_sees_only_the_storage_at_its_own_paths(fixtures_dir: Path, tmp_pa
     assert "pretrained=/mnt/fixtures/tiny-llama" in " ".join(job.args["argv"])
     local = run_stage(pipeline, spec, params, ArtifactStore(root=str(tmp_path / "local")), "local_cpu")
     assert isolated_result.stats == pytest.approx(local.stats)  # the same scores as in-process on this machine
+
+
+def test_no_container_runtime_and_no_root_filesystem_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from nemotron_assets.launchers import container
+    from resources.profile import load_profile
+
+    monkeypatch.setattr(container.shutil, "which", lambda name: None)  # no podman, docker or bwrap on the PATH
+    with pytest.raises(NamedError, match="container_runtime_missing: neither podman, docker nor bwrap"):
+        container.runtime(load_profile("container"))
+    with pytest.raises(NamedError, match="container_rootfs_missing: .*not built") as e:
+        container.ensure_rootfs(tmp_path / "rootfs")
+    assert "rootfs build" in e.value.recovery

@@ -15,6 +15,7 @@ from helpers import materialize, one_stage_pipeline, published
 
 from nemotron_assets import cli, digests, execution, versions
 from nemotron_assets.catalog import CATALOG
+from nemotron_assets.errors import NamedError
 from nemotron_assets.paths import PACKAGE_DIR
 from nemotron_assets.steps.data_prep import sft_packing
 from resources import artifact_store
@@ -247,3 +248,17 @@ def test_wiring_parameters_are_not_part_of_a_version():
     assert {name for name in wiring if not step.parameter(name).versioned} == set(wiring)
     assert execution.data_version(step, params | wiring, {}) == base
     assert execution.data_version(step, params | {"limit": 3}, {}) != base
+
+
+def test_a_launchpad_value_of_the_wrong_type_and_a_step_without_code_are_named(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+):
+    pipeline = one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl")
+    stage = pipeline.stage("out")
+    params = pipeline.params(stage) | {"pack_size": "big"}  # run config reaches the stage after the YAML was parsed
+    with pytest.raises(NamedError, match="invalid_parameter: t/out: parameter 'pack_size': 'big' is not of type int"):
+        execution.stage_version(pipeline, stage, params, store)
+    step = CATALOG.step("data_prep/sft_packing")
+    monkeypatch.setitem(CATALOG.steps, step.id, step.model_copy(update={"entry": None}))
+    with pytest.raises(NamedError, match="step_not_runnable: t/out: data_prep/sft_packing"):
+        execution.stage_version(pipeline, stage, pipeline.params(stage), store)
