@@ -232,11 +232,16 @@ def test_mixed_nemo_gym_and_upstream_config(tmp_path: Path, rlvr_data: Path):
     )
 
 
-def test_responses_api_schema_missing(tmp_path: Path):
+def test_responses_api_schema_missing_unless_a_default_agent_serves_the_rows(tmp_path: Path, fixtures_dir: Path):
     rows = [{"messages": [{"role": "user", "content": "Hi."}]} for _ in range(8)]
-    inputs = {"checkpoint_hf": InputArtifact("genrm", "checkpoint_hf", tmp_path, "v3")}
+    inputs = {"checkpoint_hf": InputArtifact("genrm", "checkpoint_hf", fixtures_dir / "tiny-llama", "v3")}
     run = step_run(tmp_path, "rlhf", split_data(tmp_path, Path(), rows), inputs=inputs)
     expect(run, "responses_api_schema_missing", "no agent_ref")
+    agent = {"type": "responses_api_agents", "name": "genrm_simple_agent"}
+    data = run.input("training_jsonl").path
+    run = step_run(tmp_path, "rlhf", data, inputs=inputs, **{"data.default_agent_ref": agent})
+    config, _ = prepared(run)  # the agent serves every row that names none: NeMo-RL reads it from data
+    assert config["data"]["default_agent_ref"] == agent
 
 
 def test_reward_model_policy_confused(tmp_path: Path, fixtures_dir: Path):

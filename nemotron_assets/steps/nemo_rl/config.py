@@ -46,9 +46,12 @@ def step_keys(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k.startswith(PREFIXES) and k not in LOCAL and v is not None}
 
 
-def data_section(step_id: str, train: Path, validation: Path, fields: dict[str, str]) -> dict[str, Any]:
+def data_section(
+    step_id: str, train: Path, validation: Path, fields: dict[str, str], agent: dict[str, str] | None = None
+) -> dict[str, Any]:
     """data.train / data.validation / data.default for local JSONL files: preference pairs for DPO, prompts with
-    their verifier field for the math environment, NeMo-Gym rows for RLHF."""
+    their verifier field for the math environment, NeMo-Gym rows for RLHF (with data.default_agent_ref, the agent
+    of rows that name none)."""
     if step_id == "rl/nemo_rl/dpo":
         default = {"dataset_name": "BinaryPreferenceDataset", "prompt_key": "prompt"}
         default |= {"chosen_key": "chosen", "rejected_key": "rejected"}
@@ -57,7 +60,8 @@ def data_section(step_id: str, train: Path, validation: Path, fields: dict[str, 
     else:
         default = {"dataset_name": "ResponseDataset", "input_key": fields["prompt"], "output_key": fields["answer"]}
         default |= {"env_name": "math", "processor": "math_hf_data_processor"}
-    return {"train": {"data_path": train}, "validation": {"data_path": validation}, "default": default}
+    section = {"train": {"data_path": train}, "validation": {"data_path": validation}, "default": default}
+    return section | ({"default_agent_ref": agent} if agent else {})
 
 
 def run_config(

@@ -217,7 +217,7 @@ def prepare(run: StepRun) -> tuple[dict[str, Any], dict[str, Any]]:
         validation = response_rows(validation, directory / "val.jsonl", answer)
         fields |= {"prompt": "input", "answer": "output"}
     output = {"checkpoints": run.work_dir / "checkpoints", "logs": run.work_dir / "logs"}
-    data = data_section(run.step.id, train, validation, fields)
+    data = data_section(run.step.id, train, validation, fields, run.params.get("data.default_agent_ref"))
     config = merge(run_config(run.step.id, run.params, policy, data, cluster, output), reward)
     job = {"config": config, "script": job_script(run, checkpoint, policy, cluster["num_nodes"])}
     return job, {"rows": fields["rows"], "policy": str(policy), "warm_start": str(checkpoint) if checkpoint else None}
