@@ -32,6 +32,12 @@ def documents(root: Path) -> Path:
     return root
 
 
+def translate_pipeline(server: ServiceServer, path: Path, **config: Any) -> PipelineSpec:
+    source = [{"name": "bench", "type": "mcq_benchmark_parquet", "path": str(path)}]
+    base = {"server": {"url": f"{server.url}/v1", "model": "m"}, "source_language": "en", "target_language": "fr"}
+    return byob_pipeline("translate", source, {"benchmark_parquet": "bench"}, **(base | config))
+
+
 def test_generate_from_documents(store: ArtifactStore, tmp_path: Path, server: ServiceServer):
     pipeline = byob_pipeline(
         "tiny", input_dir=str(documents(tmp_path / "docs")), server={"url": f"{server.url}/v1", "model": "m"}
@@ -49,10 +55,7 @@ def test_generate_from_documents(store: ArtifactStore, tmp_path: Path, server: S
 
 
 def test_translate_keeps_row_identity_and_answers(store: ArtifactStore, tmp_path: Path, server: ServiceServer):
-    source = [{"name": "bench", "type": "mcq_benchmark_parquet", "path": str(DATA / "tiny_mcq.parquet")}]
-    config = {"server": {"url": f"{server.url}/v1", "model": "m"}, "source_language": "en", "target_language": "fr"}
-    pipeline = byob_pipeline("translate", source, {"benchmark_parquet": "bench"}, **config)
-    result = materialize(pipeline, store, cpus=2)
+    result = materialize(translate_pipeline(server, DATA / "tiny_mcq.parquet"), store, cpus=2)
     original = pq.read_table(DATA / "tiny_mcq.parquet").to_pylist()
     translated = pq.read_table(result.path / "byob_mcq_default" / "benchmark.parquet").to_pylist()
     assert [r["question_id"] for r in translated] == [r["question_id"] for r in original]
@@ -63,6 +66,31 @@ def test_translate_keeps_row_identity_and_answers(store: ArtifactStore, tmp_path
         assert (after["category"], after["cot_content"]) == (before["category"], before["cot_content"])
     assert translated[0]["question"] == "Quel est le capitale de Zorbia?"
     assert result.stats["dropped"] == 0
+
+
+def test_remove_low_quality_drops_questions_below_the_faith_threshold(
+    store: ArtifactStore, tmp_path: Path, server: ServiceServer
+):
+    known = {"question": "What is the capital?", "options": ["the city", "the river", "the sea", "the lake"]}
+    unknown = {"question": "What is the capital of Zorbia?", "options": ["Dunmark", "Vireo", "Ilvar", "Quintar"]}
+    carried = {"answer_index": 0, "answer": "A", "cot_content": "-", "src": "-", "category": "c"}
+    rows = [
+        {"question_id": f"q{i}", **row, **carried} for i, row in enumerate([known, unknown])
+    ]  # the fixture judge scores a translation 5 when it knows every word, 3 when words stay untranslated
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bench.parquet")
+    pipeline = translate_pipeline(server, tmp_path / "bench.parquet", remove_low_quality=True, faith_threshold=4.0)
+    result = materialize(pipeline, store, cpus=2)
+    translated = pq.read_table(result.path / "byob_mcq_default" / "benchmark.parquet").to_pylist()
+    assert [(r["question_id"], r["question"]) for r in translated] == [("q0", "Quel est le capitale?")]
+    assert translated[0]["options"] == ["le ville", "le fleuve", "le mer", "le lac"]
+    assert result.stats["dropped"] == 1 and result.stats["questions"] == 1
+
+
+def test_an_untranslated_question_is_a_named_error(store: ArtifactStore, tmp_path: Path, server: ServiceServer):
+    pipeline = translate_pipeline(server, DATA / "tiny_mcq.parquet", target_language="de")  # the fixture: en -> fr
+    with pytest.raises(NamedError, match="translation_row_count_drift: 48 of 48 questions untranslated") as raised:
+        materialize(pipeline, store, cpus=2)
+    assert "serves the language pair" in raised.value.recovery and published(store) == []
 
 
 def test_a_benchmark_is_never_fed_to_training(store: ArtifactStore, tmp_path: Path, server: ServiceServer):
@@ -88,6 +116,7 @@ def test_a_benchmark_is_never_fed_to_training(store: ArtifactStore, tmp_path: Pa
     ("preset", "config", "error", "recovery"),
     [
         ("tiny", {"input_dir": "/nonexistent"}, "missing_byob_source_documents", "named after each key"),
+        ("tiny", {"family": "open_qa"}, "new_family_keeps_mcq_assumptions", "needs its own schema"),
         ("translate", {"source_language": None}, "missing_language_codes", "source_language and target_language"),
         ("translate", {"dataset_path": "QUESTIONS_ONLY"}, "mcq_schema_mismatch", "restore those columns"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from helpers import materialize, one_stage_pipeline, published
 
 from nemotron_assets.errors import NamedError
+from nemotron_assets.steps.curator import runtime
 from resources.artifact_store import ArtifactStore
 
 ENGLISH = ["the cat sat on the mat today", "we went to the market in the morning", "she reads a book every night"]
@@ -126,3 +128,15 @@ def test_configuration_errors(store: ArtifactStore, tmp_path: Path, config: dict
         materialize(one_stage_pipeline("curate/nemo_curator", tmp_path / "raw", **config), store, cpus=2)
     assert recovery in raised.value.recovery
     assert published(store) == []
+
+
+def test_a_file_too_large_for_the_memory_is_a_named_error_before_ray(
+    store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    corpus(tmp_path / "raw")
+    largest = max((tmp_path / "raw").glob("*.jsonl"), key=lambda p: p.stat().st_size)
+    monkeypatch.setattr(runtime, "available_memory", lambda: largest.stat().st_size * runtime.READ_EXPANSION - 1)
+    with pytest.raises(NamedError, match=f"large_file_oom: {re.escape(str(largest))} is") as raised:
+        materialize(one_stage_pipeline("curate/nemo_curator", tmp_path / "raw"), store, cpus=2)
+    assert "split it into smaller JSONL files" in raised.value.recovery
+    assert published(store) == [] and ray_children() == []

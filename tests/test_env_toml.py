@@ -100,6 +100,13 @@ def test_k8s_profile_is_refused(tmp_path: Path):
         run(step_run(tmp_path, "lepton", profile="k8s"))
 
 
+def test_output_path_outside_the_artifact_is_refused(tmp_path: Path):
+    for output_path in (str(tmp_path / "env.lepton.toml"), "../env.lepton.toml"):
+        with pytest.raises(ValueError, match="outside the artifact"):
+            run(step_run(tmp_path, "lepton", output_path=output_path))
+    assert not (tmp_path / "env.lepton.toml").exists()
+
+
 def test_env_toml_contract(tmp_path: Path):
     from nemotron_assets.artifacts import validate
 

@@ -11,6 +11,7 @@ from helpers import materialize, one_stage_pipeline, published
 
 from nemotron_assets.errors import NamedError
 from nemotron_assets.fixtures.services import ServiceServer, serve, translate
+from nemotron_assets.steps.curator import runtime
 from resources.artifact_store import ArtifactStore
 
 KEY_VARIABLE = "TRANSLATE_TEST_KEY"
@@ -128,6 +129,17 @@ def test_configuration_errors(store: ArtifactStore, tmp_path: Path, config: dict
         materialize(one_stage_pipeline("translate/nemo_curator", data, **(base | config)), store)
     assert recovery in raised.value.recovery
     assert published(store) == []
+
+
+def test_a_file_too_large_for_the_memory_is_a_named_error_before_ray(
+    store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    data = write(tmp_path / "chat.jsonl", [{"id": i, "messages": m} for i, m in enumerate(CHAT)])
+    monkeypatch.setattr(runtime, "available_memory", lambda: data.stat().st_size * runtime.READ_EXPANSION - 1)
+    config = {"source_language": "en", "target_language": "fr"}  # no endpoint: the check comes first
+    with pytest.raises(NamedError, match="single_huge_file_memory_pressure: .*chat.jsonl is") as raised:
+        materialize(one_stage_pipeline("translate/nemo_curator", data, **config), store)
+    assert "split it into smaller JSONL shards" in raised.value.recovery and published(store) == []
 
 
 def test_same_version_same_bytes_from_another_location(

@@ -14,7 +14,13 @@ from typing import Any
 
 from nemotron_assets.artifacts.jsonl import check_text, iter_lines, parse_line
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.curator.runtime import execution_stages, finish_shards, ray_cpus, run_pipeline
+from nemotron_assets.steps.curator.runtime import (
+    check_file_memory,
+    execution_stages,
+    finish_shards,
+    ray_cpus,
+    run_pipeline,
+)
 
 DOMAIN_MODEL = "nvidia/multilingual-domain-classifier"
 
@@ -98,6 +104,7 @@ def run(run: StepRun) -> StepResult:
     from nemo_curator.stages.text.io.writer import JsonlWriter
 
     files = input_files(run)
+    check_file_memory(run, files, "large_file_oom")
     check_text_field(run, files)
     filters = filter_stages(run)
     writer = JsonlWriter(path=str(run.output_dir), mode="ignore")

@@ -15,6 +15,7 @@ from nemotron_assets.steps import StepRun
 
 CPUS_VARIABLE = "NEMOTRON_CURATOR_RAY_NUM_CPUS"
 MIN_CPUS = 2
+READ_EXPANSION = 5  # a JSONL file read whole into a pandas DataFrame takes up to about this many times its size
 
 
 def ray_cpus(run: StepRun) -> int:
@@ -26,6 +27,29 @@ def ray_cpus(run: StepRun) -> int:
     if int(wanted) < MIN_CPUS:
         raise run.error("not_enough_cpu_resources", f"{wanted} CPU for Ray; its data pipeline needs {MIN_CPUS}")
     return int(wanted)
+
+
+def available_memory() -> int:
+    """Bytes this machine can give the step now: MemAvailable, else the free physical pages."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_file_memory(run: StepRun, files: Sequence[Path | str], error: str) -> None:
+    """Curator's readers load one input file per task: the largest, times READ_EXPANSION, must fit in the memory
+    available, else the step's `error`, before Ray starts."""
+    largest = max((Path(f) for f in files), key=lambda f: f.stat().st_size)
+    size, available = largest.stat().st_size, available_memory()
+    if size * READ_EXPANSION > available:
+        raise run.error(
+            error,
+            f"{largest} is {size / 2**20:.1f} MiB, about {size * READ_EXPANSION / 2**20:.1f} MiB read whole "
+            f"(x{READ_EXPANSION}); {available / 2**20:.1f} MiB of memory is available",
+        )
 
 
 def finish_shards(directory: Path) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 from nemotron_assets.artifacts.files import data_files
 from nemotron_assets.artifacts.jsonl import iter_lines, parse_line
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.curator.runtime import finish_shards, ray_cpus, run_pipeline
+from nemotron_assets.steps.curator.runtime import check_file_memory, finish_shards, ray_cpus, run_pipeline
 
 JSON_COLUMNS = ["translated_messages", "translation_metadata", "faith_segment_scores"]
 WALL_CLOCK_COLUMNS = ["translation_time"]  # seconds per row: would make two runs of one version differ
@@ -185,6 +185,7 @@ def run(run: StepRun) -> StepResult:
             f"source_language = {params.get('source_language')!r}, target_language = {params.get('target_language')!r}",
         )
     files = data_files(run.input("filtered_jsonl").path, (".jsonl",))
+    check_file_memory(run, files, "single_huge_file_memory_pressure")
     records = check_field_path(run, files)
     root = params["text_field"].split(".")[0]
     writer = JsonlWriter(path=str(run.output_dir), mode="ignore")

@@ -3,9 +3,10 @@ NeMo Curator's TranslationStage, in the BYOB schema.
 
 generate: documents input_dir/<subject>/*.txt (subjects = target_source_mapping's keys) are seeds of a Data Designer
 llm_structured column asking for num_questions_per_query questions per document; each becomes a row with a stable
-question_id (<subject>-<file>-<n>). translate: question and options go through the TranslationStage (LLM backend)
-while question_id, answer_index (and the answer letter recomputed from it), cot_content, src and category are
-carried over untouched. Either way the result is <expt_name>/benchmark.parquet; it is held-out evaluation data.
+question_id (<subject>-<file>-<n>). translate: question and options go through the TranslationStage (LLM backend;
+with remove_low_quality its FAITH judge drops questions below faith_threshold) while question_id, answer_index (and
+the answer letter recomputed from it), cot_content, src and category are carried over untouched. Either way the
+result is <expt_name>/benchmark.parquet; it is held-out evaluation data.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ PROMPT = (
 
 
 def documents(run: StepRun) -> list[dict[str, str]]:
-    """One seed row per document: input_dir/<subject>/*.txt for every subject of target_source_mapping."""
+    """One seed row per document: <subject>/*.txt under the benchmark_source_corpus input (else input_dir) for
+    every subject of target_source_mapping."""
     mapping = run.params["target_source_mapping"] or {}
     if not mapping:
         raise run.error("missing_byob_source_documents", "target_source_mapping names no target subject")
@@ -109,7 +111,8 @@ def generated_rows(run: StepRun, seeds: list[dict[str, str]], scratch: Path) -> 
 
 
 def translated_rows(run: StepRun, source: list[dict[str, Any]], scratch: Path) -> list[dict[str, Any]]:
-    """question and options through Curator's TranslationStage; everything else carried over by question_id."""
+    """question and options through Curator's TranslationStage (FAITH-filtered with remove_low_quality); everything
+    else carried over by question_id. A question that came back with a translation error fails the step."""
     from nemo_curator.models.client.llm_client import GenerationConfig
     from nemo_curator.models.client.openai_client import AsyncOpenAIClient
     from nemo_curator.stages.text.experimental.translation import TranslationStage
@@ -130,6 +133,9 @@ def translated_rows(run: StepRun, source: list[dict[str, Any]], scratch: Path) -
         model_name=server["model"],
         generation_config=GenerationConfig(max_tokens=2048, temperature=0.0),
         health_check=False,
+        enable_faith_eval=run.params["remove_low_quality"],
+        faith_threshold=run.params["faith_threshold"],
+        faith_generation_config=GenerationConfig(max_tokens=2048, temperature=0.0),
         output_mode="replaced",
     )
     out = scratch / "out"
@@ -138,9 +144,12 @@ def translated_rows(run: StepRun, source: list[dict[str, Any]], scratch: Path) -
     translated = {
         row["question_id"]: row for f in out.glob("*.jsonl") for row in map(json.loads, f.read_text().splitlines())
     }
-    missing = [row["question_id"] for row in source if row["question_id"] not in translated]
-    if missing and run.params["remove_low_quality"] is False:
-        raise run.error("translation_row_count_drift", f"{len(missing)} questions lost, e.g. {missing[:3]}")
+    failed = [row for row in translated.values() if row.get("translation_errors")]
+    if failed:
+        raise run.error(
+            "translation_row_count_drift",
+            f"{len(failed)} of {len(source)} questions untranslated, e.g. {failed[0]['translation_errors'][:300]}",
+        )
     return [
         row
         | {"question": translated[row["question_id"]]["question"], "options": translated[row["question_id"]]["options"]}

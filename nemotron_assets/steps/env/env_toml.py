@@ -221,6 +221,8 @@ def run(run: StepRun) -> StepResult:
     text = render(sections, params.get("preamble") or f"nemo-run env profiles from hardware profile {profile.name}")
     tomllib.loads(text)  # the file must parse as written
     path = run.output_dir / params["output_path"]
+    if not path.resolve().is_relative_to(run.output_dir.resolve()):
+        raise ValueError(f"output_path {params['output_path']!r} is outside the artifact; give a relative path")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     profiles = [name for name in sections if name not in RESERVED]
