@@ -76,6 +76,9 @@ def split_data(tmp_path: Path, source: Path, rows: list[dict] | None = None) -> 
 def step_run(tmp_path: Path, step: str, data: Path, profile: str = "slurm_1node", **params: Any) -> StepRun:
     spec = CATALOG.step(f"rl/nemo_rl/{step}")
     inputs = {"training_jsonl": InputArtifact("data", "training_jsonl", data, "v1")}
+    if not (tmp_path / "sft").exists():  # every RL stage warm-starts from an SFT checkpoint
+        megatron_run(tmp_path / "sft")
+    inputs |= {"checkpoint_megatron": InputArtifact("sft", "checkpoint_megatron", tmp_path / "sft", "v4")}
     inputs |= params.pop("inputs", {})
     gpus = gpus_for(spec, load_profile(profile))
     values = spec.preset_values("tiny") | params
@@ -283,9 +286,17 @@ def test_last_step_is_published_and_validated(tmp_path: Path, dpo_data: Path):
         {
             "name": "t",
             "description": "dpo",
-            "sources": [{"name": "prefs", "type": "training_jsonl", "path": str(dpo_data)}],
+            "sources": [
+                {"name": "prefs", "type": "training_jsonl", "path": str(dpo_data)},
+                {"name": "sft", "type": "checkpoint_megatron", "path": str(megatron_run(tmp_path / "sft"))},
+            ],
             "stages": [
-                {"name": "out", "step": "rl/nemo_rl/dpo", "consumes": {"training_jsonl": "prefs"}, "preset": "tiny"}
+                {
+                    "name": "out",
+                    "step": "rl/nemo_rl/dpo",
+                    "consumes": {"training_jsonl": "prefs", "checkpoint_megatron": "sft"},
+                    "preset": "tiny",
+                }
             ],
         }
     )

@@ -23,7 +23,6 @@ from nemotron_assets.artifacts.jsonl import PROMPT_FIELDS, VERIFIER_FIELDS, Reco
 from nemotron_assets.digests import content_digest
 from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.launch import as_path
 from nemotron_assets.steps.nemo_rl.config import ENTRIES, NEMO_RL, data_section, merge, run_config
 from resources.profile import HardwareProfile
 
@@ -132,17 +131,14 @@ def check_batches(run: StepRun, cluster: dict[str, int]) -> None:
         raise run.error(error, f"{rollouts} rollouts per step, train_global_batch_size {gbs}, data-parallel {dp}")
 
 
-def policy_source(run: StepRun) -> tuple[Path | None, Path | str]:
-    """(validated SFT Megatron checkpoint or None, the HF model NeMo-RL loads: its export, or policy.model_name)."""
-    model = run.params["policy.model_name"]
-    if "checkpoint_megatron" not in run.inputs:
-        return None, as_path(model)
+def policy_source(run: StepRun) -> tuple[Path, Path]:
+    """(the validated SFT Megatron checkpoint every RL stage warm-starts from, the HF export of it NeMo-RL loads)."""
     checkpoint = run.input("checkpoint_megatron").path
     validate(checkpoint, "checkpoint_megatron")  # bad or incomplete SFT checkpoints stop here
     return megatron_iteration_dir(checkpoint), run.work_dir / "policy_hf"
 
 
-def check_reward_model(run: StepRun, policy: Path | None) -> dict[str, Any]:
+def check_reward_model(run: StepRun, policy: Path) -> dict[str, Any]:
     """RLHF: the GenRM is its own HF checkpoint, never the policy."""
     if run.step.id != "rl/nemo_rl/rlhf":
         return {}
@@ -150,7 +146,7 @@ def check_reward_model(run: StepRun, policy: Path | None) -> dict[str, Any]:
     validate(reward, "checkpoint_hf")
     # the Megatron policy checkpoint can only be the reward model by path; its HF name by content (hashed once)
     hf_start = Path(run.params["policy.model_name"])
-    same_path = policy is not None and policy.resolve() == reward.resolve()
+    same_path = policy.resolve() == reward.resolve()
     if same_path or (hf_start.exists() and content_digest(hf_start) == content_digest(reward)):
         raise run.error("reward_model_policy_confused", f"reward model {reward} is the policy's checkpoint")
     return {"env": {"nemo_gym": {"genrm_model": {"responses_api_models": {"vllm_model": {"model": reward}}}}}}
@@ -161,19 +157,16 @@ def cluster_size(run: StepRun) -> dict[str, int]:
     return {"num_nodes": HardwareProfile(name=run.profile).load().nodes, "gpus_per_node": run.gpus}
 
 
-def job_script(run: StepRun, checkpoint: Path | None, policy: Path | str, nodes: int) -> str:
+def job_script(run: StepRun, checkpoint: Path, policy: Path, nodes: int) -> str:
     """The job's script (in the job's filesystem): export the SFT checkpoint (once), start Ray across the job's
     nodes, run NeMo-RL's entry on node 0 on the config the backend wrote (CONFIG). On one node NeMo-RL starts its
     own Ray. Multi-node jobs find the head through Slurm's node list."""
     entry = f'python {NEMO_RL}/{ENTRIES[run.step.id][0]} --config "$CONFIG"'
     lines = ["set -euo pipefail", f"cd {NEMO_RL}"]
     policy = run.paths.name(policy)
-    if checkpoint is not None:
-        model = run.paths.name(run.params["policy.model_name"])
-        export = shlex.join(["python", "-c", EXPORT, model, run.paths.to_job(checkpoint), policy])
-        lines.append(
-            f'if [ "${{SLURM_NODEID:-0}}" = 0 ] && [ ! -f {shlex.quote(policy)}/config.json ]; then {export}; fi'
-        )
+    model = run.paths.name(run.params["policy.model_name"])
+    export = shlex.join(["python", "-c", EXPORT, model, run.paths.to_job(checkpoint), policy])
+    lines.append(f'if [ "${{SLURM_NODEID:-0}}" = 0 ] && [ ! -f {shlex.quote(policy)}/config.json ]; then {export}; fi')
     if nodes == 1:
         return "\n".join([*lines, f"exec {entry}", ""])
     head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)'
@@ -220,7 +213,7 @@ def prepare(run: StepRun) -> tuple[dict[str, Any], dict[str, Any]]:
     data = data_section(run.step.id, train, validation, fields, run.params.get("data.default_agent_ref"))
     config = merge(run_config(run.step.id, run.params, policy, data, cluster, output), reward)
     job = {"config": config, "script": job_script(run, checkpoint, policy, cluster["num_nodes"])}
-    return job, {"rows": fields["rows"], "policy": str(policy), "warm_start": str(checkpoint) if checkpoint else None}
+    return job, {"rows": fields["rows"], "policy": str(policy), "warm_start": str(checkpoint)}
 
 
 def run(run: StepRun) -> StepResult:
