@@ -84,3 +84,12 @@ def settle(
         record.write_text(json.dumps(decision, indent=1))
     current = store.current(key)
     return current[0] if current else None
+
+
+def failed_gate(artifact: Path, version: str) -> dict | None:
+    """A failed gate decision recorded for `version` of the artifact at `artifact`, when none passed it."""
+    records = sorted((artifact / GATES).glob("*.json"))
+    decisions = [d for d in (json.loads(r.read_text()) for r in records) if d["scored"] == version]
+    if any(d["passed"] for d in decisions):
+        return None
+    return decisions[0] if decisions else None

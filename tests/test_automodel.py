@@ -24,6 +24,7 @@ from nemotron_assets.pipelines import PipelineSpec
 from nemotron_assets.steps import InputArtifact, StepRun
 from nemotron_assets.steps.automodel import train as automodel
 from nemotron_assets.steps.launch import local_env
+from nemotron_assets.steps.peft import merge_lora
 from resources.artifact_store import ArtifactStore
 
 CHAT = DATA / "tiny_chat.jsonl"
@@ -120,6 +121,75 @@ def test_merge_needs_the_recorded_base(fixtures_dir: Path, trained, tmp_path: Pa
             ArtifactStore(root=str(tmp_path)),
             "merged",
         )
+
+
+def merge_step(tmp_path: Path, adapter: Path, base: Path, output: Path, version: str = "v", **params) -> StepRun:
+    """A convert/merge_lora run of `adapter` into `base`, writing `output`; launching anything fails the test."""
+
+    def no_launch(command: list[str], env: dict[str, str]) -> None:
+        raise AssertionError("the merge job was launched")
+
+    step = CATALOG.step("convert/merge_lora")
+    inputs = {
+        "checkpoint_lora": InputArtifact("adapter", "checkpoint_lora", adapter, version),
+        "checkpoint_hf": InputArtifact("base", "checkpoint_hf", base, "b"),
+    }
+    return StepRun(step, step.preset_values("default") | params, inputs, output, tmp_path / "work", launcher=no_launch)
+
+
+def adapter_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text("{}")
+    return path
+
+
+def test_merge_needs_an_adapter_config(fixtures_dir: Path, tmp_path: Path):
+    nested = adapter_dir(tmp_path / "run" / "checkpoint-10")
+    for given, found in ((tmp_path / "run", str(nested)), (adapter_dir(tmp_path / "x") / "empty", "nor below it")):
+        given.mkdir(exist_ok=True)
+        run = merge_step(tmp_path, given, fixtures_dir / "tiny-llama", tmp_path / "out")
+        with pytest.raises(NamedError, match=f"adapter_config_missing: no adapter_config.json in {given}") as caught:
+            merge_lora.run(run)
+        assert found in caught.value.detail
+
+
+def test_merge_refuses_an_output_inside_an_input(fixtures_dir: Path, tmp_path: Path):
+    base = Path(shutil.copytree(fixtures_dir / "tiny-llama", tmp_path / "base"))
+    adapter = adapter_dir(tmp_path / "adapter")
+    for output, name in ((base / "merged", "base"), (tmp_path, "adapter")):
+        with pytest.raises(NamedError, match=f"output_path_overlaps_inputs: {output} overlaps the {name}"):
+            merge_lora.run(merge_step(tmp_path, adapter, base, output))
+
+
+@pytest.mark.parametrize("case", ["backend", "megatron base", "megatron adapter"])
+def test_megatron_adapters_are_not_merged_here(fixtures_dir: Path, tmp_path: Path, case: str):
+    adapter = adapter_dir(tmp_path / "adapter")
+    run = merge_step(tmp_path, adapter, fixtures_dir / "tiny-llama", tmp_path / "out")
+    if case == "backend":
+        run = dataclasses.replace(run, params=run.params | {"backend": "megatron_bridge"})
+    elif case == "megatron base":
+        megatron = InputArtifact("megatron", "checkpoint_megatron", tmp_path / "megatron", "m")
+        run = dataclasses.replace(run, inputs=run.inputs | {"checkpoint_megatron": megatron})
+    else:
+        (adapter / "latest_checkpointed_iteration.txt").write_text("10")
+    with pytest.raises(NamedError, match="megatron_adapter_merge_unavailable: ") as caught:
+        merge_lora.run(run)
+    assert "does not implement the Megatron-Bridge merge" in caught.value.recovery
+
+
+def test_an_adapter_that_failed_its_gate_is_not_merged(fixtures_dir: Path, tmp_path: Path):
+    adapter = adapter_dir(tmp_path / "t" / "lora" / "v1")
+    gates = tmp_path / "t" / "lora" / ".gates"
+    gates.mkdir()
+    decision = {"scored": "v1", "evaluations": ["e0", "e1"], "tolerance": 0.01, "passed": False}
+    (gates / "a.json").write_text(json.dumps(decision))
+    (gates / "b.json").write_text(json.dumps(decision | {"scored": "v0", "passed": True}))  # another version's pass
+    run = merge_step(tmp_path, adapter, fixtures_dir / "tiny-llama", tmp_path / "out", version="v1")
+    with pytest.raises(NamedError, match="adapter_not_validated: adapter version v1 failed its quality gate"):
+        merge_lora.run(run)
+    (gates / "c.json").write_text(json.dumps(decision | {"tolerance": 0.05, "passed": True}))
+    with pytest.raises(NamedError, match="invalid_adapter_config"):  # passed a gate: the merge goes on to validate
+        merge_lora.run(run)
 
 
 def test_full_sft_gives_a_consolidated_hf_checkpoint(fixtures_dir: Path, tmp_path: Path):

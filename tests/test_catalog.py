@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
 from nemotron_assets.catalog import CATALOG, CATALOG_DIR, CatalogError, load_catalog
+from nemotron_assets.catalog.models import StepSpec
 
 SEED_STEPS = {
     "byob/mcq", "curate/nemo_curator", "translate/nemo_curator", "sdg/data_designer", "data_prep/sft_packing",
@@ -53,6 +56,34 @@ def test_find_steps_is_is_a_aware():
     assert {s.id for s in CATALOG.find_steps(category="convert")} == {
         "convert/hf_to_megatron", "convert/megatron_to_hf", "convert/merge_lora"
     }  # fmt: skip
+
+
+def launches(step: StepSpec) -> set[str]:
+    """How the step's code launches work, read from its entry module and the modules of its package that it
+    imports: "process" for a launch without a process count, "torchrun" for one given nproc_per_node or torchrun."""
+    module = step.entry.split(":")[0]
+    package = module.rsplit(".", 1)[0]
+    todo, seen, found = [module], set(), set()
+    while todo:
+        if (name := todo.pop()) in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(f"{package}."):
+                todo.append(node.module)
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("launch_job", "launch"):
+                counted = any(k.arg in ("nproc_per_node", "torchrun") for k in node.keywords)
+                found.add("torchrun" if counted else "process")
+    return found
+
+
+@pytest.mark.parametrize("step", [s for s in CATALOG.steps.values() if s.entry], ids=lambda s: s.id)
+def test_backend_says_how_the_step_runs(step: StepSpec):
+    """in_process launches nothing; process launches one process; torchrun and ray launch a job."""
+    expected = {"in_process": set(), "process": {"process"}, "ray": {"process"}}.get(step.backend)
+    found = launches(step)
+    assert found == expected if expected is not None else "torchrun" in found, (step.backend, found)
 
 
 def test_unknown_step_suggests_close_ids():

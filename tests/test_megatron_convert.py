@@ -170,6 +170,7 @@ def test_distributed_conversion_runs_over_the_node(fixtures_dir: Path, tmp_path:
 
     step = CATALOG.step("convert/hf_to_megatron")
     params = step.preset_values("tiny") | {"distributed": distributed, "torchrun.nproc_per_node": 8}
+    params["torch_dtype"] = "bfloat16"
     inputs = {"checkpoint_hf": InputArtifact("model", "checkpoint_hf", fixtures_dir / "tiny-llama", "v")}
     run = StepRun(step, params, inputs, tmp_path / "out", tmp_path / "work", gpus, launcher=record)
     with pytest.raises(RuntimeError, match="recorded"):
@@ -177,6 +178,7 @@ def test_distributed_conversion_runs_over_the_node(fixtures_dir: Path, tmp_path:
     (job,) = launched
     assert job.backend == "megatron_bridge.convert" and job.nproc_per_node == nproc
     assert job.args["direction"] == "import" and job.args["hf"] == str(fixtures_dir / "tiny-llama")
+    assert job.args["dtype"] == "bfloat16"  # torch_dtype, the one dtype parameter
 
 
 def test_round_trip_through_dagster_and_its_launcher(fixtures_dir: Path, tmp_path: Path):

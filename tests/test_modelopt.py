@@ -75,7 +75,7 @@ def test_fp8_ptq_exports_a_deployable_checkpoint(quantized):
     assert dtypes["model.embed_tokens.weight"] == "F32"  # excluded from quantization, as ModelOpt exports it
     stats = quantized.stats
     assert stats["recipe"] == "fp8" and stats["enabled_quantizers"] > 0
-    assert stats["measured_on"] == "holdout" and stats["calibration_samples"] == 8
+    assert stats["holdout_samples"] == 8 and stats["calibration_samples"] == 8
     assert stats["nll_before"] > 0 and abs(stats["relative_nll_increase"]) < 0.02
     assert quantized.provenance["quantization"] == {
         "recipe": "fp8",
@@ -135,8 +135,17 @@ def test_calibration_data_missing(tmp_path: Path, fixtures_dir: Path):
 def test_too_few_calibration_rows(tmp_path: Path, fixtures_dir: Path):
     with pytest.raises(NamedError) as e:
         modelopt_quantize.run(step_run(tmp_path, fixtures_dir / "tiny-llama", **{"args.calib_size": 100}))
-    assert e.value.name == "tiny_calibration_used_as_quality_signal" and "holds only 48 rows" in e.value.detail
+    assert e.value.name == "not_enough_calibration_rows" and "holds only 48 rows" in e.value.detail
     assert "representative calibration set" in e.value.recovery
+
+
+@pytest.mark.parametrize("params", [{"holdout_size": 0}, {"args.calib_size": 48}])
+def test_no_rows_left_to_measure_on(tmp_path: Path, fixtures_dir: Path, params: dict):
+    """The NLL is never measured on the calibration rows: with none held out the step refuses before any work."""
+    with pytest.raises(NamedError) as e:
+        modelopt_quantize.run(step_run(tmp_path, fixtures_dir / "tiny-llama", **params))
+    assert e.value.name == "tiny_calibration_used_as_quality_signal" and "none left to measure on" in e.value.detail
+    assert not (tmp_path / "work").exists()
 
 
 def outlier_model(source: Path, target: Path) -> Path:

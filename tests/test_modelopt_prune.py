@@ -60,7 +60,7 @@ def test_target_search_command(tmp_path: Path, model: Path):
     ("params", "gpus", "error", "detail"),
     [
         ({"args.prune_target_params": 1e5}, 2, "target_and_export_config_both_set", "both are set"),
-        ({"args.prune_export_config": None}, 2, "target_and_export_config_both_set", "neither is set"),
+        ({"args.prune_export_config": None}, 2, "prune_target_missing", "neither is set"),
         (
             {"args.prune_export_config": None, "args.prune_target_params": 2e5},
             2,

@@ -103,7 +103,11 @@ class StepSpec(StrictModel):
     name: str
     category: str
     description: str
-    backend: Literal["in_process", "torchrun", "ray", "container"]
+    backend: Literal["in_process", "process", "torchrun", "ray", "container"] = Field(
+        description="How the step's work runs: in_process (in the Dagster or CLI process, nothing launched), process "
+        "(one launched process through the profile's executor), torchrun (a launched job under torchrun over the "
+        "node's GPUs), ray (a launched job running a Ray cluster), container (in a container of its own)."
+    )
     min_gpus: int
     libraries: tuple[str, ...] = Field(
         (), description="Distributions the step runs; their versions are part of its derived code version."

@@ -37,10 +37,7 @@ def hf_to_megatron(run: StepRun) -> StepResult:
         raise run.error("source_not_clean_hf_checkpoint", e.detail) from None
     if overlaps(run.output_dir, source):
         raise run.error("output_path_overlaps_source", f"{run.output_dir} overlaps the source {source}")
-    report = convert(
-        run,
-        {"direction": "import", "hf": source, "megatron": run.output_dir, "dtype": p.get("dtype") or p["torch_dtype"]},
-    )
+    report = convert(run, {"direction": "import", "hf": source, "megatron": run.output_dir, "dtype": p["torch_dtype"]})
     relative = gate(run, report, "round_trip", "round_trip_logits_mismatch", "HF -> Megatron -> HF")
     megatron = gate(run, report, "megatron", "megatron_logits_mismatch", "The Megatron model", "megatron_tolerance")
     stats = report | {"relative_round_trip_difference": relative, "relative_megatron_difference": megatron}

@@ -79,8 +79,7 @@ def quantize(job: dict[str, Any]) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(job["model"])
     model = AutoModelForCausalLM.from_pretrained(job["model"], dtype="auto").to(device).eval()
-    measure = job["holdout"] or job["calibration"]
-    before = mean_nll(model, tokenizer, measure, job["max_tokens"], device)
+    before = mean_nll(model, tokenizer, job["holdout"], job["max_tokens"], device)
 
     def forward_loop(m) -> None:
         with torch.no_grad():
@@ -88,7 +87,7 @@ def quantize(job: dict[str, Any]) -> dict[str, Any]:
                 m(**batch)
 
     model = mtq.quantize(model, quant_config(job["recipe"]), forward_loop=forward_loop)
-    after = mean_nll(model, tokenizer, measure, job["max_tokens"], device)
+    after = mean_nll(model, tokenizer, job["holdout"], job["max_tokens"], device)
     quantizers = [m for name, m in model.named_modules() if name.endswith("_quantizer") and m.is_enabled]
     export_hf_checkpoint(model, export_dir=job["output"])
     tokenizer.save_pretrained(job["output"])
@@ -97,7 +96,6 @@ def quantize(job: dict[str, Any]) -> dict[str, Any]:
         "enabled_quantizers": len(quantizers),
         "nll_before": before,
         "nll_after": after,
-        "measured_on": "holdout" if job["holdout"] else "calibration",
     }
 
 

@@ -3,7 +3,7 @@ ModelOpt's own example script (prune_minitron.py) in the Megatron-Bridge contain
 
 Minitron (`mtp.prune(mode="mcore_minitron")`) prunes Megatron-Core models only, one process per pipeline stage
 (world size = args.pp_size), so the step needs that many GPUs. The checks that come before any GPU is asked for: a
-target parameter count (NAS search) or an exact export config, never both; a target below the model's size; layers
+target parameter count (NAS search) or an exact export config, exactly one; a target below the model's size; layers
 that split over the pipeline stages. The pruned HF checkpoint is written straight into the artifact.
 """
 
@@ -29,9 +29,10 @@ def check(run: StepRun) -> dict[str, int]:
     """The named errors a pruning request can have; returns the source model's layer and parameter counts."""
     p = run.params
     target, export = p.get("args.prune_target_params"), p.get("args.prune_export_config")
-    if (target is None) == (not export):
-        state = "both are set" if export else "neither is set"
-        raise run.error("target_and_export_config_both_set", f"args.prune_target_params and export config: {state}")
+    if target is not None and export:
+        raise run.error("target_and_export_config_both_set", "args.prune_target_params and export config: both are set")
+    if target is None and not export:
+        raise run.error("prune_target_missing", "args.prune_target_params and export config: neither is set")
     source = run.input("checkpoint_hf").path
     size = validate_checkpoint_hf(source)["parameters"]
     if target is not None and target >= size:

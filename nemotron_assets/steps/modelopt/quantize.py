@@ -3,10 +3,10 @@ data, exported as a deployable HF checkpoint (quantized weights + hf_quant_confi
 
 The format follows the GPU the checkpoint is for (`deploy_gpu`, else the hardware profile's [gpu] model): `auto`
 picks NVFP4 on Blackwell and FP8 on Hopper/Ada; a format the GPU cannot run is refused before any work. The first
-`args.calib_size` rows of the consumed training_jsonl calibrate; the next `holdout_size` rows measure the model's
-mean token NLL before and after quantization (the quantized model's own forward: fake-quant on CPU), and a relative
-increase over `max_drop` fails the step. NVFP4 calibration needs CUDA: on CPU its config is validated by ModelOpt's
-schema and the step says it cannot run here.
+`args.calib_size` rows of the consumed training_jsonl calibrate; the next `holdout_size` rows (never the calibration
+rows) measure the model's mean token NLL before and after quantization (the quantized model's own forward: fake-quant
+on CPU), and a relative increase over `max_drop` fails the step. NVFP4 calibration needs CUDA: on CPU its config is
+validated by ModelOpt's schema and the step says it cannot run here.
 """
 
 from __future__ import annotations
@@ -66,10 +66,15 @@ def run(run: StepRun) -> StepResult:
     check_blocks(run, recipe, json.loads((model / "config.json").read_text()))
     calib, holdout = p["args.calib_size"], p["holdout_size"]
     texts = training_texts(run, AutoTokenizer.from_pretrained(model), calib + holdout)
+    data = run.input("training_jsonl").name
     if len(texts) < calib:
         raise run.error(
+            "not_enough_calibration_rows", f"args.calib_size is {calib} but {data} holds only {len(texts)} rows"
+        )
+    if len(texts) == calib:
+        raise run.error(
             "tiny_calibration_used_as_quality_signal",
-            f"args.calib_size is {calib} but {run.input('training_jsonl').name} holds only {len(texts)} rows",
+            f"{data} holds {len(texts)} rows, all calibration rows (args.calib_size {calib}): none left to measure on",
         )
     job = {
         "model": model,
@@ -84,7 +89,7 @@ def run(run: StepRun) -> StepResult:
     if increase > p["max_drop"]:
         raise run.error(
             "quantization_quality_drop",
-            f"mean token NLL on {result['measured_on']} rows rose {increase:.2%} "
+            f"mean token NLL on held-out rows rose {increase:.2%} "
             f"({result['nll_before']:.4f} -> {result['nll_after']:.4f}), over max_drop {p['max_drop']:.2%}",
         )
     exported = json.loads((run.output_dir / "hf_quant_config.json").read_text())["quantization"]
