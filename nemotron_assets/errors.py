@@ -12,6 +12,10 @@ class NamedError(Exception):
         super().__init__(f"{name}: {detail}")
         self.name, self.detail, self.recovery = name, detail, recovery
 
+    def __reduce__(self):
+        """Pickle by the three fields, so a worker process's error reaches its parent as the same error."""
+        return type(self), (self.name, self.detail, self.recovery)
+
     def __str__(self) -> str:
         return f"{self.name}: {self.detail}\n  recovery: {self.recovery}"
 

@@ -14,6 +14,7 @@ from conftest import DATA
 from helpers import materialize, one_stage_pipeline, published
 from transformers import AutoTokenizer
 
+from nemotron_assets.artifacts.files import PROVENANCE_FILE
 from nemotron_assets.errors import NamedError
 from resources.artifact_store import ArtifactStore
 
@@ -238,3 +239,61 @@ def test_pretrain_prep_needs_the_special_tokens_it_adds(fixtures_dir: Path, stor
     with pytest.raises(NamedError, match="tokenizer_mismatch: .* has no EOS token"):
         materialize(pipeline, store)
     assert materialize(pipeline, store, add_eos=False).stats["documents"] == 192
+
+
+def artifact_files(path: Path) -> dict[str, bytes]:
+    """Every file the step wrote, by relative path (not the provenance: it records timings)."""
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != PROVENANCE_FILE
+    }
+
+
+def test_pretrain_prep_same_artifact_for_any_number_of_workers(fixtures_dir: Path, tmp_path: Path):
+    pipeline = one_stage_pipeline("data_prep/pretrain_prep", DATA / "tiny_corpus.jsonl", max_doc_tokens=24)
+    results = {
+        cpus: materialize(pipeline, ArtifactStore(root=str(tmp_path / str(cpus))), cpus=cpus) for cpus in (1, 2, 4)
+    }
+    files = {cpus: artifact_files(result.path) for cpus, result in results.items()}
+    assert sorted(files[1]) == ["blend.json", *(f"shards/shard_{k:06d}.{e}" for k in range(4) for e in ("bin", "idx"))]
+    assert files[2] == files[1] and files[4] == files[1]
+    assert results[1].stats == results[2].stats == results[4].stats
+    assert results[1].stats["truncated"] > 0
+
+
+def split_corpus(directory: Path, bad_line: int | None = None) -> list[Path]:
+    """The tiny corpus as two files with blank lines, optionally with line `bad_line` of the second file broken."""
+    lines = (DATA / "tiny_corpus.jsonl").read_text().splitlines(keepends=True)
+    first, second = directory / "a.jsonl", directory / "b.jsonl"
+    first.write_text("\n".join(lines[:50]))  # a blank line after every record
+    second.write_text("\n\n" + "".join(lines[50:]))
+    if bad_line is not None:
+        text = second.read_text().splitlines(keepends=True)
+        text[bad_line - 1] = '{"text": "unterminated\n'
+        second.write_text("".join(text))
+    return [first, second]
+
+
+def test_row_shards_start_where_a_single_stream_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from nemotron_assets.artifacts.jsonl import iter_lines
+    from nemotron_assets.steps.data_prep import sharding
+
+    files = split_corpus(tmp_path)
+    lines = list(iter_lines(files))
+    for max_marks in (2, 6, 1 << 16):  # the stride doubles several times, or every line is marked
+        monkeypatch.setattr(sharding, "MAX_MARKS", max_marks)
+        for shards, limit in ((1, None), (4, None), (7, 150), (192, None)):
+            cut = sharding.row_shards(files, shards, limit)
+            rows = len(lines) if limit is None else limit
+            bounds = [rows * k // shards for k in range(shards + 1)]
+            assert [list(s.lines()) for s in cut] == [lines[a:b] for a, b in pairwise(bounds)]
+
+
+def test_pretrain_prep_worker_error_names_file_and_line(fixtures_dir: Path, store: ArtifactStore, tmp_path: Path):
+    broken = split_corpus(tmp_path, bad_line=130)[1]  # the 128th record of b.jsonl: the last of 4 shards
+    with pytest.raises(NamedError) as caught:
+        materialize(one_stage_pipeline("data_prep/pretrain_prep", tmp_path), store, cpus=4)
+    assert caught.value.name == "malformed_jsonl"
+    assert caught.value.detail.startswith(f"{broken}:130: ")
+    assert published(store) == []

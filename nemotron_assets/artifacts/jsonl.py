@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,16 @@ _SHAPE_ERRORS = (
 CORPUS_SHAPES = frozenset({"text", "chat", "dpo", "rlvr"})
 
 
-def iter_lines(paths: Iterable[Path]) -> Iterator[tuple[str, bytes]]:
-    """(`file:line`, raw line) for every non-blank line."""
-    for path in paths:
+def iter_lines(paths: Iterable[Path], start: tuple[int, int, int] = (0, 0, 1)) -> Iterator[tuple[str, bytes]]:
+    """(`file:line`, raw line) for every non-blank line, from `start`: (file index, byte offset, its line number)."""
+    first, offset, first_line = start
+    for path in islice(paths, first, None):
         with path.open("rb") as f:
-            for lineno, line in enumerate(f, 1):
+            f.seek(offset)
+            for lineno, line in enumerate(f, first_line):
                 if line.strip():
                     yield f"{path}:{lineno}", line
+        offset, first_line = 0, 1
 
 
 def parse_line(where: str, line: bytes) -> dict[str, Any]:

@@ -1,22 +1,32 @@
 """data_prep/pretrain_prep: text JSONL -> Megatron .bin/.idx shards (one sequence per document) + blend.json.
 
-Documents stream through in contiguous row shards and batched Rust encoding; each shard's tokens go straight
-to disk, so memory stays flat. blend.json lists shard prefixes relative to itself, each weighted by its
-share of the split's tokens, so sampling stays uniform over the corpus; consumers resolve the prefixes.
+The input is cut into contiguous row shards; each shard is read from its own position, validated, encoded in
+batches by the Rust tokenizer and written straight to its .bin/.idx, so memory stays flat. With the profile's
+CPUs, worker processes (each with its own tokenizer) take whole shards; the parent merges their counts in shard
+order, so the artifact does not depend on the number of workers. blend.json lists shard prefixes relative to
+itself, each weighted by its share of the split's tokens, so sampling stays uniform over the corpus; consumers
+resolve the prefixes.
 """
 
 from __future__ import annotations
 
 import json
-from itertools import chain, groupby
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from itertools import chain
+from pathlib import Path
 
 import numpy as np
 
 from nemotron_assets.artifacts.binidx import BLEND_FILE, SPLITS, BinIdxWriter
+from nemotron_assets.artifacts.jsonl import RecordStream
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.data_prep.packing import gather_ranges
-from nemotron_assets.steps.data_prep.sharding import assign_splits, map_ahead, sharded_input
-from nemotron_assets.steps.data_prep.tokenizer import step_tokenizer, tokenizer_provenance
+from nemotron_assets.steps.data_prep.sharding import ShardRows, assign_splits, batched, input_shards, map_ahead
+from nemotron_assets.steps.data_prep.tokenizer import Tokenizer, load_tokenizer, step_tokenizer, tokenizer_provenance
 
 BATCH_DOCS = 512
 DTYPES = {"uint16": np.uint16, "int32": np.int32}
@@ -43,6 +53,61 @@ def with_specials(
     return tokens, lengths
 
 
+@dataclass(frozen=True)
+class ShardEncoding:
+    """How every shard is encoded; picklable, for worker processes."""
+
+    tokenizer: str
+    text_field: str
+    dtype: str
+    bos: int | None
+    eos: int | None
+    max_tokens: int | None
+
+
+def encode_shard(tokenizer: Tokenizer, encoding: ShardEncoding, rows: ShardRows, prefix: Path) -> tuple[int, int, int]:
+    """Validate, encode and write one shard to `prefix`.bin/.idx; return its (documents, tokens, truncated)."""
+    extra = (encoding.bos is not None) + (encoding.eos is not None)
+    records = RecordStream([], frozenset({"text"}), encoding.text_field).from_lines(rows.lines())
+    writer = BinIdxWriter(prefix, DTYPES[encoding.dtype])
+    truncated = 0
+    texts = (([doc[encoding.text_field] for doc in batch]) for batch in batched(records, BATCH_DOCS))
+    for _, ids in map_ahead(tokenizer.encode, texts):
+        writer.add(*with_specials(ids, encoding.bos, encoding.eos, encoding.max_tokens))
+        if encoding.max_tokens is not None:
+            truncated += sum(len(x) + extra > encoding.max_tokens for x in ids)
+    return *writer.close(), truncated
+
+
+worker_tokenizer = cache(load_tokenizer)  # one per worker process, loaded for its first shard
+
+
+def encode_in_worker(encoding: ShardEncoding, rows: ShardRows, prefix: Path) -> tuple[int, int, int]:
+    return encode_shard(worker_tokenizer(encoding.tokenizer), encoding, rows, prefix)
+
+
+def limit_encode_threads(threads: int) -> None:
+    """Worker initializer: the Rust encoder's thread pool gets this process's share of the CPUs."""
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+
+
+def encode_shards(
+    tokenizer: Tokenizer, encoding: ShardEncoding, jobs: list[tuple[ShardRows, Path]], cpus: int | None
+) -> list[tuple[int, int, int]]:
+    """Every (shard, prefix) job's counts, in order: in this process, or in one worker process per CPU (at most one per
+    shard). The first failing shard's error is raised, as in one process; shards not yet started are cancelled."""
+    workers = min(cpus or 1, len(jobs))
+    if workers <= 1:
+        return [encode_shard(tokenizer, encoding, *job) for job in jobs]
+    context, threads = multiprocessing.get_context("spawn"), max(1, cpus // workers)
+    with ProcessPoolExecutor(workers, context, initializer=limit_encode_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(encode_in_worker, encoding, *job) for job in jobs]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
 def run(run: StepRun) -> StepResult:
     params = run.params
     shards, held_out = params["num_shards"], params["valid_shards"] + params["test_shards"]
@@ -58,21 +123,16 @@ def run(run: StepRun) -> StepResult:
         if wanted and token_id is None:
             raise run.error("tokenizer_mismatch", f"tokenizer {params['tokenizer']!r} has no {name} token")
 
-    batches = sharded_input(run, "filtered_jsonl", frozenset({"text"}), BATCH_DOCS, params["text_field"])
+    shard_rows = input_shards(run, "filtered_jsonl")
     (run.output_dir / "shards").mkdir()
-    shard_tokens: list[int] = []
-    documents = truncated = 0
-    encoded = map_ahead(lambda batch: tokenizer.encode([doc[params["text_field"]] for doc in batch[1]]), batches)
-    for shard, group in groupby(encoded, key=lambda result: result[0][0]):
-        writer = BinIdxWriter(run.output_dir / "shards" / f"shard_{shard:06d}", dtype)
-        for _, ids in group:
-            tokens, lengths = with_specials(ids, bos, eos, params["max_doc_tokens"])
-            if params["max_doc_tokens"] is not None:
-                truncated += sum(len(x) + (bos is not None) + (eos is not None) > params["max_doc_tokens"] for x in ids)
-            writer.add(tokens, lengths)
-        shard_docs, tokens_in_shard = writer.close()
-        documents += shard_docs
-        shard_tokens.append(tokens_in_shard)
+    prefixes = [f"shards/shard_{k:06d}" for k in range(shards)]
+    encoding = ShardEncoding(
+        params["tokenizer"], params["text_field"], params["dtype"], bos, eos, params["max_doc_tokens"]
+    )
+    jobs = [(rows, run.output_dir / prefix) for rows, prefix in zip(shard_rows, prefixes, strict=True)]
+    counts = encode_shards(tokenizer, encoding, jobs, run.cpus)
+    documents, truncated = sum(c[0] for c in counts), sum(c[2] for c in counts)
+    shard_tokens = [c[1] for c in counts]
     if sum(shard_tokens) == 0:
         raise run.error("empty_or_overlong_documents", f"{documents} documents, no tokens")
 
@@ -82,7 +142,7 @@ def run(run: StepRun) -> StepResult:
         total = sum(shard_tokens[k] for k in splits[split])
         if splits[split] and total == 0:
             raise run.error("split_leakage_or_empty_validation", f"the {split} split has no tokens")
-        blend[split] = [v for k in splits[split] for v in (f"{shard_tokens[k] / total:.6g}", f"shards/shard_{k:06d}")]
+        blend[split] = [v for k in splits[split] for v in (f"{shard_tokens[k] / total:.6g}", prefixes[k])]
     (run.output_dir / BLEND_FILE).write_text(json.dumps({s: v for s, v in blend.items() if v}, indent=1))
     stats = {
         "rows": documents,

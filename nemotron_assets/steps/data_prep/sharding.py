@@ -1,16 +1,17 @@
-"""Row counting, contiguous row shards, and the assignment of whole shards to train/valid/test."""
+"""Contiguous row shards that a worker can seek to, and the assignment of whole shards to train/valid/test."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
+from dataclasses import dataclass
+from itertools import islice, pairwise
 from pathlib import Path
 from typing import TypeVar
 
 from nemotron_assets.artifacts.files import TRAIN, data_files
-from nemotron_assets.artifacts.jsonl import RecordStream
+from nemotron_assets.artifacts.jsonl import RecordStream, iter_lines
 from nemotron_assets.errors import contract_error
 from nemotron_assets.steps import StepRun
 
@@ -18,24 +19,52 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 SPLITS = ("train", "valid", "test")
+MAX_MARKS = 1 << 16  # line positions kept while cutting shards
 
 
-def count_rows(files: Iterable[Path], limit: int | None = None) -> int:
-    """Non-blank lines across files, stopping at `limit`."""
-    rows = 0
-    for path in files:
+@dataclass(frozen=True)
+class ShardRows:
+    """One contiguous row shard of JSONL files: from `start` (file index, byte offset, line number of a non-blank
+    line), skip `skip` non-blank lines of earlier shards, then take `rows`. Picklable, for worker processes."""
+
+    files: tuple[Path, ...]
+    start: tuple[int, int, int]
+    skip: int
+    rows: int
+
+    def lines(self) -> Iterator[tuple[str, bytes]]:
+        """(`file:line`, raw line) of the shard's rows, read from its start without the lines before it."""
+        return islice(iter_lines(self.files, self.start), self.skip, self.skip + self.rows)
+
+
+def line_starts(files: list[Path]) -> Iterator[tuple[int, int, int]]:
+    """(file index, byte offset, line number) of every non-blank line."""
+    for index, path in enumerate(files):
+        offset = 0
         with path.open("rb") as f:
-            for line in f:
+            for lineno, line in enumerate(f, 1):
                 if line.strip():
-                    rows += 1
-                    if limit is not None and rows >= limit:
-                        return rows
-    return rows
+                    yield index, offset, lineno
+                offset += len(line)
 
 
-def shard_sizes(rows: int, shards: int) -> list[int]:
-    """Rows per contiguous shard, as even as possible."""
-    return [rows * (k + 1) // shards - rows * k // shards for k in range(shards)]
+def row_shards(files: list[Path], shards: int, limit: int | None = None) -> list[ShardRows]:
+    """The first `limit` non-blank lines of `files` cut into `shards` contiguous shards, in one pass.
+
+    The pass keeps where every `stride`-th line starts, dropping every other mark and doubling the stride when
+    MAX_MARKS are kept: memory stays bounded and a shard skips fewer than 2 * rows / MAX_MARKS lines to its own.
+    """
+    rows, stride, marks = 0, 1, []
+    for position in islice(line_starts(files), limit):
+        if rows % stride == 0:
+            marks.append(position)
+            if len(marks) == MAX_MARKS:
+                marks, stride = marks[::2], stride * 2
+        rows += 1
+    if rows == 0:
+        return []
+    starts = [rows * k // shards for k in range(shards + 1)]
+    return [ShardRows(tuple(files), marks[a // stride], a % stride, b - a) for a, b in pairwise(starts)]
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -59,29 +88,30 @@ def map_ahead(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R]]
             yield pending[0], pending[1].result()
 
 
-def sharded_batches(items: Iterable[T], sizes: list[int], batch_size: int) -> Iterator[tuple[int, list[T]]]:
-    """(shard, batch): one stream cut into consecutive shards of the given sizes, in batches within a shard."""
-    iterator = iter(items)
-    for shard, size in enumerate(sizes):
-        for batch in batched(islice(iterator, size), batch_size):
-            yield shard, batch
-
-
-def sharded_input(run: StepRun, port: str, shapes: frozenset[str], batch_size: int, text_field: str = "text"):
-    """(shard, batch of validated records) over a step's JSONL input, cut into `num_shards` contiguous shards.
+def input_shards(run: StepRun, port: str) -> list[ShardRows]:
+    """A step's JSONL input cut into `num_shards` contiguous row shards (`max_rows` at most).
 
     Raises empty_artifact for an input without records and the step's too_many_tiny_shards when there are
     fewer records than shards.
     """
     params = run.params
     files = data_files(run.input(port).path, (".jsonl",), TRAIN)
-    rows, shards = count_rows(files, params["max_rows"]), params["num_shards"]
+    shards = row_shards(files, params["num_shards"], params["max_rows"])
+    rows = sum(shard.rows for shard in shards)
     if rows == 0:
         raise contract_error("empty_artifact", f"{run.input(port).path}: no records")
-    if rows < shards:
-        raise run.error("too_many_tiny_shards", f"{rows} records cannot fill {shards} shards")
-    stream = RecordStream(files, shapes, text_field, params["max_rows"])
-    return sharded_batches(stream, shard_sizes(rows, shards), batch_size)
+    if rows < params["num_shards"]:
+        raise run.error("too_many_tiny_shards", f"{rows} records cannot fill {params['num_shards']} shards")
+    return shards
+
+
+def sharded_input(run: StepRun, port: str, shapes: frozenset[str], batch_size: int, text_field: str = "text"):
+    """(shard, batch of validated records) over a step's JSONL input, shard by shard (see input_shards)."""
+    stream = RecordStream([], shapes, text_field)
+    shards = input_shards(run, port)
+    return (
+        (k, batch) for k, shard in enumerate(shards) for batch in batched(stream.from_lines(shard.lines()), batch_size)
+    )
 
 
 def held_out_counts(shards: int, valid_ratio: float, test_ratio: float) -> tuple[int, int]:
