@@ -16,9 +16,9 @@ from typing import Any
 
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.gates import QUALITY_CATEGORIES
+from nemotron_assets.hardware import QUANT_FORMATS, architecture
 
-GPU_ARCH = {"h100": "hopper", "h200": "hopper", "a100-40gb": "ampere", "a100-80gb": "ampere", "b200": "blackwell"}
-GPUS = (*GPU_ARCH, "cpu")
+GPUS = ("h100", "h200", "a100-40gb", "a100-80gb", "b200", "cpu")  # the GPUs of the parallelism table below
 EXECUTORS = ("local", "slurm", "k8s", "lepton", "dgxcloud")
 TASKS = ("sft", "peft", "pretrain", "cpt", "rl", "translate", "curate", "sdg", "benchmark", "eval")
 TASKS += ("quantize", "prune", "distill", "convert")
@@ -36,7 +36,6 @@ PARALLELISM: dict[tuple[str, str], tuple[int, int, int, int, str | None]] = {
     ("super3", "h100"): (8, 4, 1, 1, None),
     ("super3", "h200"): (8, 2, 2, 1, None),
 }
-QUANT_FORMAT = {"hopper": "fp8", "blackwell": "nvfp4"}
 # Step parameters that name the model a stage works for: the planner sets them all to the planned model.
 MODEL_PARAMS = ("tokenizer", "model.pretrained_model_name_or_path", "hf_model_path", "policy.model_name", "hf_model_id")
 CHECKPOINTS = ("checkpoint_megatron", "checkpoint_hf", "checkpoint_lora")
@@ -61,7 +60,7 @@ class Hardware:
 
     @property
     def arch(self) -> str:
-        return GPU_ARCH.get(self.gpu, "cpu")
+        return "cpu" if self.gpu == "cpu" else architecture(self.gpu)
 
 
 @dataclass(frozen=True)
@@ -527,7 +526,7 @@ class Planner:
         step = f"optimize/modelopt/{kind}"
         if kind != "quantize":
             return self.add(step, kind, {"checkpoint_hf": source})
-        quant = QUANT_FORMAT.get(self.hw.arch)
+        quant = QUANT_FORMATS.get(self.hw.arch)
         if quant is None:
             quant = "fp8" if self.cpu else "int8_sq"
             self.warn(

@@ -14,10 +14,10 @@ from safetensors import safe_open
 
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
+from nemotron_assets.hardware import architecture
 from nemotron_assets.pipelines import PipelineSpec
 from nemotron_assets.steps import InputArtifact, StepRun
 from nemotron_assets.steps.modelopt import quantize as modelopt_quantize
-from nemotron_assets.steps.modelopt.common import architecture
 from resources.artifact_store import ArtifactStore
 
 QUANTIZE = "optimize/modelopt/quantize"
@@ -97,7 +97,8 @@ def test_format_follows_the_profiles_gpu(tmp_path: Path, fixtures_dir: Path, mon
     (blackwell / "b200.toml").write_text(text.replace('model = "H100"', 'model = "B200"'))
     monkeypatch.setenv("NEMOTRON_PROFILE_DIR", str(blackwell))
     assert modelopt_quantize.recipe_for(step_run(tmp_path, model, "b200", **{"deploy_gpu": None})) == ("nvfp4", "B200")
-    assert [architecture(g) for g in ("NVIDIA H200 141GB", "gb200", "A100")] == ["hopper", "blackwell", "other"]
+    gpus = ("NVIDIA H200 141GB", "gb200", "A100", "a100-40gb", "MI300X")
+    assert [architecture(g) for g in gpus] == ["hopper", "blackwell", "ampere", "ampere", "other"]
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,9 @@ from nemotron_assets.artifacts.files import TRAIN, data_files
 from nemotron_assets.artifacts.jsonl import CORPUS_SHAPES, RecordStream
 from nemotron_assets.steps import StepRun
 
-ARCHITECTURES = {  # GPU model -> architecture; what each architecture's tensor cores run
-    **dict.fromkeys(("B100", "B200", "GB200", "B300", "GB300"), "blackwell"),
-    **dict.fromkeys(("H100", "H200", "GH200", "H800", "H20"), "hopper"),
-    **dict.fromkeys(("L4", "L40", "L40S"), "ada"),
-}
 FP8 = ("fp8", "fp8_blockwise", "w4a8_awq")
 INT = ("int8_sq", "int4_awq")
-SUPPORTED = {"blackwell": (*FP8, *INT, "nvfp4"), "hopper": (*FP8, *INT), "ada": (*FP8, *INT)}
-AUTO = {"blackwell": "nvfp4", "hopper": "fp8", "ada": "fp8"}  # what `auto` picks: the architecture's own format
+SUPPORTED = {"blackwell": (*FP8, *INT, "nvfp4"), "hopper": (*FP8, *INT), "ada": (*FP8, *INT)}  # ModelOpt recipes
 
 
 def target_gpu(run: StepRun, parameter: str) -> str | None:
@@ -29,12 +23,6 @@ def target_gpu(run: StepRun, parameter: str) -> str | None:
 
     gpu = HardwareProfile(name=run.profile).load().gpu
     return gpu.model if gpu else None
-
-
-def architecture(gpu: str) -> str:
-    """'H100' / 'NVIDIA H100 80GB' / 'h200-141gb' -> hopper; unknown models -> 'other' (integer formats only)."""
-    name = gpu.upper().removeprefix("NVIDIA").strip().split()[0].split("-")[0]
-    return ARCHITECTURES.get(name, "other")
 
 
 def record_text(record: dict[str, Any], tokenizer) -> str:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 
+from nemotron_assets.hardware import QUANT_FORMATS, architecture
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.modelopt.common import AUTO, SUPPORTED, architecture, run_task, target_gpu, training_texts
+from nemotron_assets.steps.modelopt.common import SUPPORTED, run_task, target_gpu, training_texts
 from nemotron_assets.steps.modelopt.job import block_size, enabled_quantizers
 
 
@@ -26,7 +27,7 @@ def recipe_for(run: StepRun) -> tuple[str, str | None]:
             raise run.error("unsupported_quant_recipe", f"profile {run.profile} has no GPU to pick the format for")
         return wanted, None
     arch = architecture(gpu)
-    recipe = AUTO.get(arch, "int8_sq") if wanted == "auto" else wanted
+    recipe = QUANT_FORMATS.get(arch, "int8_sq") if wanted == "auto" else wanted
     if recipe not in SUPPORTED.get(arch, ("int8_sq", "int4_awq")):
         raise run.error("unsupported_quant_recipe", f"{recipe} does not run on {gpu} ({arch})")
     return recipe, gpu
