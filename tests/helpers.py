@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +73,27 @@ def job_spec(command: list[str]) -> JobSpec:
     """The job spec a launched command runs: every executor runs `python -m nemotron_assets.job <spec>`."""
     assert command[:3] == ["python", "-m", "nemotron_assets.job"], command
     return JobSpec.model_validate_json(Path(command[3]).read_text())
+
+
+@cache
+def syntax_tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def module_file(module: str) -> Path:
+    return Path(importlib.util.find_spec(module).origin)
+
+
+def import_closure(paths: Iterable[Path], within: str) -> list[Path]:
+    """The files and the modules under `within` (a dotted prefix) they import with `from ... import`, transitively."""
+    seen: set[Path] = set()
+    todo = list(paths)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(syntax_tree(path)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(within):
+                todo.append(module_file(node.module))
+    return sorted(seen)

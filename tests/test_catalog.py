@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
+from helpers import import_closure, module_file, syntax_tree
 
 from nemotron_assets.catalog import CATALOG, CATALOG_DIR, CatalogError, load_catalog
 from nemotron_assets.catalog.models import StepSpec
@@ -62,16 +62,9 @@ def launches(step: StepSpec) -> set[str]:
     """How the step's code launches work, read from its entry module and the modules of its package that it
     imports: "process" for a launch without a process count, "torchrun" for one given nproc_per_node or torchrun."""
     module = step.entry.split(":")[0]
-    package = module.rsplit(".", 1)[0]
-    todo, seen, found = [module], set(), set()
-    while todo:
-        if (name := todo.pop()) in seen:
-            continue
-        seen.add(name)
-        tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(f"{package}."):
-                todo.append(node.module)
+    found = set()
+    for path in import_closure([module_file(module)], module.rsplit(".", 1)[0] + "."):
+        for node in ast.walk(syntax_tree(path)):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("launch_job", "launch"):
                 counted = any(k.arg in ("nproc_per_node", "torchrun") for k in node.keywords)
                 found.add("torchrun" if counted else "process")

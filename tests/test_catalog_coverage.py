@@ -7,12 +7,11 @@ that runs and costs no execution."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
-from functools import cache
 from pathlib import Path
 
 import pytest
+from helpers import import_closure, module_file, syntax_tree
 
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.catalog.models import StepSpec
@@ -21,16 +20,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nemotron_assets"
 TESTS = Path(__file__).resolve().parent
 
 
-@cache
-def tree(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), filename=str(path))
-
-
 def strings(paths: list[Path]) -> set[str]:
     return {
         node.value
         for path in paths
-        for node in ast.walk(tree(path))
+        for node in ast.walk(syntax_tree(path))
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
     }
 
@@ -40,25 +34,10 @@ def mentioned(name: str, texts: set[str]) -> bool:
     return any(re.search(rf"(?<!\w){name}(?!\w)", text) for text in texts)
 
 
-def module_file(module: str) -> Path:
-    return Path(importlib.util.find_spec(module).origin)
-
-
 def step_code(step: StepSpec) -> list[Path]:
-    """The step's own code: the package its entry lives in (config builder, job backend) and the project modules
+    """The step's own code: the package its entry lives in (config builder, job backend) and the step modules
     that package imports, transitively."""
-    seen: set[Path] = set()
-    todo = sorted(module_file(step.entry.split(":")[0]).parent.glob("*.py"))
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for node in ast.walk(tree(path)):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nemotron_assets.steps"):
-                target = module_file(node.module)
-                todo.append(target)
-    return sorted(seen)
+    return import_closure(module_file(step.entry.split(":")[0]).parent.glob("*.py"), "nemotron_assets.steps")
 
 
 ALL_CODE = sorted(PACKAGE.rglob("*.py")) + sorted((PACKAGE.parent / "resources").rglob("*.py"))  # + launchers, store
@@ -105,7 +84,7 @@ def group_prefixes(paths: list[Path]) -> set[str]:
     return {
         element.value
         for path in paths
-        for node in ast.walk(tree(path))
+        for node in ast.walk(syntax_tree(path))
         if isinstance(node, (ast.Tuple, ast.List, ast.Set))
         for element in node.elts
         if isinstance(element, ast.Constant) and isinstance(element.value, str) and element.value.endswith(".")
@@ -145,7 +124,7 @@ def test_a_named_error_test_names_the_error():
     unnamed = [
         f"{path.name}:{item.context_expr.lineno}"
         for path in TEST_CODE
-        for function in ast.walk(tree(path))
+        for function in ast.walk(syntax_tree(path))
         if isinstance(function, ast.FunctionDef)
         for node in ast.walk(function)
         if isinstance(node, ast.With)

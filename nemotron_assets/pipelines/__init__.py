@@ -56,12 +56,14 @@ class PipelineSpec(StrictModel):
         packers = {s.name: s for s in self.stages if s.step == PACKING}
         for stage in self.stages:
             packer = packers.get(stage.consumes.get("packed_parquet", ""))
-            seq_length = self.params(stage).get("seq_length")
-            if packer and seq_length and self.params(packer)["pack_size"] != seq_length:
+            if packer is None:
+                continue
+            pack_size, seq_length = self.params(packer)["pack_size"], self.params(stage).get("seq_length")
+            if seq_length and pack_size != seq_length:
                 raise step_error(
                     PACKING,
                     "seq_length_mismatch",
-                    f"stage {packer.name} packs to {self.params(packer)['pack_size']} tokens, "
+                    f"stage {packer.name} packs to {pack_size} tokens, "
                     f"stage {stage.name} trains at seq_length {seq_length}",
                 )
 

@@ -42,8 +42,9 @@ def available_memory() -> int:
 def check_file_memory(run: StepRun, files: Sequence[Path | str], error: str) -> None:
     """Curator's readers load one input file per task: the largest, times READ_EXPANSION, must fit in the memory
     available, else the step's `error`, before Ray starts."""
-    largest = max((Path(f) for f in files), key=lambda f: f.stat().st_size)
-    size, available = largest.stat().st_size, available_memory()
+    sizes = {Path(f): Path(f).stat().st_size for f in files}
+    largest = max(sizes, key=sizes.__getitem__)
+    size, available = sizes[largest], available_memory()
     if size * READ_EXPANSION > available:
         raise run.error(
             error,
