@@ -34,7 +34,7 @@ if __name__ == "__main__":
     from megatron.bridge import AutoBridge
     bridge = AutoBridge.from_hf_pretrained(sys.argv[2])
     if sys.argv[1] == "import":
-        provider = no_te.cpu_provider(bridge.to_megatron_provider(load_weights=True))
+        provider = no_te.local_provider(bridge.to_megatron_provider(load_weights=True))
         provider.finalize()
         models = provider.provide_distributed_model(wrap_with_ddp=False, use_cpu_initialization=True)
         bridge.save_megatron_model(models, sys.argv[3], hf_tokenizer_path=sys.argv[2])

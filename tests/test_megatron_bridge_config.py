@@ -3,6 +3,7 @@ attention used where Transformer Engine is absent."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -116,3 +117,33 @@ def test_packed_attention_is_causal_attention_within_each_sequence(bridge):
         k, v = (x[start:end].transpose(0, 1).repeat_interleave(2, dim=0) for x in (key, value))
         expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5)
         assert torch.allclose(out[start:end], expected.transpose(0, 1).reshape(end - start, -1), atol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_unpacked_attention_through_sdpa_matches_megatron_cores_local_attention(bridge, monkeypatch, masked: bool):
+    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+    from megatron.core.transformer.enums import AttnMaskType
+    from megatron.core.transformer.transformer_config import TransformerConfig
+    from megatron.core.utils import GlobalMemoryBuffer
+
+    monkeypatch.setattr(parallel_state, "_GLOBAL_MEMORY_BUFFER", GlobalMemoryBuffer())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")  # where the local class's buffer is allocated
+    no_dropout_rng = SimpleNamespace(fork=contextlib.nullcontext)
+    monkeypatch.setattr(tensor_parallel, "get_cuda_rng_tracker", lambda: no_dropout_rng)
+    config = TransformerConfig(
+        num_layers=1, hidden_size=32, num_attention_heads=4, num_query_groups=2, attention_dropout=0.0
+    )
+    one_rank = SimpleNamespace(tp=SimpleNamespace(size=lambda: 1))
+    local, fused = (
+        cls(config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self", pg_collection=one_rank)
+        for cls in (DotProductAttention, no_te.packed_attention_class())
+    )
+    torch.manual_seed(0)
+    query, key, value = torch.randn(6, 2, 4, 8), torch.randn(6, 2, 2, 8), torch.randn(6, 2, 2, 8)  # [s, b, h, d]
+    mask = torch.ones(6, 6, dtype=torch.bool).tril().logical_not().expand(2, 1, 6, 6).clone()  # True = masked
+    if masked:
+        mask[1, :, 4:, :2] = True  # the second sequence's last tokens do not see its first two
+    expected = local(query, key, value, mask)  # (its own causal mask, built without a mask, is made on "cuda")
+    assert expected.shape == (6, 2, 32)
+    assert torch.allclose(fused(query, key, value, mask if masked else None), expected, atol=1e-5)

@@ -3,7 +3,7 @@ overridden with the step's parameters.
 
 Nemotron 3 Nano / Lightning use Megatron-Bridge's Nemotron 3 Nano recipes (SFT, PEFT, pretraining); any other HF
 model the common recipe of the mode with the model provider AutoBridge makes from its HF config. Where
-Transformer Engine is absent the model is built from Megatron-Core's local layers (no_te.cpu_provider).
+Transformer Engine is absent the model is built from Megatron-Core's local layers (no_te.local_provider).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def training_config(spec: dict[str, Any]):
     cfg = recipe(spec)
     model, seq = cfg.model, spec["seq_length"]
     if not no_te.has_transformer_engine():
-        no_te.cpu_provider(model)
+        no_te.local_provider(model)
     model.seq_length = seq
     for name, value in spec["parallel"].items():
         if name != "expert_model_parallel_size" or getattr(model, "num_moe_experts", None):

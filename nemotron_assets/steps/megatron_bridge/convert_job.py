@@ -102,7 +102,7 @@ def load_checkpoint(iteration_dir: Path, cpu: bool) -> list:
 
     config, mlm_args = load_model_config(str(iteration_dir))
     if not no_te.has_transformer_engine():
-        no_te.cpu_provider(config)
+        no_te.local_provider(config)
     config.perform_initialization = False
     models = build_and_load_model(str(iteration_dir), config, None, mlm_args, False, cpu, True)
     return models if isinstance(models, list) else [models]
@@ -112,7 +112,7 @@ def _parallelism(provider, args: SimpleNamespace) -> None:
     from nemotron_assets.steps.megatron_bridge import no_te
 
     if not no_te.has_transformer_engine():
-        no_te.cpu_provider(provider)
+        no_te.local_provider(provider)
     provider.tensor_model_parallel_size = args.tp
     provider.pipeline_model_parallel_size = args.pp
     if getattr(provider, "num_moe_experts", None):

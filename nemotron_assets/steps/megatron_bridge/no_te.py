@@ -1,12 +1,14 @@
-"""Megatron-Bridge 0.3.1 where Transformer Engine is absent: CPU machines, and GPU images without TE.
+"""Megatron-Bridge where Transformer Engine is absent: CPU machines, and GPU images without TE.
 
-`megatron.bridge` imports `transformer_engine` at module level (LoRA layers, checkpointing) although the GPT
-models it builds on CPU use Megatron-Core's local layer spec. `import_bridge()` first imports the Megatron-Core
-and ModelOpt modules that probe for TE (so they record "no TE"), then imports Megatron-Bridge behind a temporary
-stand-in finder for `transformer_engine.*`, and removes the stand-in again. `init_distributed()` joins torchrun's
-process group (or starts a one-process one); without CUDA it uses gloo and makes the few CUDA calls on the
-conversion path (RoPE device, RNG state, synchronize) CPU-safe. `cpu_provider()` selects Megatron-Core's local
-(non-TE, unfused) layers, with an attention that takes packed sequences. Where TE exists, none of this is used.
+`megatron.bridge` imports `transformer_engine` at module level (LoRA layers, checkpointing), and from 0.4 on
+`megatron.energon` (vision-language data), although the GPT models built here use neither. `import_bridge()` first
+imports the Megatron-Core and ModelOpt modules that probe for TE (so they record "no TE"), then imports
+Megatron-Bridge behind a temporary stand-in finder for the absent packages, and removes the stand-ins again.
+`init_distributed()` joins torchrun's process group (or starts a one-process one); without CUDA it uses gloo and
+makes the few CUDA calls on the conversion path (RoPE device, RNG state, synchronize) CPU-safe. `local_provider()`
+selects Megatron-Core's local (non-TE) layers with Megatron-Core's own fusions, and an attention that takes packed
+sequences (PyTorch's varlen flash kernel on GPUs).
+Where TE exists, none of this is used.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import inspect
 import sys
 import types
 
+OPTIONAL_PACKAGES = ("transformer_engine", "megatron.energon")
 TE_PROBING_MODULES = (
     "megatron.core.models.gpt.gpt_model",
     "megatron.core.transformer.transformer_block",
@@ -26,6 +30,7 @@ TE_PROBING_MODULES = (
     "megatron.core.optimizer",
     "modelopt.torch.opt.plugins",
     "modelopt.torch.quantization",
+    "megatron.core.models.hybrid.hybrid_layer_specs",  # megatron-core >= 0.17
 )
 
 
@@ -41,8 +46,11 @@ class _Absent(types.ModuleType):
 
 
 class _AbsentFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self, packages: tuple[str, ...]) -> None:
+        self.packages = packages
+
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == "transformer_engine" or fullname.startswith("transformer_engine."):
+        if any(fullname == p or fullname.startswith(f"{p}.") for p in self.packages):
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         return None
 
@@ -56,16 +64,20 @@ class _AbsentFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def has_transformer_engine() -> bool:
-    return importlib.util.find_spec("transformer_engine") is not None
+    return _installed("transformer_engine")
 
 
 def import_bridge() -> types.ModuleType:
-    """`megatron.bridge`, imported with a temporary TE stand-in when TE is not installed."""
-    if "megatron.bridge" in sys.modules or has_transformer_engine():
-        return importlib.import_module("megatron.bridge")
-    for module in TE_PROBING_MODULES:
-        importlib.import_module(module)
-    finder = _AbsentFinder()
+    """`megatron.bridge`, imported with temporary stand-ins for the optional packages it imports at module level
+    (TE; Megatron-Energon, for vision-language data, in Megatron-Bridge >= 0.4) that are not installed."""
+    if "megatron.bridge" in sys.modules:
+        return sys.modules["megatron.bridge"]
+    absent = tuple(p for p in OPTIONAL_PACKAGES if not _installed(p))
+    if "transformer_engine" in absent:
+        for module in TE_PROBING_MODULES:
+            if _installed(module):
+                importlib.import_module(module)
+    finder = _AbsentFinder(absent)
     sys.meta_path.insert(0, finder)
     try:
         bridge = importlib.import_module("megatron.bridge")
@@ -73,9 +85,14 @@ def import_bridge() -> types.ModuleType:
         importlib.import_module("megatron.bridge.peft.lora")
     finally:
         sys.meta_path.remove(finder)
-        for name in [n for n in sys.modules if n == "transformer_engine" or n.startswith("transformer_engine.")]:
+        for name in [n for n in sys.modules if finder.find_spec(n)]:
             del sys.modules[name]
     return bridge
+
+
+def _installed(module: str) -> bool:
+    parent = module.rpartition(".")[0]
+    return (not parent or _installed(parent)) and importlib.util.find_spec(module) is not None
 
 
 def init_distributed(tp: int = 1, pp: int = 1) -> None:
@@ -114,14 +131,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-CPU_PROVIDER_SETTINGS = {
+# Fusions that need TE or Apex kernels are off; Megatron-Core's own (SwiGLU, bias-dropout-add, cross entropy)
+# stay as the recipe sets them.
+LOCAL_SETTINGS = {
+    "cross_entropy_fusion_impl": "native",
     "apply_rope_fusion": False,
     "gradient_accumulation_fusion": False,
-    "bias_activation_fusion": False,
-    "bias_dropout_fusion": False,
     "masked_softmax_fusion": False,
     "persist_layer_norm": False,
-    "cross_entropy_loss_fusion": False,
     "moe_permute_fusion": False,
     "moe_router_fusion": False,
     "moe_grouped_gemm": False,
@@ -130,14 +147,14 @@ CPU_PROVIDER_SETTINGS = {
 }
 
 
-def cpu_provider(provider):
-    """A model provider set to build Megatron-Core's local (non-TE, unfused) layers, with packed-sequence
-    attention (PackedDotProductAttention) for GPT models."""
+def local_provider(provider):
+    """A model provider set to build Megatron-Core's local (non-TE) layers, with packed-sequence attention
+    (PackedDotProductAttention) for GPT models."""
     from megatron.bridge.models.gpt_provider import GPTModelProvider
 
     if isinstance(provider, GPTModelProvider):
         provider.transformer_layer_spec = local_packed_layer_spec
-    for name, value in CPU_PROVIDER_SETTINGS.items():
+    for name, value in LOCAL_SETTINGS.items():
         if hasattr(provider, name):
             setattr(provider, name, value)
     return provider
@@ -153,33 +170,74 @@ def local_packed_layer_spec(config):
 
 
 def packed_attention_class():
-    """Megatron-Core's DotProductAttention, plus packed sequences (THD with cu_seqlens, as Megatron-Bridge's packed
-    SFT batches are): causal attention within each sub-sequence through torch's scaled_dot_product_attention.
-    Transformer Engine's fused attention does this where TE is installed; the local class refuses packed input."""
+    """Megatron-Core's DotProductAttention through fused kernels: packed sequences (THD with cu_seqlens, as
+    Megatron-Bridge's packed SFT batches are), causal within each sub-sequence, on CUDA through PyTorch's
+    variable-length flash kernel, elsewhere (and with attention dropout) through SDPA with a dense per-bin mask; and
+    unpacked batches (pretraining) through SDPA instead of the local class's unfused softmax. Transformer Engine's
+    fused attention does this where TE is installed; the local class refuses packed input."""
     import torch
     from megatron.core.transformer.dot_product_attention import DotProductAttention
+    from megatron.core.transformer.enums import AttnMaskType
 
     class PackedDotProductAttention(DotProductAttention):
         def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                     packed_seq_params=None):  # fmt: skip
-            if packed_seq_params is None:
-                return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias)
-            tokens = query.shape[0]  # THD: [t, heads, head_dim]
-            starts = packed_seq_params.cu_seqlens_q[1:-1].to(query.device)
-            segment = torch.searchsorted(starts, torch.arange(tokens, device=query.device), right=True)
-            allowed = (segment[:, None] == segment[None, :]) & torch.ones(
-                tokens, tokens, dtype=torch.bool, device=query.device
-            ).tril()
-            groups = query.shape[1] // key.shape[1]
-            q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             dropout = self.config.attention_dropout if self.training else 0.0
+            if packed_seq_params is not None:
+                attend = varlen_attention if query.is_cuda and not dropout else dense_packed_attention
+                out = attend(query, key, value, packed_seq_params.cu_seqlens_q, self.softmax_scale, dropout)
+                return out.reshape(query.shape[0], -1)
+            if attention_bias is not None or getattr(self.config, "softmax_type", "vanilla") != "vanilla":
+                return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias)
+            q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [s, b, h, d] -> [b, h, s, d]
             out = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, attn_mask=allowed, dropout_p=dropout, scale=self.softmax_scale
-            )
-            return out.squeeze(0).transpose(0, 1).reshape(tokens, -1)
+                q, k, v,
+                attn_mask=None if attention_mask is None else ~attention_mask,  # Megatron's mask: True = masked
+                is_causal=attention_mask is None and self.attn_mask_type == AttnMaskType.causal,
+                dropout_p=dropout, scale=self.softmax_scale, enable_gqa=True,
+            )  # fmt: skip
+            return out.permute(2, 0, 1, 3).reshape(query.shape[0], query.shape[1], -1)
 
     return PackedDotProductAttention
+
+
+def varlen_attention(query, key, value, cu_seqlens, scale: float | None, dropout: float = 0.0):
+    """THD attention through `torch.nn.attention.varlen.varlen_attn` (flash, CUDA), causal within each sequence.
+    Tokens after the last boundary (a bin's padding) join the last sequence, as in the dense path; the longest
+    sequence is bounded by the bin (no host sync)."""
+    import torch
+    from torch.nn.attention.varlen import varlen_attn
+
+    tokens = query.shape[0]
+    cu = torch.cat(
+        [cu_seqlens[:-1].to(query.device, torch.int32), cu_seqlens.new_full((1,), tokens).to(query.device, torch.int32)]
+    )
+    accepts = inspect.signature(varlen_attn).parameters  # torch 2.9: is_causal; 2.10: window_size; 2.12: enable_gqa
+    causal = {"window_size": (-1, 0)} if "window_size" in accepts else {"is_causal": True}
+    if "enable_gqa" in accepts:
+        causal["enable_gqa"] = True
+    else:
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    return varlen_attn(query, key, value, cu, cu, tokens, tokens, scale=scale, **causal)
+
+
+def dense_packed_attention(query, key, value, cu_seqlens, scale: float | None, dropout: float = 0.0):
+    """THD attention through scaled_dot_product_attention with a [tokens, tokens] mask: causal and within the
+    sequence (tokens after the last boundary belong to the last sequence)."""
+    import torch
+
+    tokens = query.shape[0]
+    starts = cu_seqlens[1:-1].to(query.device)
+    segment = torch.searchsorted(starts, torch.arange(tokens, device=query.device), right=True)
+    allowed = (segment[:, None] == segment[None, :]) & torch.ones(
+        tokens, tokens, dtype=torch.bool, device=query.device
+    ).tril()
+    groups = query.shape[1] // key.shape[1]
+    q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scale)
+    return out.squeeze(0).transpose(0, 1)
 
 
 def import_recipe(name: str) -> types.ModuleType:
