@@ -1,116 +1,150 @@
-"""sft/megatron_bridge throughput on one GPU against a plain transformers loop on the same model, in the same run.
+"""Megatron-Bridge on one GPU against a compiled transformers loop over the same tokens, in one call (issue 16).
 
-A Llama (hidden --hidden, --layers layers, the tokenizer of --tokenizer-model) is saved with random bf16 weights,
-imported by convert/hf_to_megatron and fine-tuned by sft/megatron_bridge on the packed bins (--packed, made at
-2048 with that tokenizer): global batch 8, --steps iterations, one save at the end. The baseline is
-bench/gpu_baseline.py (bf16, SDPA, fused AdamW, eager and torch.compile) on the same model, over windows of the
-same tokens (the bins' input_ids written as a uint16 shard), sequence 2048, batch 8.
+    python3 bench/run_megatron_gpu.py --out DIR [--steps 30] [--only NAME ...]   # writes DIR/megatron_gpu_throughput.json
 
-    python3 bench/run_megatron_gpu.py --tokenizer-model DIR --packed DIR --out DIR   # writes DIR/megatron_gpu_throughput.json
+Model: TinyLlama-1.1B's architecture (run_automodel_gpu.LLAMA_1B) with the tiny tokenizer, random bf16 weights saved
+once. Data: a chat corpus (bench/corpus.py) packed at 2048 by data_prep/sft_packing, and the random-token bin/idx
+shard of run_automodel_gpu. Each measurement runs in a fresh process, in this order:
 
-Megatron tokens/s counts the steps after the first (bins x 2048 per step, and the bins' real tokens); the
-baseline's counts its timed steps after 5 warm-up steps.
+- attention: bench/verify_packed_attention_gpu.py, the varlen kernel against the dense-mask path (same loss).
+- baseline_compiled: bench/gpu_baseline.py (bf16, SDPA, fused AdamW, torch.compile) over the SFT bins' tokens
+  concatenated (real tokens only), sequence 2048, batch 8; timed after 5 warm-up steps.
+- sft: sft/megatron_bridge through its step function (our launcher starts torchrun), the HF weights imported,
+  global batch 8 bins of 2048 at micro batch 1; tokens/s counts the bins' real tokens over the steps after the first.
+- pretrain: pretrain/megatron_bridge on the bin/idx shard, random init, micro batch = global batch = 8 x 2048.
+- automodel: pretrain/automodel through its step function, compile on (run_automodel_gpu.platform_run).
+
+MFU = tokens/s x (6N + 12 L H S) / 989 TFLOP/s (H100/H200 dense bf16), the same for every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
+import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from corpus import chat_corpus
+from run_automodel_gpu import BATCH, PEAK_FLOPS, SEQ, baseline, flops_per_token, platform_run, prepare, timed
 from verify_megatron_gpu import SFT, stage
 
 BENCH = Path(__file__).resolve().parent
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+MEGATRON = {
+    "model.tensor_model_parallel_size": 1,
+    "model.pipeline_model_parallel_size": 1,
+    "model.context_parallel_size": 1,
+    "train.global_batch_size": BATCH,
+    "seq_length": SEQ,
+}
 
 
-def make_model(tokenizer_model: Path, hidden: int, layers: int, out: Path) -> Path:
+def weights(model: Path) -> None:
+    """Random bf16 weights beside the config, for the step that imports HF weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(tokenizer_model)
-    heads = hidden // 64
-    config.update(
-        {
-            "hidden_size": hidden,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": heads // 2,
-            "head_dim": 64,
-            "intermediate_size": int(hidden * 2.75),
-            "max_position_embeddings": 2048,
-        }
-    )
     torch.manual_seed(0)
-    model = out / "model"
-    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(model)
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_model / name, model / name)
-    return model
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model), dtype=torch.bfloat16).save_pretrained(model)
 
 
-def token_shard(packed: Path, out: Path) -> str:
-    """The bins' tokens, concatenated, as the uint16 shard gpu_baseline.py reads."""
+def packed_bins(model: Path, out: Path, megabytes: float) -> Path:
+    """A chat corpus packed at SEQ with the model's tokenizer, through data_prep/sft_packing (every bin trains)."""
+    corpus = Path(chat_corpus(megabytes)["path"])
+    params = {"tokenizer": str(model), "pack_size": SEQ, "chat_template": "chatml", "num_shards": 1}
+    params |= {"train_ratio": 1.0, "valid_ratio": 0.0, "test_ratio": 0.0}
+    return Path(stage("data_prep/sft_packing", "default", params, {"training_jsonl": corpus}, out, 0)["path"])
+
+
+def bins_shard(packed: Path, out: Path) -> Path:
+    """The bins' real tokens, concatenated, as the uint16 shard the baseline reads (out/bins/shards/shard_000000)."""
     ids = np.concatenate(
         [np.asarray(row, np.uint16) for f in sorted((packed / "splits" / "train").glob("*.parquet"))
          for row in pq.read_table(f, columns=["input_ids"])["input_ids"].to_pylist()]
     )  # fmt: skip
-    prefix = out / "tokens"
-    ids.tofile(f"{prefix}.bin")
-    return str(prefix)
+    (out / "bins" / "shards").mkdir(parents=True, exist_ok=True)
+    ids.tofile(out / "bins" / "shards" / "shard_000000.bin")
+    return out / "bins"
 
 
-def baseline(model: Path, shard: str, steps: int, compile_: bool) -> dict:
-    spec = {"model": str(model), "shard": shard, "seq_length": 2048, "batch": 8, "steps": steps, "warmup": 5}
-    spec |= {"lr": 1e-5, "seed": 1234, "compile": compile_}
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "gpu_baseline.py"), json.dumps(spec)], capture_output=True, text=True, check=True
-    )
-    return json.loads(done.stdout.splitlines()[-1])
+def megatron(step: str, params: dict, inputs: dict[str, Path], out: Path) -> dict:
+    started = time.perf_counter()
+    record = stage(step, "default", MEGATRON | params, inputs, out, 1)
+    stats = record["stats"]
+    return {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "tokens_per_second": stats["tokens_per_second"],
+        "losses": stats.get("losses"),
+        "stats": {k: v for k, v in stats.items() if k != "losses"},
+        "contract": record["contract"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tokenizer-model", type=Path, required=True)
-    parser.add_argument("--packed", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--chat-mb", type=float, default=6.0)
+    parser.add_argument("--only", nargs="*")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    model = make_model(args.tokenizer_model.resolve(), args.hidden, args.layers, out)
-    result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": {}}
-    result["hf_to_megatron"] = stage("convert/hf_to_megatron", "tiny", {}, {"checkpoint_hf": model}, out, 0)
-    result["model"]["parameters"] = result["hf_to_megatron"]["stats"]["parameters"]
-    params = SFT | {
+    model, shard = prepare(out / "cache", tokens=(args.steps + 5) * BATCH * SEQ * 2)
+    weights(model)
+    packed = packed_bins(model, out, args.chat_mb)
+    bins_tokens = bins_shard(packed, out)
+    sft = SFT | {"hf_model_path": str(model), "train.train_iters": args.steps, "checkpoint.save_interval": args.steps}
+    pretrain = {
         "hf_model_path": str(model),
+        "load_hf_weights": False,
+        "train.micro_batch_size": BATCH,
         "train.train_iters": args.steps,
         "checkpoint.save_interval": args.steps,
+        "optimizer.lr": 3e-4,
     }
-    inputs = {"packed_parquet": args.packed.resolve(), "checkpoint_megatron": Path(result["hf_to_megatron"]["path"])}
-    result["sft"] = stage("sft/megatron_bridge", "default", params, inputs, out, 1)
-    shard = token_shard(args.packed.resolve(), out)
-    result["baseline_eager"] = baseline(model, shard, args.steps, False)
-    result["baseline_compiled"] = baseline(model, shard, args.steps, True)
-    sft = result["sft"]["stats"]
-    nominal = sft["tokens_per_second"] / sft["tokens_per_step"] * 8 * 2048
-    result["summary"] = {
-        "megatron_bridge_tokens_per_s_real": sft["tokens_per_second"],
-        "megatron_bridge_tokens_per_s_bins_x_2048": round(nominal, 1),
-        "baseline_eager_tokens_per_s": round(result["baseline_eager"]["tokens_per_second"], 1),
-        "baseline_compiled_tokens_per_s": round(result["baseline_compiled"]["tokens_per_second"], 1),
-        "ratio_vs_eager": round(nominal / result["baseline_eager"]["tokens_per_second"], 3),
-        "ratio_vs_compiled": round(nominal / result["baseline_compiled"]["tokens_per_second"], 3),
+    runs = {
+        "attention": lambda: json.loads(
+            timed([sys.executable, str(BENCH / "verify_packed_attention_gpu.py"), str(packed)], out / "attention.log")[
+                1
+            ].splitlines()[-1]
+        ),
+        "baseline_compiled": lambda: baseline(model, bins_tokens, args.steps, True, out),
+        "sft": lambda: megatron("sft/megatron_bridge", sft, {"packed_parquet": packed}, out),
+        "pretrain": lambda: megatron("pretrain/megatron_bridge", pretrain, {"binidx": shard}, out),
+        "automodel": lambda: platform_run(model, shard, args.steps, True, out, "automodel"),
     }
-    (out / "megatron_gpu_throughput.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result["summary"]))
+    results: dict[str, dict] = {}
+    for name, measure in runs.items():
+        if args.only and name not in args.only:
+            continue
+        try:
+            results[name] = measure()
+        except BaseException as e:  # keep what the other runs measured
+            results[name] = {"error": f"{type(e).__name__}: {str(e)[-2000:]}"}
+        if results[name].get("tokens_per_second"):
+            results[name]["mfu"] = round(results[name]["tokens_per_second"] * flops_per_token() / PEAK_FLOPS, 4)
+        print(name, json.dumps(results[name])[:400], flush=True)
+        write(out, args, results)  # after every run: a call cut short keeps what it measured
+
+
+def write(out: Path, args: argparse.Namespace, results: dict[str, dict]) -> None:
+    reference = results.get("baseline_compiled", {}).get("tokens_per_second")
+    summary = {
+        f"{name}_vs_baseline_compiled": round(r["tokens_per_second"] / reference, 3)
+        for name, r in results.items()
+        if reference and name != "baseline_compiled" and r.get("tokens_per_second")
+    }
+    document = {
+        "machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "host": platform.node()},
+        "settings": {"seq_length": SEQ, "global_batch": BATCH, "steps": args.steps, "chat_mb": args.chat_mb},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "results": results,
+        "summary": summary,
+    }
+    (out / "megatron_gpu_throughput.json").write_text(json.dumps(document, indent=1))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ def training_config(spec: dict[str, Any]):
             blend_per_split=[([p for _, p in train], [w for w, _ in train]), None, None],
             reset_attention_mask=False,
             reset_position_ids=False,
+            create_attention_mask=False,  # plain causal: the attention kernels mask by type, no [s, s] tensor per sample
             eod_mask_loss=False,
             path_to_cache=str(Path(save).parent / "index_cache"),
             dataloader_type="single",
