@@ -42,6 +42,7 @@ PARALLELISM: dict[tuple[str, str], tuple[int, int, int, int, str | None]] = {
 }
 RULES = CATALOG.rules
 EVAL = "eval/model_eval"
+NOT_APPLICABLE = "intent_not_applicable"  # the named error of an intent no stage of the plan can honour
 CHECKPOINTS = ("checkpoint_megatron", "checkpoint_hf", "checkpoint_lora")
 INPUT_ROLES = ("base_model", "reward_model")
 JSONL_FAMILY = ("training_jsonl", "raw_jsonl", "filtered_jsonl", "translated_jsonl", "synthetic_jsonl")
@@ -344,7 +345,7 @@ class Planner:
         return self.build(rule.use, task, rule)
 
     def build(self, step: str, task: str, rule: Route | None = None) -> str:
-        """A stage of `step`, wired for the model, hardware and intents."""
+        """A stage of `step`, wired for the model, hardware and intents (by default: what it requires, as found)."""
         builders = {
             "sft/megatron_bridge": lambda: self.megatron(step, "sft", peft="null"),
             "peft/megatron_bridge": lambda: self.megatron(step, "peft", base=True),
@@ -355,9 +356,13 @@ class Planner:
             "translate/nemo_curator": self.translate_goal,
             "byob/mcq": self.translate_benchmark if task == "translate" else self.benchmark,
             "optimize/modelopt/quantize": lambda: self.quantize(rule.quant_format if rule else "native"),
-            "eval/model_eval": self.evaluate,
+            "sdg/data_designer": self.sdg,
+            EVAL: self.evaluate,
         }
-        return builders[step]()
+        if step in builders:
+            return builders[step]()
+        consumes = {p.type: self.need(p.type) for p in CATALOG.step(step).consumes if p.required}
+        return self.add(step, step.split("/")[-1], consumes)
 
     def intent_rules(self) -> list[IntentRule]:
         """The intent rules of the intents the user set."""
@@ -372,13 +377,13 @@ class Planner:
         """Every intent is honoured by a stage of the plan (intent_not_applicable otherwise)."""
         steps = {s.step for s in self.stages}
         for rule in self.intent_rules():
+            self.fire(rule)
             if not steps & set(rule.steps):
                 flag = "--" + rule.intent.replace("_", "-") + (f" {rule.value}" if rule.value else "")
                 raise Blocked(
-                    f"intent_not_applicable: {flag} needs a stage of {' or '.join(rule.steps)}, "
+                    f"{NOT_APPLICABLE}: {flag} needs a stage of {' or '.join(rule.steps)}, "
                     f"and a plan for {goal} has none"
                 )
-            self.fire(rule)
 
     # ---- data and its intents ----------------------------------------------------------------------------------
 
@@ -392,7 +397,7 @@ class Planner:
             if rule.step == "translate/nemo_curator" and self.benchmark_guard():
                 self.fire(next(r for r in RULES.route if r.use == "byob/mcq"))
                 raise Blocked(
-                    "intent_not_applicable: MCQ / benchmark data is translated with byob/mcq (--goal translate), "
+                    f"{NOT_APPLICABLE}: MCQ / benchmark data is translated with byob/mcq (--goal translate), "
                     "never translate/nemo_curator"
                 )
             data = self.intent_stage(rule.step, data)
@@ -452,7 +457,7 @@ class Planner:
             return self.evaluate()
         producer = next((s for s in CATALOG.steps.values() if s.primary_output == type_name), None)
         if role is None and producer is not None and not any(p.required for p in producer.consumes):
-            return self.add(producer.id, producer.id.split("/")[-1], {})  # a producer that needs no input
+            return self.build(producer.id, producer.category)  # a producer that needs no input
         descriptions = {"base_model": f"HF checkpoint of {self.model.name}", "reward_model": "the reward (judge) model"}
         name = role or type_name
         return self.source(name, type_name, descriptions.get(name, f"your {type_name}"))
@@ -655,10 +660,9 @@ class Planner:
             raise Blocked(f"insufficient_hardware: {step_id} needs >= {minimum} GPUs, the profile has {self.hw.gpus}")
         if step_id == "translate/nemo_curator":
             return self.route("translate")  # the MCQ hard guard overrides an explicit step too
-        if step_id in ("sft/megatron_bridge", "peft/megatron_bridge", "pretrain/megatron_bridge", "byob/mcq", EVAL):
-            return self.build(step_id, step.category)
-        consumes = {p.type: self.need(p.type) for p in step.consumes if p.required}
-        return self.add(step_id, step_id.split("/")[-1], consumes)
+        if step_id == "optimize/modelopt/quantize":
+            return self.route("quantize")  # the format for the GPU
+        return self.build(step_id, step.category)
 
     def goal(self, goal: str) -> str | None:
         routes = {
