@@ -8,19 +8,14 @@ from dataclasses import dataclass, field
 from itertools import product
 
 import pytest
+from test_planning import CPU, LLAMA, B200x8, H100x2, H100x8, H100x16
+from test_planning import A100_80x8 as A100x8
 
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.pipelines import PipelineSpec
 from nemotron_assets.planning import TASKS, Hardware, Have, Intents, Plan, plan
 
-CPU = Hardware(1, 0, "cpu")
 H100x1 = Hardware(1, 1, "h100")
-H100x2 = Hardware(1, 2, "h100")
-H100x8 = Hardware(1, 8, "h100")
-H100x16 = Hardware(2, 8, "h100")
-B200x8 = Hardware(1, 8, "b200")
-A100x8 = Hardware(1, 8, "a100-80gb")
-LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 TINY = "fixtures/tiny-llama"  # no size in its name: memory unknown
 
 
@@ -33,6 +28,7 @@ class Case:
     intents: dict = field(default_factory=dict)
     steps: list[str] | None = None  # the plan's steps, without eval bookends
     blocked: str | None = None  # the named error the plan is blocked with
+    config: dict = field(default_factory=dict)  # {step: {param: value}} the plan must set
 
 
 def run(case: Case) -> Plan:
@@ -47,6 +43,9 @@ def check(case: Case) -> None:
         return
     assert result.blocked is None, result.blocked
     assert [s.step for s in result.stages if s.step != "eval/model_eval"] == case.steps
+    for step, expected in case.config.items():
+        config = next(s.config for s in result.stages if s.step == step)
+        assert {k: config.get(k) for k in expected} == expected
     PipelineSpec.parse(result.to_pipeline("rules"))
 
 
@@ -100,9 +99,12 @@ GUARD = [
 ]  # fmt: skip
 
 QUANTIZE = [
-    Case("quantize-cpu-fake-quant", "quantize", ["checkpoint_hf"], CPU, steps=["optimize/modelopt/quantize"]),
-    Case("quantize-native-format", "quantize", ["checkpoint_hf"], B200x8, steps=["optimize/modelopt/quantize"]),
-    Case("quantize-int8-fallback", "quantize", ["checkpoint_hf"], A100x8, steps=["optimize/modelopt/quantize"]),
+    Case(rule, "quantize", ["checkpoint_hf"], hardware, steps=["optimize/modelopt/quantize"],
+         config={"optimize/modelopt/quantize": {"args.export_quant_cfg": quant}})
+    for rule, hardware, quant in (
+        ("quantize-cpu-fake-quant", CPU, "fp8"), ("quantize-native-format", B200x8, "nvfp4"),
+        ("quantize-native-format", H100x8, "fp8"), ("quantize-int8-fallback", A100x8, "int8_sq"),
+    )
 ]
 
 INTENTS = [  # every intent is honoured on every goal: data intents on training goals too
@@ -143,36 +145,11 @@ FAMILIES = {"backend": BACKEND, "memory": MEMORY, "guard": GUARD, "quantize": QU
 ALL = [case for cases in FAMILIES.values() for case in cases]
 
 
-@pytest.mark.parametrize("case", BACKEND, ids=lambda c: f"{c.rule}-{c.goal}")
-def test_backend_rules(case: Case):
-    check(case)
+TABLE = [pytest.param(case, id=f"{family}-{case.rule}-{case.goal}") for family, cases in FAMILIES.items() for case in cases]
 
 
-@pytest.mark.parametrize("case", MEMORY, ids=lambda c: f"{c.rule}-{c.intents.get('model')}")
-def test_memory_rules(case: Case):
-    check(case)
-
-
-@pytest.mark.parametrize("case", GUARD, ids=lambda c: f"{c.rule}-{c.goal}")
-def test_mcq_guard(case: Case):
-    check(case)
-
-
-@pytest.mark.parametrize("case", QUANTIZE, ids=lambda c: c.rule)
-def test_quantization_format_by_gpu(case: Case):
-    check(case)
-    expected = {"quantize-cpu-fake-quant": "fp8", "quantize-native-format": "nvfp4"}.get(case.rule, "int8_sq")
-    stage = next(s for s in run(case).stages if s.step == "optimize/modelopt/quantize")
-    assert stage.config["args.export_quant_cfg"] == expected
-
-
-@pytest.mark.parametrize("case", INTENTS, ids=lambda c: f"{c.rule}-{c.goal}")
-def test_intent_rules(case: Case):
-    check(case)
-
-
-@pytest.mark.parametrize("case", CONVERT, ids=lambda c: f"{c.rule}-{c.goal}")
-def test_convert_rules(case: Case):
+@pytest.mark.parametrize("case", TABLE)
+def test_rule(case: Case):
     check(case)
 
 
