@@ -99,11 +99,19 @@ GUARD = [
 ]  # fmt: skip
 
 QUANTIZE = [
-    Case(rule, "quantize", ["checkpoint_hf"], hardware, steps=["optimize/modelopt/quantize"],
-         config={"optimize/modelopt/quantize": {"args.export_quant_cfg": quant}})
+    Case(
+        rule,
+        "quantize",
+        ["checkpoint_hf"],
+        hardware,
+        steps=["optimize/modelopt/quantize"],
+        config={"optimize/modelopt/quantize": {"args.export_quant_cfg": quant}},
+    )
     for rule, hardware, quant in (
-        ("quantize-cpu-fake-quant", CPU, "fp8"), ("quantize-native-format", B200x8, "nvfp4"),
-        ("quantize-native-format", H100x8, "fp8"), ("quantize-int8-fallback", A100x8, "int8_sq"),
+        ("quantize-cpu-fake-quant", CPU, "fp8"),
+        ("quantize-native-format", B200x8, "nvfp4"),
+        ("quantize-native-format", H100x8, "fp8"),
+        ("quantize-int8-fallback", A100x8, "int8_sq"),
     )
 ]
 
@@ -145,7 +153,7 @@ FAMILIES = {"backend": BACKEND, "memory": MEMORY, "guard": GUARD, "quantize": QU
 ALL = [case for cases in FAMILIES.values() for case in cases]
 
 
-TABLE = [pytest.param(case, id=f"{family}-{case.rule}-{case.goal}") for family, cases in FAMILIES.items() for case in cases]
+TABLE = [pytest.param(c, id=f"{family}-{c.rule}-{c.goal}") for family, cases in FAMILIES.items() for c in cases]
 
 
 @pytest.mark.parametrize("case", TABLE)
