@@ -138,9 +138,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     result = plan(args.goal, have, hardware, intents)
     if args.format == "json":
-        _print_json(result.to_json())
-    elif result.blocked:
-        print(f"# blocked: {result.blocked}")
+        _print_json(result.to_json() | ({"explain": result.explain()} if args.explain else {}))
+        return 0
+    comment = "%%" if args.format == "mermaid" else "#"
+    if args.explain:
+        explained = result.explain()
+        for rule in explained["rules"]:
+            print(f"{comment} rule {rule['rule']}: {rule['cite']}")
+        print(f"{comment} memory: {json.dumps(explained['memory'])}")
+    if result.blocked:
+        print(f"{comment} blocked: {result.blocked}")
     elif args.format == "mermaid":
         print(result.to_mermaid())
     else:
@@ -226,6 +233,12 @@ def parser() -> argparse.ArgumentParser:
     )
     planning.add_argument("--format", choices=["json", "mermaid", "yaml"], default="json")
     planning.add_argument("--name", help="pipeline name for --format yaml (default plan_<goal>)")
+    planning.add_argument(
+        "--explain",
+        action="store_true",
+        help="also print the selection rules that fired (catalog/rules.toml, with the seed sentence each encodes) "
+        "and the memory estimate of full SFT vs LoRA",
+    )
     planning.set_defaults(func=cmd_plan)
 
     fixtures = commands.add_parser("fixtures", help="offline fixtures").add_subparsers(required=True, metavar="ACTION")

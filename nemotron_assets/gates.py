@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nemotron_assets.artifacts.files import read_provenance
+from nemotron_assets.catalog import CATALOG
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from resources.artifact_store import ArtifactStore
 
 DEFAULT_TOLERANCE = {"sft": 0.01, "peft": 0.01, "pretrain": 0.01, "rl": 0.01, "convert": 0.001, "optimize": 0.02}
-QUALITY_CATEGORIES = tuple(DEFAULT_TOLERANCE)  # the catalog categories whose stages change model quality
+QUALITY_CATEGORIES = CATALOG.rules.bookends.categories  # the catalog categories whose stages change model quality
 MUST_MATCH = ("convert",)
 
 

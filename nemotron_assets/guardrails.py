@@ -10,17 +10,18 @@ from nemotron_assets.errors import NamedError, contract_error, step_error
 from resources.profile import DEFAULT_PROFILE, Profile
 
 CPU_CATEGORIES = frozenset({"data_prep", "curate", "sdg", "env"})  # tokenising, filtering, generating: CPU/Ray work
-MODEL_PARAMETERS = ("model.pretrained_model_name_or_path", "hf_model_path", "model")
 
 
-def model_of(params: dict[str, Any]) -> str | None:
-    return next((params[name] for name in MODEL_PARAMETERS if params.get(name)), None)
+def model_of(step: StepSpec, params: dict[str, Any]) -> str | None:
+    """The model the step runs: the one whose weights or architecture it loads, or that it serves."""
+    names = step.model_parameters("weights", "architecture", "served")
+    return next((params[name] for name in names if params.get(name)), None)
 
 
 def minimum_gpus(step: StepSpec, params: dict[str, Any]) -> int:
     """The step's own minimum, raised to the catalog's minimum for the model the parameters name."""
     by_model = {option.name: option.min_gpus for option in step.models}
-    return max(step.min_gpus, by_model.get(model_of(params), 0))
+    return max(step.min_gpus, by_model.get(model_of(step, params), 0))
 
 
 def gpus_for(step: StepSpec, profile: Profile) -> int:
@@ -41,7 +42,7 @@ def check_hardware(step: StepSpec, params: dict[str, Any], profile: Profile) -> 
     needed = minimum_gpus(step, params)
     if needed <= profile.gpus:
         return
-    model = model_of(params)
+    model = model_of(step, params)
     detail = (
         f"{step.id}{f' with {model}' if model else ''} needs {needed} GPUs; profile {profile.name} has {profile.gpus}"
     )

@@ -2,21 +2,25 @@
 
 The plan walks backward from the goal: each stage asks for the artifact types it consumes, and `need` answers
 with an artifact already at hand (is_a-aware), a chain of catalog converters from one (only across a real
-format boundary), or a producer chosen by the catalog's selection rules. Eval bookends are added around every
-stage that changes model quality. The result renders as JSON, a Mermaid graph, or a pipeline spec the asset
-factory loads as is.
+format boundary), or a producer chosen by the catalog's selection rules (catalog/rules.toml): routes pick the
+step of a task from facts of the model, hardware, data and intents; data intents insert their steps on the data;
+every intent must be honoured by some stage. Eval bookends are added around every stage that changes model
+quality. The result renders as JSON, a Mermaid graph, or a pipeline spec the asset factory loads as is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from nemotron_assets.catalog import CATALOG
+from nemotron_assets.catalog import CATALOG, CatalogError
+from nemotron_assets.catalog.models import FactValue, IntentRule, Route
 from nemotron_assets.gates import QUALITY_CATEGORIES
-from nemotron_assets.hardware import QUANT_FORMATS, architecture
+from nemotron_assets.hardware import QUANT_FORMATS, architecture, memory_gib
+from nemotron_assets.pipelines.models import Source, Stage
 
 GPUS = ("h100", "h200", "a100-40gb", "a100-80gb", "b200", "cpu")  # the GPUs of the parallelism table below
 EXECUTORS = ("local", "slurm", "k8s", "lepton", "dgxcloud")
@@ -36,8 +40,9 @@ PARALLELISM: dict[tuple[str, str], tuple[int, int, int, int, str | None]] = {
     ("super3", "h100"): (8, 4, 1, 1, None),
     ("super3", "h200"): (8, 2, 2, 1, None),
 }
-# Step parameters that name the model a stage works for: the planner sets them all to the planned model.
-MODEL_PARAMS = ("tokenizer", "model.pretrained_model_name_or_path", "hf_model_path", "policy.model_name", "hf_model_id")
+RULES = CATALOG.rules
+EVAL = "eval/model_eval"
+NOT_APPLICABLE = "intent_not_applicable"  # the named error of an intent no stage of the plan can honour
 CHECKPOINTS = ("checkpoint_megatron", "checkpoint_hf", "checkpoint_lora")
 INPUT_ROLES = ("base_model", "reward_model")
 JSONL_FAMILY = ("training_jsonl", "raw_jsonl", "filtered_jsonl", "translated_jsonl", "synthetic_jsonl")
@@ -65,6 +70,8 @@ class Hardware:
 
 @dataclass(frozen=True)
 class Intents:
+    """What the user asked for beside the goal; catalog/rules.toml says which stage honours each."""
+
     model: str = "nano3"
     peft: str | None = None  # "lora" | "none"
     curate: bool = False
@@ -75,6 +82,52 @@ class Intents:
     data_kind: str | None = None  # "chat" | "plain" | "mcq"
     rl_prep: bool = False  # RL data arrives as HF references or blends, or needs sharding
     seq_length: int | None = None
+
+
+_unknown = {rule.intent for rule in RULES.intent} - {f.name for f in dataclasses.fields(Intents)}
+if _unknown:
+    raise CatalogError(f"rules.toml names intents planning.Intents does not have: {sorted(_unknown)}")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-GPU memory of full SFT (weights, gradients and optimizer state) and of LoRA (the frozen weights),
+    sharded over the GPUs, against what each GPU has (catalog/rules.toml [memory])."""
+
+    parameters_b: float | None  # billions, read from the model's name (30B, 8B); None: unknown
+    gpus: int
+    gpu_gib: int | None
+
+    def _per_gpu(self, bytes_per_parameter: float) -> float | None:
+        if self.parameters_b is None or self.gpus == 0:
+            return None
+        return round(self.parameters_b * 1e9 * bytes_per_parameter / self.gpus / 2**30, 1)
+
+    @property
+    def full_gib(self) -> float | None:
+        m = RULES.memory
+        return self._per_gpu(m.weight_bytes + m.gradient_bytes + m.optimizer_bytes)
+
+    @property
+    def lora_gib(self) -> float | None:
+        return self._per_gpu(RULES.memory.weight_bytes)
+
+    @property
+    def fits(self) -> str:
+        if self.full_gib is None or self.gpu_gib is None:
+            return "unknown"
+        return "yes" if self.full_gib <= self.gpu_gib * RULES.memory.usable_fraction else "no"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "parameters_b": self.parameters_b,
+            "gpus": self.gpus,
+            "gpu_gib": self.gpu_gib,
+            "usable_fraction": RULES.memory.usable_fraction,
+            "full_sft_gib_per_gpu": self.full_gib,
+            "lora_gib_per_gpu": self.lora_gib,
+            "full_sft_fits": self.fits,
+        }
 
 
 @dataclass(frozen=True)
@@ -95,32 +148,6 @@ class Have:
 
 
 @dataclass
-class Source:
-    name: str
-    type: str
-    path: str
-    description: str
-
-
-@dataclass
-class Stage:
-    step: str
-    label: str
-    consumes: dict[str, str | Stage]  # consumed type -> source name or producing stage
-    preset: str
-    config: dict[str, Any] = field(default_factory=dict)
-    name: str = ""
-
-    @property
-    def output(self) -> str:
-        return CATALOG.step(self.step).primary_output
-
-    @property
-    def category(self) -> str:
-        return CATALOG.step(self.step).category
-
-
-@dataclass
 class Plan:
     goal: str
     hardware: Hardware
@@ -128,17 +155,16 @@ class Plan:
     stages: list[Stage]
     warnings: list[str]
     blocked: str | None = None
-
-    def _ref(self, value: str | Stage) -> str:
-        return value.name if isinstance(value, Stage) else value
+    fired: list[Route | IntentRule] = field(default_factory=list)  # the selection rules that shaped the plan
+    memory: MemoryEstimate | None = None
 
     def to_json(self) -> dict[str, Any]:
         stages = [
             {
                 "name": s.name,
                 "step": s.step,
-                "consumes": [{"type": t, "artifact": self._ref(a)} for t, a in s.consumes.items()],
-                "produces": [{"type": s.output, "artifact": s.name}],
+                "consumes": [{"type": t, "artifact": a} for t, a in s.consumes.items()],
+                "produces": [{"type": CATALOG.step(s.step).primary_output, "artifact": s.name}],
                 "preset": s.preset,
                 "config": s.config,
             }
@@ -147,10 +173,17 @@ class Plan:
         return {
             "goal": self.goal,
             "hardware": vars(self.hardware) | {"gpus": self.hardware.gpus},
-            "sources": [vars(s) for s in self.sources],
+            "sources": [_source_json(s) for s in self.sources],
             "stages": stages,
             "warnings": self.warnings,
             "blocked": self.blocked,
+        }
+
+    def explain(self) -> dict[str, Any]:
+        """The rules that fired, in order, each with the seed sentence it encodes, and the memory estimate."""
+        return {
+            "rules": [{"rule": r.id, "cite": r.cite} for r in self.fired],
+            "memory": self.memory.to_json() if self.memory else None,
         }
 
     def to_pipeline(self, name: str) -> dict[str, Any]:
@@ -159,24 +192,15 @@ class Plan:
             "name": name,
             "description": f"Planned by `nemotron-assets plan --goal {self.goal}` for {self.hardware.gpus} GPU(s) "
             f"({self.hardware.gpu}, {self.hardware.executor}).",
-            "sources": [vars(s) for s in self.sources],
-            "stages": [
-                {
-                    "name": s.name,
-                    "step": s.step,
-                    "consumes": {t: self._ref(a) for t, a in s.consumes.items()},
-                    "preset": s.preset,
-                    "config": s.config,
-                }
-                for s in self.stages
-            ],
+            "sources": [_source_json(s) for s in self.sources],
+            "stages": [s.model_dump(include={"name", "step", "consumes", "preset", "config"}) for s in self.stages],
         }
 
     def to_mermaid(self) -> str:
         lines = ["graph LR"]
         lines += [f'  {s.name}[("{s.name}<br/>{s.type}")]' for s in self.sources]
         lines += [f'  {s.name}["{s.name}<br/>{s.step}"]' for s in self.stages]
-        lines += [f"  {self._ref(a)} -->|{t}| {s.name}" for s in self.stages for t, a in s.consumes.items()]
+        lines += [f"  {a} -->|{t}| {s.name}" for s in self.stages for t, a in s.consumes.items()]
         return "\n".join(lines)
 
 
@@ -198,37 +222,46 @@ class Planner:
     def __init__(self, have: list[Have], hardware: Hardware, intents: Intents):
         self.hw, self.intents = hardware, intents
         self.model = Model.resolve(intents.model)
-        self.sources = [Source(h.name, h.type, h.path or _placeholder(h.name), "given") for h in have]
-        self.stages: list[Stage] = []
-        self.roles: dict[object, str] = {}  # artifact key -> the role it was first used for
+        self.sources = [Source(name=h.name, type=h.type, path=h.path or _placeholder(h.name), description="given")
+                        for h in have]  # fmt: skip
+        self.stages: list[Stage] = []  # named "#<n>:<label>" until `finish` numbers them
+        self.roles: dict[str, str] = {}  # artifact -> the role it was first used for
+        self.data: dict[str, str] = {}  # data role -> the artifact its data intents made
         self.warnings: list[str] = []
+        self.fired: list[Route | IntentRule] = []
         self.cpu = hardware.gpus == 0
+        self.memory = MemoryEstimate(_parameters_b(self.model.name), hardware.gpus, memory_gib(hardware.gpu))
 
     # ---- artifacts -------------------------------------------------------------------------------------------
 
-    def available(self) -> list[tuple[str | Stage, str]]:
+    def available(self) -> list[tuple[str, str]]:
         """(artifact, type), newest first: stage outputs, then sources."""
-        outputs: list[tuple[str | Stage, str]] = [(s, s.output) for s in reversed(self.stages)]
+        outputs = [(s.name, CATALOG.step(s.step).primary_output) for s in reversed(self.stages)]
         return outputs + [(s.name, s.type) for s in self.sources]
 
-    def _free(self, artifact: str | Stage, role: str | None) -> bool:
-        claimed = self.roles.get(_key(artifact))
+    def is_stage(self, artifact: str) -> bool:
+        return any(s.name == artifact for s in self.stages)
+
+    def _free(self, artifact: str, role: str | None) -> bool:
+        claimed = self.roles.get(artifact)
         return role is None or claimed is None or claimed == role
 
-    def _claim(self, artifact: str | Stage, role: str | None) -> str | Stage:
+    def _claim(self, artifact: str, role: str | None) -> str:
         if role is not None:
-            self.roles.setdefault(_key(artifact), role)
+            self.roles.setdefault(artifact, role)
         return artifact
 
-    def need(self, type_name: str, role: str | None = None) -> str | Stage:
+    def need(self, type_name: str, role: str | None = None) -> str:
         """An artifact of `type_name`: one at hand, one converted from one at hand, or a newly planned one.
 
         Base and reward models are inputs: they come from what the user has (never an adapter), not from this
-        plan's training.
+        plan's training. Data whose role an intent acts on (--curate, --translate, --rl-prep) passes its steps.
         """
+        if type_name in JSONL_FAMILY and any(role in rule.roles for rule in self.intent_rules() if rule.step):
+            return self._claim(self.prepared(role), role)
         candidates = self.available()
         if role in INPUT_ROLES:
-            candidates = [(a, t) for a, t in candidates if not isinstance(a, Stage) and t != "checkpoint_lora"]
+            candidates = [(a, t) for a, t in candidates if not self.is_stage(a) and t != "checkpoint_lora"]
         for artifact, have in candidates:
             if CATALOG.is_a(have, type_name) and self._free(artifact, role):
                 return self._claim(artifact, role)
@@ -239,38 +272,168 @@ class Planner:
         return self._claim(self.produce(type_name, role), role)
 
     def source(self, name: str, type_name: str, description: str) -> str:
-        existing = next((s for s in self.sources if s.name == name), None)
-        if existing is None:
-            self.sources.append(Source(name, type_name, _placeholder(name), description))
+        if all(s.name != name for s in self.sources):
+            self.sources.append(Source(name=name, type=type_name, path=_placeholder(name), description=description))
             self.warn(f"provide {name} ({type_name}): set {_placeholder(name)} or pass --have {type_name}:{name}=PATH")
         return name
 
-    def add(self, step: str, label: str, consumes: dict[str, str | Stage], **config: Any) -> Stage:
+    def retype(self, name: str, type_name: str) -> None:
+        self.sources = [s.model_copy(update={"type": type_name}) if s.name == name else s for s in self.sources]
+
+    def add(self, step: str, label: str, consumes: dict[str, str], **config: Any) -> str:
         """Append a stage; parameters that name the model (tokenizer, model id, ...) get the planned model."""
         spec = CATALOG.step(step)
         preset = config.pop("preset", None) or ("tiny" if self.cpu and "tiny" in spec.presets else "default")
         if preset not in spec.presets:
             preset = next(iter(spec.presets))
-        config = {p.name: self.model.name for p in spec.parameters if p.name in MODEL_PARAMS} | config
-        stage = Stage(step, label, consumes, preset, {k: v for k, v in config.items() if v is not None})
-        self.stages.append(stage)
-        return stage
+        config = dict.fromkeys(spec.model_parameters(), self.model.name) | config
+        name = f"#{len(self.stages)}:{label}"
+        config = {k: v for k, v in config.items() if v is not None}
+        self.stages.append(Stage(name=name, step=step, consumes=consumes, preset=preset, config=config))
+        return name
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
 
-    def convert(self, artifact: str | Stage, steps: list[str]) -> Stage:
+    def convert(self, artifact: str, steps: list[str]) -> str:
         for step in steps:
-            consumes: dict[str, str | Stage] = {CATALOG.step(step).consumes[0].type: artifact}
+            consumes = {CATALOG.step(step).consumes[0].type: artifact}
             if step == "convert/merge_lora":
                 consumes["checkpoint_hf"] = self.need("checkpoint_hf", "base_model")
             artifact = self.add(step, step.split("/")[-1], consumes)
         return artifact
 
+    # ---- rules -----------------------------------------------------------------------------------------------
+
+    def facts(self) -> dict[str, FactValue]:
+        """The facts rules.toml's `when` tables test (catalog/models.py, Fact)."""
+        types = {t for _, t in self.available()}
+        gpus = self.hw.gpus
+        return {
+            "recipe": self.model.family is not None,
+            "enough_gpus": gpus >= self.model.min_gpus,
+            "cpu": self.cpu,
+            "small_gpu_count": 1 <= gpus <= 4,
+            "megatron_signal": "checkpoint_megatron" in types or (self.hw.nodes > 1 and "packed_parquet" in types),
+            "full_sft_fits": self.memory.fits,
+            "native_quant": self.hw.arch in QUANT_FORMATS,
+            "benchmark": self.benchmark_guard(),
+            "peft": self.intents.peft or "unset",
+            "data_kind": self.intents.data_kind or "unset",
+        }
+
+    def fire(self, rule: Route | IntentRule) -> None:
+        if rule not in self.fired:
+            self.fired.append(rule)
+
+    def route(self, task: str) -> str:
+        """The stage the first rule of `task` that holds picks (or the block it names)."""
+        facts = self.facts()
+        rule = next(r for r in RULES.routes(task) if r.holds(facts))
+        self.fire(rule)
+        m = self.memory
+        values = {"model": self.model.name, "family": self.model.family, "min_gpus": self.model.min_gpus,
+                  "gpus": self.hw.gpus, "gpu": self.hw.gpu, "task": task.upper() if task == "sft" else task,
+                  "full_gib": m.full_gib, "lora_gib": m.lora_gib, "gpu_gib": m.gpu_gib}  # fmt: skip
+        if rule.block:
+            raise Blocked(f"{rule.block}: {rule.reason.format(**values)}")
+        if rule.warn:
+            self.warn(rule.warn.format(**values))
+        if rule.use not in CATALOG.steps:
+            return self.route(rule.use)
+        return self.build(rule.use, task, rule)
+
+    def build(self, step: str, task: str, rule: Route | None = None) -> str:
+        """A stage of `step`, wired for the model, hardware and intents (by default: what it requires, as found)."""
+        builders = {
+            "sft/megatron_bridge": lambda: self.megatron(step, "sft", peft="null"),
+            "peft/megatron_bridge": lambda: self.megatron(step, "peft", base=True),
+            "sft/automodel": lambda: self.automodel(step, "sft"),
+            "peft/automodel": lambda: self.automodel(step, "peft"),
+            "pretrain/megatron_bridge": lambda: self.pretrain_megatron(cpt=task == "cpt"),
+            "pretrain/automodel": lambda: self.pretrain_automodel(cpt=task == "cpt"),
+            "translate/nemo_curator": self.translate_goal,
+            "byob/mcq": self.translate_benchmark if task == "translate" else self.benchmark,
+            "optimize/modelopt/quantize": lambda: self.quantize(rule.quant_format if rule else "native"),
+            "sdg/data_designer": self.sdg,
+            EVAL: self.evaluate,
+        }
+        if step in builders:
+            return builders[step]()
+        consumes = {p.type: self.need(p.type) for p in CATALOG.step(step).consumes if p.required}
+        return self.add(step, step.split("/")[-1], consumes)
+
+    def intent_rules(self) -> list[IntentRule]:
+        """The intent rules of the intents the user set."""
+        return [
+            rule
+            for rule in RULES.intent
+            if getattr(self.intents, rule.intent) not in (None, False)
+            and rule.value in (None, getattr(self.intents, rule.intent))
+        ]
+
+    def check_intents(self, goal: str) -> None:
+        """Every intent is honoured by a stage of the plan (intent_not_applicable otherwise)."""
+        steps = {s.step for s in self.stages}
+        for rule in self.intent_rules():
+            self.fire(rule)
+            if not steps & set(rule.steps):
+                flag = "--" + rule.intent.replace("_", "-") + (f" {rule.value}" if rule.value else "")
+                raise Blocked(
+                    f"{NOT_APPLICABLE}: {flag} needs a stage of {' or '.join(rule.steps)}, "
+                    f"and a plan for {goal} has none"
+                )
+
+    # ---- data and its intents ----------------------------------------------------------------------------------
+
+    def prepared(self, role: str) -> str:
+        """The data of `role` after the steps of its data intents, in rules.toml order (each planned once)."""
+        if role in self.data:
+            return self.data[role]
+        rules = [rule for rule in self.intent_rules() if role in rule.roles and rule.step]
+        data = self.user_data(role, CATALOG.step(rules[0].step).consumes[0].type)
+        for rule in rules:
+            if rule.step == "translate/nemo_curator" and self.benchmark_guard():
+                self.fire(next(r for r in RULES.route if r.use == "byob/mcq"))
+                raise Blocked(
+                    f"{NOT_APPLICABLE}: MCQ / benchmark data is translated with byob/mcq (--goal translate), "
+                    "never translate/nemo_curator"
+                )
+            data = self.intent_stage(rule.step, data)
+        self.data[role] = data
+        return data
+
+    def user_data(self, role: str, type_name: str) -> str:
+        """The user's data for `role` (a stage output or a JSONL source), declared `type_name` when it is a
+        source of the JSONL family; a source to provide when there is none."""
+        output = next(
+            (a for a, t in self.available() if self.is_stage(a) and CATALOG.is_a(t, type_name) and self._free(a, role)),
+            None,
+        )
+        if output is not None:
+            return self._claim(output, role)
+        corpus = next((s for s in self.sources if s.type in JSONL_FAMILY and self._free(s.name, role)), None)
+        if corpus is None:
+            return self.source(role, type_name, f"the {role.replace('_', ' ')} ({type_name})")
+        if not CATALOG.is_a(corpus.type, type_name):
+            if type_name == "filtered_jsonl":
+                self.warn(f"treating {corpus.name} ({corpus.type}) as a ready corpus; pass --curate to clean it first")
+            self.retype(corpus.name, type_name)
+        return self._claim(corpus.name, role)
+
+    def intent_stage(self, step: str, data: str) -> str:
+        port = CATALOG.step(step).consumes[0].type
+        if step == "translate/nemo_curator":
+            return self.translate_corpus(data)
+        if step == "data_prep/rl_prep":
+            shape = self.intents.rl if self.intents.rl in ("dpo", "rlvr") else "auto"
+            return self.add(step, "rl_prep", {port: data}, kind=shape)
+        return self.add(step, step.split("/")[0], {port: data})
+
     # ---- producers of intermediate types ---------------------------------------------------------------------
 
-    def produce(self, type_name: str, role: str | None) -> str | Stage:
+    def produce(self, type_name: str, role: str | None) -> str:
         if type_name == "packed_parquet":
             data = self.need("training_jsonl", "sft_data")
             return self.add(
@@ -280,11 +443,11 @@ class Planner:
             corpus = self.need("filtered_jsonl", "corpus")
             return self.add("data_prep/pretrain_prep", "pretrain_prep", {"filtered_jsonl": corpus})
         if type_name == "filtered_jsonl":
-            return self.ready_corpus(role or "corpus")
+            return self.user_data(role or "corpus", "filtered_jsonl")
         if type_name == "checkpoint_lora":
-            return self.peft()
+            return self.route("peft")
         if type_name in ("checkpoint_megatron", "checkpoint_hf") and role in (None, "policy"):
-            self.sft()  # its output may be another checkpoint type: converters bridge it
+            self.route("sft")  # its output may be another checkpoint type: converters bridge it
             return self.need(type_name, role)
         if type_name == "checkpoint_megatron" and role == "base_model":
             return self.convert(self.need("checkpoint_hf", role), converter_path("checkpoint_hf", type_name))
@@ -292,92 +455,31 @@ class Planner:
             return self.benchmark()
         if type_name == "eval_results":
             return self.evaluate()
+        producer = next((s for s in CATALOG.steps.values() if s.primary_output == type_name), None)
+        if role is None and producer is not None and not any(p.required for p in producer.consumes):
+            return self.build(producer.id, producer.category)  # a producer that needs no input
         descriptions = {"base_model": f"HF checkpoint of {self.model.name}", "reward_model": "the reward (judge) model"}
         name = role or type_name
         return self.source(name, type_name, descriptions.get(name, f"your {type_name}"))
 
-    def ready_corpus(self, role: str) -> str | Stage:
-        """filtered_jsonl: a user corpus counts as ready unless cleaning is asked for (--curate)."""
-        if self.intents.curate:
-            return self.curated(role)
-        corpus = self.user_corpus(role)
-        if corpus is None:
-            return self.source(role, "filtered_jsonl", "the corpus (treated as ready; pass --curate to clean it)")
-        if corpus.type != "filtered_jsonl":
-            self.warn(f"treating {corpus.name} ({corpus.type}) as a ready corpus; pass --curate to clean it first")
-            corpus.type = "filtered_jsonl"
-        return corpus.name
-
-    def user_corpus(self, role: str) -> Source | None:
-        return next((s for s in self.sources if s.type in JSONL_FAMILY and self._free(s.name, role)), None)
-
-    def curated(self, role: str) -> Stage:
-        """NeMo Curator over the user's corpus (declared raw), or over a raw corpus still to be provided."""
-        corpus = self.user_corpus(role)
-        if corpus is None:
-            raw: str | Stage = self.source(role, "raw_jsonl", "the raw corpus to clean")
-        else:
-            corpus.type, raw = "raw_jsonl", corpus.name
-        return self.add("curate/nemo_curator", "curate", {"raw_jsonl": raw})
-
     def seq_length(self) -> int | None:
         return self.intents.seq_length or (None if self.cpu else 4096)
 
-    # ---- routes for goals ------------------------------------------------------------------------------------
+    # ---- stages of the routed steps ----------------------------------------------------------------------------
 
-    def require_gpus(self, what: str) -> None:
-        if self.cpu:
-            raise Blocked(f"insufficient_hardware: {what} needs GPUs; pick a GPU profile (--gpu, --gpus-per-node)")
-
-    def sft(self) -> Stage:
-        if self.intents.data_kind == "plain":
-            raise Blocked(
-                "SFT needs chat data (OpenAI messages); plain text goes to continued pretraining (--goal cpt)"
-            )
-        if self.intents.peft == "lora":
-            return self.peft()
-        model = self.model
-        if model.family:
-            if self.hw.gpus >= model.min_gpus:
-                return self.megatron("sft/megatron_bridge", "sft", peft="null")
-            self.require_gpus(f"{model.family} SFT")
-            self.warn(
-                f"{model.family} SFT via Megatron-Bridge needs >= {model.min_gpus} GPUs, the profile has "
-                f"{self.hw.gpus}: falling back to AutoModel + LoRA"
-            )
-            return self.peft(automodel=True)
-        self.no_packed_parquet_for_automodel()
-        if self.cpu:
-            self.warn("CPU: AutoModel trains only tiny models here")
-        elif self.hw.gpus <= 4:
-            self.warn(f"{self.hw.gpus} GPU(s): LoRA is recommended for AutoModel SFT on 1-4 GPUs (--peft lora)")
-        return self.add("sft/automodel", "sft", {"training_jsonl": self.need("training_jsonl", "sft_data")})
-
-    def peft(self, automodel: bool = False) -> Stage:
-        model = self.model
-        megatron_base = any(t == "checkpoint_megatron" for _, t in self.available())
-        multi_node_packed = self.hw.nodes > 1 and any(t == "packed_parquet" for _, t in self.available())
-        if not automodel and model.family and (megatron_base or multi_node_packed):
-            if self.hw.gpus >= model.min_gpus:
-                return self.megatron("peft/megatron_bridge", "peft", base=True)
-            self.warn(f"{model.family} LoRA via Megatron-Bridge needs >= {model.min_gpus} GPUs: using AutoModel")
-        if model.family:
-            self.require_gpus(f"{model.family} LoRA")
-        self.no_packed_parquet_for_automodel()
-        return self.add("peft/automodel", "peft", {"training_jsonl": self.need("training_jsonl", "sft_data")})
-
-    def no_packed_parquet_for_automodel(self) -> None:
+    def automodel(self, step: str, label: str) -> str:
         types = {t for _, t in self.available()}
         if "packed_parquet" in types and not any(t in types for t in JSONL_FAMILY):
             error = next(
                 e for e in CATALOG.step("sft/automodel").errors if e.name == "packed_parquet_used_with_automodel"
             )
             raise Blocked(f"{error.name}: {error.recovery}")
+        return self.add(step, label, {"training_jsonl": self.need("training_jsonl", "sft_data")})
 
-    def megatron(self, step: str, label: str, base: bool = False, **config: Any) -> Stage:
+    def megatron(self, step: str, label: str, base: bool = False, **config: Any) -> str:
         """A Megatron-Bridge training stage on packed data, with parallelism for the model and hardware."""
         seq = self.seq_length()
-        consumes: dict[str, str | Stage] = {"packed_parquet": self.need("packed_parquet", "sft_data")}
+        consumes = {"packed_parquet": self.need("packed_parquet", "sft_data")}
         if base or any(t == "checkpoint_megatron" for _, t in self.available()):
             consumes["checkpoint_megatron"] = self.need("checkpoint_megatron", "base_model")
         config |= {"seq_length": seq} | self.parallelism(step, packed=True)
@@ -424,25 +526,24 @@ class Planner:
             "train.global_batch_size": batch,
         }
 
-    def pretrain(self, cpt: bool) -> Stage:
-        model, label = self.model, "cpt" if cpt else "pretrain"
-        bins = self.need("binidx", "corpus")
-        if model.family and self.hw.gpus >= model.min_gpus:
-            consumes: dict[str, str | Stage] = {"binidx": bins}
-            if cpt and any(t == "checkpoint_megatron" for _, t in self.available()):
-                consumes["checkpoint_megatron"] = self.need("checkpoint_megatron", "base_model")
-            config = {"load_hf_weights": cpt, "seq_length": self.seq_length()}
-            config |= self.parallelism("pretrain/megatron_bridge", packed=False) | (
-                {"optimizer.lr": 3e-5} if cpt else {}
-            )
-            return self.add("pretrain/megatron_bridge", label, consumes, **config)
-        if model.family:
-            self.require_gpus(f"{model.family} {label}")
-            self.warn(f"{model.family} {label} via Megatron-Bridge needs >= {model.min_gpus} GPUs: using AutoModel")
-        config = {"load_weights": cpt} | ({"optimizer.lr": 3e-5} if cpt else {})
-        return self.add("pretrain/automodel", label, {"binidx": bins}, **config)
+    def pretrain_megatron(self, cpt: bool) -> str:
+        consumes = {"binidx": self.need("binidx", "corpus")}
+        if cpt and any(t == "checkpoint_megatron" for _, t in self.available()):
+            consumes["checkpoint_megatron"] = self.need("checkpoint_megatron", "base_model")
+        config = {"load_hf_weights": cpt, "seq_length": self.seq_length()}
+        config |= self.parallelism("pretrain/megatron_bridge", packed=False) | ({"optimizer.lr": 3e-5} if cpt else {})
+        return self.add("pretrain/megatron_bridge", "cpt" if cpt else "pretrain", consumes, **config)
 
-    def rl(self) -> Stage:
+    def pretrain_automodel(self, cpt: bool) -> str:
+        config = {"load_weights": cpt} | ({"optimizer.lr": 3e-5} if cpt else {})
+        bins = self.need("binidx", "corpus")
+        return self.add("pretrain/automodel", "cpt" if cpt else "pretrain", {"binidx": bins}, **config)
+
+    def require_gpus(self, what: str) -> None:
+        if self.cpu:
+            raise Blocked(f"insufficient_hardware: {what} needs GPUs; pick a GPU profile (--gpu, --gpus-per-node)")
+
+    def rl(self) -> str:
         kind = self.intents.rl
         if kind is None:
             kind = "dpo"
@@ -450,12 +551,12 @@ class Planner:
         self.require_gpus(f"RL ({kind}) with NeMo-RL")
         data = self.rl_data(kind)
         policy = self.need("checkpoint_megatron", "policy")  # warm start from a validated SFT checkpoint
-        consumes: dict[str, str | Stage] = {"training_jsonl": data, "checkpoint_megatron": policy}
+        consumes = {"training_jsonl": data, "checkpoint_megatron": policy}
         if kind == "rlhf":
             consumes["checkpoint_hf"] = self.need("checkpoint_hf", "reward_model")
         return self.add(f"rl/nemo_rl/{kind}", kind, consumes)
 
-    def rl_data(self, kind: str) -> str | Stage:
+    def rl_data(self, kind: str) -> str:
         at_hand = next(
             (a for a, t in self.available() if CATALOG.is_a(t, "training_jsonl") and self._free(a, "rl_data")), None
         )
@@ -464,11 +565,7 @@ class Planner:
             return self._claim(
                 self.add("data_prep/rl_prep", "rl_prep", {"training_jsonl": pairs}, kind="dpo"), "rl_data"
             )
-        data = self.need("training_jsonl", "rl_data")
-        if self.intents.rl_prep:
-            shape = kind if kind in ("dpo", "rlvr") else "auto"
-            data = self.add("data_prep/rl_prep", "rl_prep", {"training_jsonl": data}, kind=shape)
-        return self._claim(data, "rl_data")
+        return self.need("training_jsonl", "rl_data")
 
     def benchmark_guard(self) -> bool:
         """MCQ / benchmark data goes to byob/mcq, never to translate/nemo_curator."""
@@ -482,13 +579,12 @@ class Planner:
             raise Blocked("translation needs explicit languages: --translate SRC:TGT (e.g. en:th)")
         return self.intents.translate
 
-    def translate(self) -> Stage:
+    def translate_goal(self) -> str:
+        self.languages()
+        return self.prepared("corpus")
+
+    def translate_corpus(self, corpus: str) -> str:
         source, target = self.languages()
-        if self.benchmark_guard():
-            benchmark = next((a for a, t in self.available() if CATALOG.is_a(t, "benchmark_parquet")), None)
-            description = "the MCQ benchmark to translate, as BYOB parquet (question, options, answer_index, ...)"
-            return self.byob_translate(benchmark or self.source("benchmark", "mcq_benchmark_parquet", description))
-        corpus = self.need("filtered_jsonl", "corpus")
         plain = self.intents.data_kind == "plain"
         config = {
             "source_language": source,
@@ -500,81 +596,83 @@ class Planner:
         }
         return self.add("translate/nemo_curator", "translate", {"filtered_jsonl": corpus}, **config)
 
-    def byob_translate(self, benchmark: str | Stage) -> Stage:
+    def translate_benchmark(self) -> str:
+        benchmark = next((a for a, t in self.available() if CATALOG.is_a(t, "benchmark_parquet")), None)
+        description = "the MCQ benchmark to translate, as BYOB parquet (question, options, answer_index, ...)"
+        return self.byob_translate(benchmark or self.source("benchmark", "mcq_benchmark_parquet", description))
+
+    def byob_translate(self, benchmark: str) -> str:
         source, target = self.languages()
         config = {"stage": "translate", "source_language": source, "target_language": target}
         return self.add("byob/mcq", "byob_translate", {"benchmark_parquet": benchmark}, preset="translate", **config)
 
-    def benchmark(self) -> Stage:
+    def benchmark(self) -> str:
         corpus = self.need("benchmark_source_corpus", "benchmark_corpus")
         generated = self.add("byob/mcq", "byob_generate", {"benchmark_source_corpus": corpus})
         return self.byob_translate(generated) if self.intents.translate else generated
 
-    def sdg(self) -> Stage:
+    def sdg(self) -> str:
         seeds = next((a for a, t in self.available() if CATALOG.is_a(t, "training_jsonl")), None)
         preset = "rl_pref" if self.intents.rl == "dpo" else None
         return self.add("sdg/data_designer", "sdg", {"training_jsonl": seeds} if seeds else {}, preset=preset)
 
-    def evaluate(self) -> Stage:
+    def evaluate(self) -> str:
         checkpoint = next(((a, t) for a, t in self.available() if t in CHECKPOINTS), None)
         if checkpoint is None:
-            return self.add("eval/model_eval", "eval", {}, role="standalone", model=self.model.name)
-        return self.add("eval/model_eval", "eval", {checkpoint[1]: checkpoint[0]}, role="standalone")
+            return self.add(EVAL, "eval", {}, role="standalone", model=self.model.name)
+        return self.add(EVAL, "eval", {checkpoint[1]: checkpoint[0]}, role="standalone")
 
-    def optimize(self, kind: str) -> Stage:
+    def optimize(self, kind: str) -> str:
+        if kind == "quantize":
+            return self.route("quantize")
+        return self.add(f"optimize/modelopt/{kind}", kind, {"checkpoint_hf": self.need("checkpoint_hf", "base_model")})
+
+    def quantize(self, quant_format: str) -> str:
+        step = "optimize/modelopt/quantize"
         source = self.need("checkpoint_hf", "base_model")
-        step = f"optimize/modelopt/{kind}"
-        if kind != "quantize":
-            return self.add(step, kind, {"checkpoint_hf": source})
-        quant = QUANT_FORMATS.get(self.hw.arch)
-        if quant is None:
-            quant = "fp8" if self.cpu else "int8_sq"
-            self.warn(
-                "CPU: fake-quant FP8 for validation only"
-                if self.cpu
-                else f"{self.hw.gpu} has no FP8/NVFP4: using INT8 SmoothQuant"
-            )
+        quant = QUANT_FORMATS[self.hw.arch] if quant_format == "native" else quant_format
         preset = "tiny" if self.cpu else quant if quant in CATALOG.step(step).presets else "default"
-        return self.add(step, kind, {"checkpoint_hf": source}, preset=preset, **{"args.export_quant_cfg": quant})
+        return self.add(step, "quantize", {"checkpoint_hf": source}, preset=preset, **{"args.export_quant_cfg": quant})
 
-    def convert_goal(self) -> Stage:
-        for have, target in (("checkpoint_lora", "checkpoint_hf"), ("checkpoint_megatron", "checkpoint_hf")):
-            found = next((a for a, t in self.available() if t == have), None)
+    def conversion(self, goal: str | None) -> str | None:
+        """The first convert rule whose source is at hand: for --goal convert (goal None) any; for an artifact goal,
+        one that is the goal even though its target is at hand (an adapter merged into its base)."""
+        for rule in RULES.convert:
+            if goal is not None and not (rule.replaces_target and converter_path(rule.source, goal)):
+                continue
+            found = next((a for a, t in self.available() if t == rule.source), None)
             if found is not None:
-                return self.convert(found, converter_path(have, target))
-        found = next((a for a, t in self.available() if t == "checkpoint_hf"), None)
-        if found is None:
-            raise Blocked("convert needs a checkpoint: --have checkpoint_megatron | checkpoint_hf | checkpoint_lora")
-        return self.convert(found, converter_path("checkpoint_hf", "checkpoint_megatron"))
+                self.fire(rule)
+                return self.convert(found, converter_path(rule.source, goal or rule.target))
+        return None
 
-    def explicit_step(self, step_id: str) -> Stage:
+    def convert_goal(self) -> str:
+        converted = self.conversion(None)
+        if converted is None:
+            raise Blocked("convert needs a checkpoint: --have checkpoint_megatron | checkpoint_hf | checkpoint_lora")
+        return converted
+
+    def explicit_step(self, step_id: str) -> str:
         """A goal naming a catalog step: its own consumes, no fallback routing (insufficient hardware blocks)."""
         step = CATALOG.step(step_id)
         minimum = max([step.min_gpus] + [m.min_gpus for m in step.models if m.name.endswith(self.model.name)])
         if self.hw.gpus < minimum:
             raise Blocked(f"insufficient_hardware: {step_id} needs >= {minimum} GPUs, the profile has {self.hw.gpus}")
-        routes = {
-            "sft/megatron_bridge": lambda: self.megatron(step_id, "sft", peft="null"),
-            "peft/megatron_bridge": lambda: self.megatron(step_id, "peft", base=True),
-            "pretrain/megatron_bridge": lambda: self.pretrain(cpt=False),
-            "translate/nemo_curator": self.translate,
-            "byob/mcq": self.benchmark,
-            "eval/model_eval": self.evaluate,
-        }
-        if step_id in routes:
-            return routes[step_id]()
-        consumes = {p.type: self.need(p.type) for p in step.consumes if p.required}
-        return self.add(step_id, step_id.split("/")[-1], consumes)
+        if step_id == "translate/nemo_curator":
+            return self.route("translate")  # the MCQ hard guard overrides an explicit step too
+        if step_id == "optimize/modelopt/quantize":
+            return self.route("quantize")  # the format for the GPU
+        return self.build(step_id, step.category)
 
-    def goal(self, goal: str) -> Stage | None:
+    def goal(self, goal: str) -> str | None:
         routes = {
-            "sft": self.sft,
-            "peft": self.peft,
-            "pretrain": lambda: self.pretrain(cpt=False),
-            "cpt": lambda: self.pretrain(cpt=True),
+            "sft": lambda: self.route("sft"),
+            "peft": lambda: self.route("peft"),
+            "pretrain": lambda: self.route("pretrain"),
+            "cpt": lambda: self.route("cpt"),
             "rl": self.rl,
-            "translate": self.translate,
-            "curate": lambda: self.curated("corpus"),
+            "translate": lambda: self.route("translate"),
+            "curate": lambda: self.prepared("corpus"),
             "sdg": self.sdg,
             "benchmark": self.benchmark,
             "eval": self.evaluate,
@@ -588,13 +686,16 @@ class Planner:
         if goal in CATALOG.steps:
             return self.explicit_step(goal)
         if goal in CATALOG.types:
+            merged = self.conversion(goal)
+            if merged is not None:
+                return merged
             if any(CATALOG.is_a(t, goal) for _, t in self.available()):
                 self.warn(f"{goal} is already at hand: nothing to do")
                 return None
             if goal in ("mcq_benchmark_parquet", "translated_mcq_benchmark_parquet", "benchmark_parquet"):
                 return self.benchmark()
             if goal == "translated_jsonl":
-                return self.translate()
+                return self.route("translate")
             if goal in ("raw_jsonl", "training_jsonl", "benchmark_source_corpus"):
                 raise Blocked(f"{goal} is an input: pass it with --have {goal}=PATH (or generate data with --goal sdg)")
             return self.need(goal)
@@ -605,39 +706,69 @@ class Planner:
     def add_bookends(self) -> None:
         """Evaluate before and after every quality-changing stage; one eval serves as `after` and next `before`."""
         ordered: list[Stage] = []
-        after_of: dict[int, Stage] = {}  # id(checkpoint stage) -> its after-eval
+        after_of: dict[str, int] = {}  # checkpoint stage -> the index of its after-eval in `ordered`
         for stage in self.stages:
-            if stage.category not in QUALITY_CATEGORIES:
+            step = CATALOG.step(stage.step)
+            if step.category not in QUALITY_CATEGORIES:
                 ordered.append(stage)
                 continue
             start = next(((t, a) for t, a in stage.consumes.items() if t in CHECKPOINTS), None)
-            if start is not None and isinstance(start[1], Stage) and id(start[1]) in after_of:
-                after_of[id(start[1])].config["also_before"] = stage
+            if start is not None and start[1] in after_of:
+                index = after_of[start[1]]
+                ordered[index] = _with_config(ordered[index], also_before=stage.name)
             else:
-                consumes = {start[0]: start[1]} if start else {}
-                config = {} if start else {"model": self.model.name}
-                ordered.append(self.bookend("before", stage, consumes, config))
+                consumes = dict([start]) if start else {}
+                ordered.append(self.bookend("before", stage, consumes, {} if start else {"model": self.model.name}))
             ordered.append(stage)
-            after = self.bookend("after", stage, {stage.output: stage}, {})
-            ordered.append(after)
-            after_of[id(stage)] = after
+            after_of[stage.name] = len(ordered)
+            ordered.append(self.bookend("after", stage, {step.primary_output: stage.name}, {}))
         self.stages = ordered
 
-    def bookend(self, role: str, target: Stage, consumes: dict[str, str | Stage], config: dict[str, Any]) -> Stage:
-        preset = "tiny" if self.cpu else "default"
+    def bookend(self, role: str, target: Stage, consumes: dict[str, str], config: dict[str, Any]) -> Stage:
         return Stage(
-            "eval/model_eval",
-            f"eval_{role}_{target.label}",
-            consumes,
-            preset,
-            {"role": role, "target": target} | config,
+            name=f"#{role}{target.name}:eval_{role}_{_label(target.name)}",
+            step=EVAL,
+            consumes=consumes,
+            preset="tiny" if self.cpu else "default",
+            config={"role": role, "target": target.name} | config,
         )
 
     def finish(self) -> None:
-        for index, stage in enumerate(self.stages, 1):
-            stage.name = f"{index:02d}_{stage.label}"
-        for stage in self.stages:
-            stage.config = {k: v.name if isinstance(v, Stage) else v for k, v in stage.config.items()}
+        """Number the stages in order (NN_label) and point every reference at the new names."""
+        names = {s.name: f"{i:02d}_{_label(s.name)}" for i, s in enumerate(self.stages, 1)}
+
+        def rename(value: Any) -> Any:
+            return names.get(value, value) if isinstance(value, str) else value
+
+        self.stages = [
+            s.model_copy(
+                update={
+                    "name": names[s.name],
+                    "consumes": {t: rename(a) for t, a in s.consumes.items()},
+                    "config": {k: rename(v) if k in ("target", "also_before") else v for k, v in s.config.items()},
+                }
+            )
+            for s in self.stages
+        ]
+
+
+def _label(name: str) -> str:
+    """'#3:sft' -> 'sft'."""
+    return name.rsplit(":", 1)[1]
+
+
+def _with_config(stage: Stage, **config: Any) -> Stage:
+    return stage.model_copy(update={"config": stage.config | config})
+
+
+def _source_json(source: Source) -> dict[str, Any]:
+    return source.model_dump(include={"name", "type", "path", "description"})
+
+
+def _parameters_b(model: str) -> float | None:
+    """Billions of parameters from a model's name ('...-Nano-30B-A3B' -> 30); None when the name has none."""
+    size = re.search(r"(?<![\w.])(\d+(?:\.\d+)?)B(?![a-zA-Z])", model.replace("-", " ").replace("_", " "))
+    return float(size.group(1)) if size else None
 
 
 def converter_path(have: str, want: str) -> list[str] | None:
@@ -656,21 +787,19 @@ def converter_path(have: str, want: str) -> list[str] | None:
     return None
 
 
-def _key(artifact: str | Stage) -> object:
-    return id(artifact) if isinstance(artifact, Stage) else artifact
-
-
 def _placeholder(name: str) -> str:
     return "${NEMOTRON_INPUT_" + re.sub(r"\W", "_", name).upper() + "}"
 
 
 def plan(goal: str, have: list[Have], hardware: Hardware, intents: Intents) -> Plan:
     """Stages that reach `goal` from the artifacts at hand on this hardware, with eval bookends, or why not."""
-    planner = Planner(have, hardware, intents)
+    implied = {"curate": {"curate": True}}.get(goal, {})  # a goal that is an intent honours it
+    planner = Planner(have, hardware, dataclasses.replace(intents, **implied))
     try:
         planner.goal(goal)
+        planner.check_intents(goal)
     except Blocked as e:
-        return Plan(goal, hardware, [], [], planner.warnings, str(e))
+        return Plan(goal, hardware, [], [], planner.warnings, str(e), planner.fired, planner.memory)
     planner.add_bookends()
     planner.finish()
-    return Plan(goal, hardware, planner.sources, planner.stages, planner.warnings)
+    return Plan(goal, hardware, planner.sources, planner.stages, planner.warnings, None, planner.fired, planner.memory)

@@ -1,4 +1,5 @@
-"""The step catalog as data: artifact types (is_a / convert_to lattice) and step specs, validated at import."""
+"""The step catalog as data: artifact types (is_a / convert_to lattice), step specs and the planner's selection
+rules, validated at import."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron_assets.catalog.models import ArtifactType, Parameter, Port, StepSpec
+from nemotron_assets.catalog.models import ArtifactType, Parameter, Port, Rules, StepSpec
 
 __all__ = ["CATALOG", "ArtifactType", "Catalog", "CatalogError", "Parameter", "Port", "StepSpec", "load_catalog"]
 
@@ -24,6 +25,7 @@ class Catalog:
     types: dict[str, ArtifactType]
     steps: dict[str, StepSpec]
     contract_errors: dict[str, str]
+    rules: Rules
 
     def ancestors(self, type_name: str) -> list[str]:
         """Every type `type_name` is_a, transitively, nearest first."""
@@ -76,7 +78,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def load_catalog(directory: Path = CATALOG_DIR) -> Catalog:
-    """Load and cross-validate types.toml, errors.toml and steps/**/*.toml."""
+    """Load and cross-validate types.toml, errors.toml, rules.toml and steps/**/*.toml."""
     types = {name: ArtifactType(name=name, **body) for name, body in _read(directory / "types.toml")["types"].items()}
     contract_errors = {name: body["recovery"] for name, body in _read(directory / "errors.toml")["errors"].items()}
     steps: dict[str, StepSpec] = {}
@@ -85,8 +87,10 @@ def load_catalog(directory: Path = CATALOG_DIR) -> Catalog:
         if step.id in steps:
             raise CatalogError(f"duplicate step id {step.id!r} in {path}")
         steps[step.id] = step
-    catalog = Catalog(types=types, steps=steps, contract_errors=contract_errors)
+    rules = Rules(**_read(directory / "rules.toml"))
+    catalog = Catalog(types=types, steps=steps, contract_errors=contract_errors, rules=rules)
     _validate(catalog)
+    _validate_rules(catalog)
     return catalog
 
 
@@ -117,6 +121,31 @@ def _validate(catalog: Catalog) -> None:
                 raise CatalogError(f"converter {converter_id} does not consume {t.name}")
             if not any(catalog.is_a(p.type, target) for p in converter.produces):
                 raise CatalogError(f"converter {converter_id} does not produce {target}")
+
+
+def _validate_rules(catalog: Catalog) -> None:
+    """Every step, type, task, error and category a rule names exists."""
+    rules, steps = catalog.rules, catalog.steps
+    tasks = {task for route in rules.route for task in route.tasks}
+    names = {error.name for step in steps.values() for error in step.errors} | set(catalog.contract_errors)
+    for task in tasks:
+        if rules.routes(task)[-1].when:
+            raise CatalogError(f"rule {rules.routes(task)[-1].id}: the last route of task {task} must always hold")
+    for route in rules.route:
+        if route.use is not None and route.use not in steps and route.use not in tasks:
+            raise CatalogError(f"rule {route.id}: uses {route.use!r}, neither a step nor a routed task")
+        if route.block is not None and route.block not in names:
+            raise CatalogError(f"rule {route.id}: blocks with {route.block!r}, which no step or errors.toml declares")
+    for intent in rules.intent:
+        for step in intent.steps:
+            if step not in steps:
+                raise CatalogError(f"rule {intent.id}: unknown step {step!r}")
+    for convert in rules.convert:
+        if {convert.source, convert.target} - set(catalog.types):
+            raise CatalogError(f"rule {convert.id}: unknown artifact type")
+    unknown = set(rules.bookends.categories) - {step.category for step in steps.values()}
+    if unknown:
+        raise CatalogError(f"bookends: unknown categories {sorted(unknown)}")
 
 
 CATALOG = load_catalog()

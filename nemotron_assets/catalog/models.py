@@ -52,6 +52,12 @@ class Parameter(StrictModel):
     default: Any = None
     choices: tuple[Any, ...] | None = None
     description: str
+    names_model: Literal["weights", "architecture", "tokenizer", "served"] | None = Field(
+        None,
+        description="The parameter names a model: `weights` the step loads, `architecture` whose config (and recipe) "
+        "it follows while its weights come from a consumed checkpoint, `tokenizer` it tokenizes with, or `served` the "
+        "model an evaluation queries.",
+    )
     versioned: bool = Field(
         True,
         description="False for a parameter that cannot change the artifact (pipeline wiring such as an evaluation's "
@@ -152,6 +158,10 @@ class StepSpec(StrictModel):
     def parameter(self, name: str) -> Parameter:
         return next(p for p in self.parameters if p.name == name)
 
+    def model_parameters(self, *kinds: str) -> list[str]:
+        """Names of the parameters naming a model in one of these ways (all ways if none is given)."""
+        return [p.name for p in self.parameters if p.names_model and (not kinds or p.names_model in kinds)]
+
     def preset_values(self, preset: str) -> dict[str, Any]:
         """Parameter defaults overlaid with a preset's values."""
         if preset not in self.presets:
@@ -187,3 +197,101 @@ class StepSpec(StrictModel):
             "min_gpus": self.min_gpus,
             "models": [m.model_dump() for m in self.models],
         }
+
+
+# ---- the planner's selection rules (rules.toml) -------------------------------------------------------------------
+
+Fact = Literal[
+    "recipe",  # a Megatron-Bridge recipe exists for the model (Nano3, Super3)
+    "enough_gpus",  # the profile has the model's Megatron-Bridge minimum of GPUs
+    "cpu",  # the profile has no GPUs
+    "small_gpu_count",  # 1-4 GPUs
+    "megatron_signal",  # a Megatron base at hand, or packed Parquet at hand on several nodes
+    "full_sft_fits",  # "yes" / "no" / "unknown": weights, gradients and optimizer state fit the GPUs
+    "native_quant",  # the GPU's architecture has a native low-precision format (hardware.QUANT_FORMATS)
+    "benchmark",  # the data is an MCQ benchmark (--data-kind mcq, or a benchmark at hand)
+    "peft",  # --peft: "lora" / "none" / "unset"
+    "data_kind",  # --data-kind: "chat" / "plain" / "mcq" / "unset"
+]
+FactValue = bool | str
+
+
+class Rule(StrictModel):
+    """A selection rule: an id, the seed sentence it encodes (quoted), and the facts under which it holds."""
+
+    id: str
+    cite: str = Field(description="The seed catalog sentence this rule encodes, quoted.")
+    when: dict[Fact, FactValue | tuple[FactValue, ...]] = Field(default_factory=dict)
+
+    def holds(self, facts: dict[str, FactValue]) -> bool:
+        return all(facts[fact] in (want if isinstance(want, tuple) else (want,)) for fact, want in self.when.items())
+
+
+class Route(Rule):
+    """Which step serves a task: `use` (a step or another task), with a warning, or `block` with a named error."""
+
+    tasks: tuple[str, ...]
+    use: str | None = None
+    warn: str | None = None
+    block: str | None = Field(None, description="The named error (errors.toml) that blocks the plan.")
+    reason: str | None = None
+    quant_format: str | None = Field(None, description="Quantization format; 'native' = the GPU's own.")
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> Route:
+        if (self.use is None) == (self.block is None) or (self.block is None) != (self.reason is None):
+            raise ValueError(f"route {self.id}: either `use`, or `block` with its `reason`")
+        return self
+
+
+class IntentRule(Rule):
+    """An intent (a field of planning.Intents, at `value` if given): a data intent inserts `step` on the data
+    consumed in `roles`; a plan honours it by a stage of `step` or of `honoured_by`."""
+
+    intent: str
+    value: str | None = None
+    step: str | None = None
+    roles: tuple[str, ...] = ()
+    honoured_by: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _honourable(self) -> IntentRule:
+        if self.step is None and not self.honoured_by:
+            raise ValueError(f"intent rule {self.id}: no step honours it")
+        return self
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        return (*([self.step] if self.step else []), *self.honoured_by)
+
+
+class ConvertRule(Rule):
+    source: str
+    target: str
+    replaces_target: bool = False
+
+
+class Bookends(StrictModel):
+    categories: tuple[str, ...] = Field(description="Catalog categories whose stages change model quality.")
+    cite: str
+
+
+class Memory(StrictModel):
+    """Bytes per model parameter held by full SFT (and by LoRA: the weights), and the share of GPU memory usable."""
+
+    weight_bytes: float
+    gradient_bytes: float
+    optimizer_bytes: float
+    usable_fraction: float = Field(gt=0, le=1)
+    cite: str
+
+
+class Rules(StrictModel):
+    route: tuple[Route, ...]
+    intent: tuple[IntentRule, ...]
+    convert: tuple[ConvertRule, ...]
+    bookends: Bookends
+    memory: Memory
+
+    def routes(self, task: str) -> list[Route]:
+        return [r for r in self.route if task in r.tasks]

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 EVAL = "eval/model_eval"
 CHECKPOINTS = ("checkpoint_lora", "checkpoint_hf", "checkpoint_megatron")
 SCORABLE = ("checkpoint_hf", "checkpoint_lora")  # a Megatron checkpoint is scored after its conversion to HF
-MODEL_PARAMETERS = ("model.pretrained_model_name_or_path",)  # where a step consuming no checkpoint names its model
 PER_BOOKEND = ("role", "target", "also_before", "gate_tolerance", "model", "endpoint_url")
 
 
@@ -37,7 +36,8 @@ def model_path(spec: PipelineSpec, stage: Stage) -> str | None:
     params = spec.params(stage)
     if params.get("load_weights") is False:
         return None
-    return next((params[name] for name in MODEL_PARAMETERS if params.get(name)), None)
+    names = CATALOG.step(stage.step).model_parameters("weights")
+    return next((params[name] for name in names if params.get(name)), None)
 
 
 def starting_point(spec: PipelineSpec, stage: Stage) -> str | None:
