@@ -27,6 +27,7 @@ from nemotron_assets.digests import content_digest, json_digest
 from nemotron_assets.errors import contract_error, step_error
 from nemotron_assets.gates import QUALITY_CATEGORIES
 from nemotron_assets.held_out import TRAINED_ON, reject_trained_on, trained_on
+from nemotron_assets.model_card import card_type, write_card
 from nemotron_assets.paths import PROJECT_ROOT, expand
 from nemotron_assets.pipelines import PipelineSpec, Stage
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
@@ -253,6 +254,8 @@ def run_stage(
         write_provenance(staging, provenance)  # the contract reads it (e.g. pack_size)
         stepped = time.time()
         provenance["stats"] = result.stats
+        if card_type(step.primary_output):
+            write_card(staging, provenance)
         provenance["contract"] = validate(staging, step.primary_output)
         provenance["timings"] = {
             "started_at": datetime.fromtimestamp(started, UTC).isoformat(),

@@ -172,18 +172,26 @@ def gate_check(pipeline: PipelineSpec, target: Stage, before: Stage, after: Stag
         description=f"{target.name}: {before.name} vs {after.name}, {category} gate, tolerance {tolerance}.",
     )
     def _gate(artifact_store: ArtifactStore) -> dg.AssetCheckResult:
-        from nemotron_assets.gates import compare, settle
+        from nemotron_assets.gates import compare, comparison_table, scored_version, settle
+        from nemotron_assets.model_card import card_type, write_verdict
 
         sides = [artifact_store.current(key.path) for key in keys]
         if None in sides:
             return dg.AssetCheckResult(passed=False, description="an evaluation is missing: materialize both evals")
         passed, rows, reason = compare(sides[0][1], sides[1][1], category, tolerance)
-        table = "| metric | before | after | improvement | ok |\n|---|---:|---:|---:|---|\n" + "\n".join(
-            f"| {r.metric} | {r.before:.4g} | {r.after:.4g} | {r.improvement:+.4g} | {'yes' if r.passed else 'NO'} |"
-            for r in rows
-        )
         current = settle(artifact_store, target_key, sides[0][1], sides[1][1], passed, tolerance)
-        metadata = {"tolerance": tolerance, "comparison": dg.MetadataValue.md(table), "current": current or "none"}
+        if card_type(CATALOG.step(target.step).primary_output):
+            verdict = {
+                "before": before.name,
+                "after": after.name,
+                "tolerance": tolerance,
+                "passed": passed,
+                "reason": reason,
+            }
+            scored = artifact_store.version_dir(target_key, scored_version(sides[1][1], target.name))
+            write_verdict(scored, verdict, rows)
+        table = dg.MetadataValue.md(comparison_table(rows))
+        metadata = {"tolerance": tolerance, "comparison": table, "current": current or "none"}
         return dg.AssetCheckResult(passed=passed, description=reason, metadata=metadata)
 
     return _gate
