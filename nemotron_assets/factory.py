@@ -321,11 +321,19 @@ def pipeline_assets(pipeline: PipelineSpec) -> list[Any]:
     return defs
 
 
-def build_definitions(pipelines: list[PipelineSpec]) -> dg.Definitions:
-    defs = [d for pipeline in pipelines for d in pipeline_assets(pipeline)]
+def pipeline_definitions(pipeline: PipelineSpec) -> dg.Definitions:
+    """A pipeline's assets, checks and automation (the resources they use come from `RESOURCES`)."""
+    defs = pipeline_assets(pipeline)
     assets = dg.Definitions(
         assets=[d for d in defs if not isinstance(d, dg.AssetChecksDefinition)],
         asset_checks=[d for d in defs if isinstance(d, dg.AssetChecksDefinition)],
-        resources={"artifact_store": ArtifactStore(), "hardware": HardwareProfile()},
     )
-    return dg.Definitions.merge(assets, *(pipeline_automation(pipeline) for pipeline in pipelines))
+    return dg.Definitions.merge(assets, pipeline_automation(pipeline))
+
+
+RESOURCES = dg.Definitions(resources={"artifact_store": ArtifactStore(), "hardware": HardwareProfile()})
+
+
+def build_definitions(pipelines: list[PipelineSpec], *more: dg.Definitions) -> dg.Definitions:
+    """The pipelines' definitions, `more` (e.g. the defs folder's components) and the resources they share."""
+    return dg.Definitions.merge(*(pipeline_definitions(p) for p in pipelines), *more, RESOURCES)
