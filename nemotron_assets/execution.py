@@ -32,6 +32,7 @@ from nemotron_assets.paths import PROJECT_ROOT, expand
 from nemotron_assets.pipelines import PipelineSpec, Stage
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
 from nemotron_assets.steps.launch import LOCAL, Launcher, PathMap
+from nemotron_assets.usage import usage
 from nemotron_assets.versions import step_code_version
 from resources.artifact_store import WORK, ArtifactStore, seal, write_provenance
 
@@ -202,6 +203,8 @@ def run_stage(
     cpus: int | None = None,
     paths: PathMap = LOCAL,
     nodes: int = 1,
+    executor: str = "local",
+    gpu_hour_price: float | None = None,
 ) -> Materialization:
     """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
     step = CATALOG.step(stage.step)
@@ -262,6 +265,7 @@ def run_stage(
             "step_seconds": round(stepped - started, 3),
             "validate_seconds": round(time.time() - stepped, 3),
         }
+        provenance["usage"] = usage(stepped - started, gpus * nodes, executor, result.stats, gpu_hour_price)
         return seal(staging, provenance)
 
     path, provenance = store.publish(key, version, build)

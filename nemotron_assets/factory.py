@@ -276,6 +276,8 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 cpus=profile.cpus,
                 paths=paths,
                 nodes=profile.nodes,
+                executor=profile.executor,
+                gpu_hour_price=profile.gpu_hour_price,
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e
@@ -295,6 +297,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 "launcher": profile.executor if launched else "in_process",
                 "step_seconds": result.provenance["timings"]["step_seconds"],
             }
+            | _metadata({f"usage/{k}": v for k, v in result.provenance.get("usage", {}).items()})
             | plots_metadata(result.path, result.provenance.get("plots", {})),
             data_version=dg.DataVersion(result.version),
         )
