@@ -254,10 +254,15 @@ def parser() -> argparse.ArgumentParser:
     rootfs.add_argument("--dir", default=None, help="where (default $NEMOTRON_ROOTFS, else .nemotron/rootfs/job)")
     rootfs.set_defaults(func=cmd_rootfs)
 
-    store = commands.add_parser("store", help="the artifact store")
-    store.add_argument("action", choices=["gc"], help="gc: remove what dead runs left (staging, finished work dirs)")
-    store.add_argument("--root", default=None, help="the artifact root (default $NEMOTRON_ARTIFACT_ROOT)")
-    store.set_defaults(func=cmd_store)
+    store = commands.add_parser("store", help="the artifact store").add_subparsers(required=True, metavar="ACTION")
+    gc = store.add_parser("gc", help="remove what dead runs left (staging, finished work dirs)")
+    export = store.add_parser("export", help="copy a checkpoint version out with its model card, ready to upload")
+    export.add_argument("key", help="<pipeline>/<artifact>, e.g. tiny/merged")
+    export.add_argument("destination", type=Path, help="a directory that does not exist yet")
+    export.add_argument("--version", default=None, help="default: the current version")
+    for action, func in ((gc, cmd_store_gc), (export, cmd_store_export)):
+        action.add_argument("--root", default=None, help="the artifact root (default $NEMOTRON_ARTIFACT_ROOT)")
+        action.set_defaults(func=func)
 
     slurm = commands.add_parser("slurm", help="a single-node Slurm on this machine, to try the Slurm launcher")
     slurm.add_argument("action", choices=["up", "down"], help="up: start it and print the exports; down: stop it")
@@ -285,11 +290,23 @@ def cmd_rootfs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_store(args: argparse.Namespace) -> int:
+def cmd_store_gc(args: argparse.Namespace) -> int:
     from resources.artifact_store import ArtifactStore
 
     for path in ArtifactStore(root=args.root).gc():
         print(f"removed {path}")
+    return 0
+
+
+def cmd_store_export(args: argparse.Namespace) -> int:
+    from nemotron_assets.model_card import export
+    from resources.artifact_store import ArtifactStore
+
+    try:
+        print(export(ArtifactStore(root=args.root), args.key.split("/"), args.destination, args.version))
+    except NamedError as e:
+        _print_json(e.to_json())
+        return 1
     return 0
 
 

@@ -26,6 +26,7 @@ HEADLINE = (  # (metadata keys, format): shown when every key is present
     (("max_logit_difference", "relative_logit_difference"), "max logit difference {:.1e} ({:.0e} of the largest)"),
 )
 CHECKS = ("contract", "quality_gate")
+USAGE = {"wall_seconds": "s wall time", "gpu_hours": "GPU-hours", "tokens": "tokens", "cost": "cost"}
 
 
 def summary(pipeline_name: str) -> str:
@@ -34,6 +35,7 @@ def summary(pipeline_name: str) -> str:
     pipeline = next(p for p in load_pipelines() if p.name == pipeline_name)
     instance = dg.DagsterInstance.get()
     lines = [f"Pipeline `{pipeline.name}` ({len(pipeline.stages)} assets):"]
+    spent: dict[str, float] = {}  # usage/* summed over the latest materializations that did the work
     for stage in pipeline.stages:
         key = dg.AssetKey([pipeline.name, stage.name])
         event = instance.get_latest_materialization_event(key)
@@ -49,9 +51,12 @@ def summary(pipeline_name: str) -> str:
         }
         statuses = ", ".join(f"{name.replace('_', ' ')} {status}" for name, status in checks.items())
         reused = " (reused: inputs unchanged)" if metadata.get("reused") else ""
+        for name in USAGE if not reused else ():
+            spent[name] = spent.get(name, 0) + metadata.get(f"usage/{name}", 0)
         lines.append(f"  {key.to_user_string():26} {', '.join(facts)}; {statuses}{reused}")
         lines.append(f"  {'':26} {metadata['path']}")
     lines += [
+        "Usage: " + ", ".join(f"{round(spent.get(name, 0), 4):,} {label}" for name, label in USAGE.items()),
         f"Artifacts: {ArtifactStore().base}",
         f"Open the UI: make ui   (= DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '')} "
         ".venv/bin/dagster dev -w workspace.yaml)",

@@ -27,10 +27,12 @@ from nemotron_assets.digests import content_digest, json_digest
 from nemotron_assets.errors import contract_error, step_error
 from nemotron_assets.gates import QUALITY_CATEGORIES
 from nemotron_assets.held_out import TRAINED_ON, reject_trained_on, trained_on
+from nemotron_assets.model_card import card_type, write_card
 from nemotron_assets.paths import PROJECT_ROOT, expand
 from nemotron_assets.pipelines import PipelineSpec, Stage
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
 from nemotron_assets.steps.launch import LOCAL, Launcher, PathMap
+from nemotron_assets.usage import usage
 from nemotron_assets.versions import step_code_version
 from resources.artifact_store import WORK, ArtifactStore, seal, write_provenance
 
@@ -201,6 +203,8 @@ def run_stage(
     cpus: int | None = None,
     paths: PathMap = LOCAL,
     nodes: int = 1,
+    executor: str = "local",
+    gpu_hour_price: float | None = None,
 ) -> Materialization:
     """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
     step = CATALOG.step(stage.step)
@@ -253,12 +257,15 @@ def run_stage(
         write_provenance(staging, provenance)  # the contract reads it (e.g. pack_size)
         stepped = time.time()
         provenance["stats"] = result.stats
+        if card_type(step.primary_output):
+            write_card(staging, provenance)
         provenance["contract"] = validate(staging, step.primary_output)
         provenance["timings"] = {
             "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
             "step_seconds": round(stepped - started, 3),
             "validate_seconds": round(time.time() - stepped, 3),
         }
+        provenance["usage"] = usage(stepped - started, gpus * nodes, executor, result.stats, gpu_hour_price)
         return seal(staging, provenance)
 
     path, provenance = store.publish(key, version, build)

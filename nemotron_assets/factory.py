@@ -172,18 +172,26 @@ def gate_check(pipeline: PipelineSpec, target: Stage, before: Stage, after: Stag
         description=f"{target.name}: {before.name} vs {after.name}, {category} gate, tolerance {tolerance}.",
     )
     def _gate(artifact_store: ArtifactStore) -> dg.AssetCheckResult:
-        from nemotron_assets.gates import compare, settle
+        from nemotron_assets.gates import compare, comparison_table, scored_version, settle
+        from nemotron_assets.model_card import card_type, write_verdict
 
         sides = [artifact_store.current(key.path) for key in keys]
         if None in sides:
             return dg.AssetCheckResult(passed=False, description="an evaluation is missing: materialize both evals")
         passed, rows, reason = compare(sides[0][1], sides[1][1], category, tolerance)
-        table = "| metric | before | after | improvement | ok |\n|---|---:|---:|---:|---|\n" + "\n".join(
-            f"| {r.metric} | {r.before:.4g} | {r.after:.4g} | {r.improvement:+.4g} | {'yes' if r.passed else 'NO'} |"
-            for r in rows
-        )
         current = settle(artifact_store, target_key, sides[0][1], sides[1][1], passed, tolerance)
-        metadata = {"tolerance": tolerance, "comparison": dg.MetadataValue.md(table), "current": current or "none"}
+        if card_type(CATALOG.step(target.step).primary_output):
+            verdict = {
+                "before": before.name,
+                "after": after.name,
+                "tolerance": tolerance,
+                "passed": passed,
+                "reason": reason,
+            }
+            scored = artifact_store.version_dir(target_key, scored_version(sides[1][1], target.name))
+            write_verdict(scored, verdict, rows)
+        table = dg.MetadataValue.md(comparison_table(rows))
+        metadata = {"tolerance": tolerance, "comparison": table, "current": current or "none"}
         return dg.AssetCheckResult(passed=passed, description=reason, metadata=metadata)
 
     return _gate
@@ -268,6 +276,8 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 cpus=profile.cpus,
                 paths=paths,
                 nodes=profile.nodes,
+                executor=profile.executor,
+                gpu_hour_price=profile.gpu_hour_price,
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e
@@ -287,6 +297,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 "launcher": profile.executor if launched else "in_process",
                 "step_seconds": result.provenance["timings"]["step_seconds"],
             }
+            | _metadata({f"usage/{k}": v for k, v in result.provenance.get("usage", {}).items()})
             | plots_metadata(result.path, result.provenance.get("plots", {})),
             data_version=dg.DataVersion(result.version),
         )
@@ -313,11 +324,19 @@ def pipeline_assets(pipeline: PipelineSpec) -> list[Any]:
     return defs
 
 
-def build_definitions(pipelines: list[PipelineSpec]) -> dg.Definitions:
-    defs = [d for pipeline in pipelines for d in pipeline_assets(pipeline)]
+def pipeline_definitions(pipeline: PipelineSpec) -> dg.Definitions:
+    """A pipeline's assets, checks and automation (the resources they use come from `RESOURCES`)."""
+    defs = pipeline_assets(pipeline)
     assets = dg.Definitions(
         assets=[d for d in defs if not isinstance(d, dg.AssetChecksDefinition)],
         asset_checks=[d for d in defs if isinstance(d, dg.AssetChecksDefinition)],
-        resources={"artifact_store": ArtifactStore(), "hardware": HardwareProfile()},
     )
-    return dg.Definitions.merge(assets, *(pipeline_automation(pipeline) for pipeline in pipelines))
+    return dg.Definitions.merge(assets, pipeline_automation(pipeline))
+
+
+RESOURCES = dg.Definitions(resources={"artifact_store": ArtifactStore(), "hardware": HardwareProfile()})
+
+
+def build_definitions(pipelines: list[PipelineSpec], *more: dg.Definitions) -> dg.Definitions:
+    """The pipelines' definitions, `more` (e.g. the defs folder's components) and the resources they share."""
+    return dg.Definitions.merge(*(pipeline_definitions(p) for p in pipelines), *more, RESOURCES)

@@ -56,6 +56,19 @@ def compare(before: Path, after: Path, category: str, tolerance: float) -> tuple
     return not failed, rows, reason
 
 
+def scored_version(after: Path, name: str) -> str:
+    """The version of checkpoint `name` the evaluation at `after` scored."""
+    return next(i["version"] for i in read_provenance(after)["inputs"] if i["name"] == name)
+
+
+def comparison_table(rows: Sequence[Comparison]) -> str:
+    """The comparisons as a markdown table (the gate check's metadata and the model card show the same one)."""
+    return "| metric | before | after | improvement | ok |\n|---|---:|---:|---:|---|\n" + "\n".join(
+        f"| {r.metric} | {r.before:.4g} | {r.after:.4g} | {r.improvement:+.4g} | {'yes' if r.passed else 'NO'} |"
+        for r in rows
+    )
+
+
 GATES = ".gates"  # <artifact>/.gates/<decision>.json: each decision of the artifact's quality gate, once
 
 
@@ -71,7 +84,7 @@ def settle(
     from nemotron_assets.digests import json_digest
     from resources.artifact_store import PROMOTED
 
-    scored = next(i["version"] for i in read_provenance(after)["inputs"] if i["name"] == key[-1])
+    scored = scored_version(after, key[-1])
     evaluations = [read_provenance(p)["version"] for p in (before, after)]
     decision = {"scored": scored, "evaluations": evaluations, "tolerance": tolerance, "passed": passed}
     record = store.artifact_dir(key) / GATES / f"{json_digest(decision)[:16]}.json"

@@ -127,6 +127,9 @@ class Profile(Section):
         default=[], description="More host:job paths a job mounts (read-only data, models); k8s: claim:path"
     )
     env_vars: list[str] = Field(default=[], description="Names of the variables a job gets; never values")
+    gpu_hour_price: float | None = Field(
+        default=None, ge=0, description="Price of one GPU-hour (any currency): materializations report their cost"
+    )
     container: ContainerSettings | None = None
     slurm: SlurmSettings | None = None
     k8s: K8sSettings | None = None

@@ -13,6 +13,7 @@ from helpers import materialize_in_dagster
 
 from nemotron_assets.factory import pipeline_assets
 from nemotron_assets.gates import GATES, settle
+from nemotron_assets.model_card import sidecar
 from nemotron_assets.pipelines import PipelineError, PipelineSpec
 from resources.artifact_store import PROMOTED, ArtifactStore, write_provenance
 
@@ -83,6 +84,9 @@ def test_failing_gate_blocks_downstream(fixtures_dir: Path, tmp_path: Path):
     assert not evaluation.passed and "may not get worse by more than -1.0" in evaluation.description
     assert {"eval_base", "lora", "eval_lora"} <= materialized(result)
     assert "merged" not in materialized(result)
+    version = next(e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "lora")
+    card = sidecar(tmp_path / "g" / "lora", version.materialization.metadata["data_version"].value).read_text()
+    assert "Quality gate: **FAILED** (tolerance -1.0)" in card  # the model card beside the withdrawn version
 
 
 def test_a_gate_decides_once(tmp_path: Path):

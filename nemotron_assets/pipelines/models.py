@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
+from nemotron_assets.catalog import CATALOG
 from nemotron_assets.catalog.models import StrictModel
+
+ArtifactType = Literal[tuple(CATALOG.types)]  # an unknown type is a schema error, reported at its line
 
 
 class PipelineError(ValueError):
@@ -17,7 +20,7 @@ class Source(StrictModel):
     """An external input the pipeline does not produce: a corpus, a base model, a dataset."""
 
     name: str
-    type: str
+    type: ArtifactType
     path: str = Field(description="File, directory or glob; may use ${VAR} (e.g. ${NEMOTRON_DATA}).")
     description: str = ""
     partitioned: bool = Field(
@@ -30,7 +33,7 @@ class Stage(StrictModel):
 
     name: str
     step: str
-    consumes: dict[str, str] = Field(default_factory=dict, description="consumed type -> artifact name")
+    consumes: dict[ArtifactType, str] = Field(default_factory=dict, description="consumed type -> artifact name")
     preset: str = "default"
     config: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
@@ -43,7 +46,7 @@ class Stage(StrictModel):
 class Evaluation(StrictModel):
     """Eval bookends the pipeline inserts around every quality-changing stage, all with the same settings."""
 
-    data: dict[str, str] = Field(default_factory=dict, description="eval data: consumed type -> artifact name")
+    data: dict[ArtifactType, str] = Field(default_factory=dict, description="eval data: consumed type -> artifact name")
     preset: str = "default"
     config: dict[str, Any] = Field(default_factory=dict, description="eval/model_eval parameters of every bookend")
     gate_tolerance: dict[str, float] = Field(
