@@ -11,7 +11,10 @@ shard of run_automodel_gpu. Each measurement runs in a fresh process, in this or
   concatenated (real tokens only), sequence 2048, batch 8; timed after 5 warm-up steps.
 - sft: sft/megatron_bridge through its step function (our launcher starts torchrun), the HF weights imported,
   global batch 8 bins of 2048 at micro batch 1; tokens/s counts the bins' real tokens over the steps after the first.
-- pretrain: pretrain/megatron_bridge on the bin/idx shard, random init, micro batch = global batch = 8 x 2048.
+- sft_wide_bins: the same, with bins of 8 x 2048 tokens (each conversation still cut at 2048, RoPE positions per
+  conversation) at global batch 1: a step's tokens in one micro batch.
+- pretrain: pretrain/megatron_bridge on the bin/idx shard, random init, micro batch = global batch = 8 x 2048;
+  pretrain_compiled: the same with `compile: true` (each transformer layer compiled); its losses must match.
 - automodel: pretrain/automodel through its step function, compile on (run_automodel_gpu.platform_run).
 
 MFU = tokens/s x (6N + 12 L H S) / 989 TFLOP/s (H100/H200 dense bf16), the same for every run.
@@ -51,11 +54,12 @@ def weights(model: Path) -> None:
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model), dtype=torch.bfloat16).save_pretrained(model)
 
 
-def packed_bins(model: Path, out: Path, megabytes: float) -> Path:
-    """A chat corpus packed at SEQ with the model's tokenizer, through data_prep/sft_packing (every bin trains)."""
+def packed_bins(model: Path, out: Path, megabytes: float, pack_size: int = SEQ) -> Path:
+    """A chat corpus packed with the model's tokenizer through data_prep/sft_packing (every bin trains): bins of
+    `pack_size`, each conversation cut at SEQ tokens."""
     corpus = Path(chat_corpus(megabytes)["path"])
-    params = {"tokenizer": str(model), "pack_size": SEQ, "chat_template": "chatml", "num_shards": 1}
-    params |= {"train_ratio": 1.0, "valid_ratio": 0.0, "test_ratio": 0.0}
+    params = {"tokenizer": str(model), "pack_size": pack_size, "max_doc_tokens": SEQ, "chat_template": "chatml"}
+    params |= {"num_shards": 1, "train_ratio": 1.0, "valid_ratio": 0.0, "test_ratio": 0.0}
     return Path(stage("data_prep/sft_packing", "default", params, {"training_jsonl": corpus}, out, 0)["path"])
 
 
@@ -70,9 +74,9 @@ def bins_shard(packed: Path, out: Path) -> Path:
     return out / "bins"
 
 
-def megatron(step: str, params: dict, inputs: dict[str, Path], out: Path) -> dict:
+def megatron(step: str, params: dict, inputs: dict[str, Path], out: Path, name: str) -> dict:
     started = time.perf_counter()
-    record = stage(step, "default", MEGATRON | params, inputs, out, 1)
+    record = stage(step, "default", MEGATRON | params, inputs, out / name, 1)
     stats = record["stats"]
     return {
         "wall_s": round(time.perf_counter() - started, 1),
@@ -91,7 +95,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*")
     args = parser.parse_args()
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    for directory in (out, out / "wide"):
+        directory.mkdir(parents=True, exist_ok=True)
     model, shard = prepare(out / "cache", tokens=(args.steps + 5) * BATCH * SEQ * 2)
     weights(model)
     packed = packed_bins(model, out, args.chat_mb)
@@ -105,6 +110,9 @@ def main() -> None:
         "checkpoint.save_interval": args.steps,
         "optimizer.lr": 3e-4,
     }
+    wide = SEQ * BATCH  # one bin holds a step's tokens: eight conversations of at most SEQ, one micro batch
+    sft_wide = sft | {"seq_length": wide, "dataset.packed_sequence_specs.packed_sequence_size": wide}
+    sft_wide |= {"train.global_batch_size": 1}
     runs = {
         "attention": lambda: json.loads(
             timed([sys.executable, str(BENCH / "verify_packed_attention_gpu.py"), str(packed)], out / "attention.log")[
@@ -112,8 +120,18 @@ def main() -> None:
             ].splitlines()[-1]
         ),
         "baseline_compiled": lambda: baseline(model, bins_tokens, args.steps, True, out),
-        "sft": lambda: megatron("sft/megatron_bridge", sft, {"packed_parquet": packed}, out),
-        "pretrain": lambda: megatron("pretrain/megatron_bridge", pretrain, {"binidx": shard}, out),
+        "sft": lambda: megatron("sft/megatron_bridge", sft, {"packed_parquet": packed}, out, "sft"),
+        "sft_wide_bins": lambda: megatron(
+            "sft/megatron_bridge",
+            sft_wide,
+            {"packed_parquet": packed_bins(model, out / "wide", args.chat_mb, wide)},
+            out,
+            "wide",
+        ),
+        "pretrain": lambda: megatron("pretrain/megatron_bridge", pretrain, {"binidx": shard}, out, "pretrain"),
+        "pretrain_compiled": lambda: megatron(
+            "pretrain/megatron_bridge", pretrain | {"compile": True}, {"binidx": shard}, out, "pretrain_compiled"
+        ),
         "automodel": lambda: platform_run(model, shard, args.steps, True, out, "automodel"),
     }
     results: dict[str, dict] = {}
@@ -137,6 +155,9 @@ def write(out: Path, args: argparse.Namespace, results: dict[str, dict]) -> None
         for name, r in results.items()
         if reference and name != "baseline_compiled" and r.get("tokens_per_second")
     }
+    eager, compiled = (results.get(name, {}).get("losses") for name in ("pretrain", "pretrain_compiled"))
+    if eager and compiled:  # same data, same seed: compiling must not change the training
+        summary["pretrain_compiled_max_loss_difference"] = max(abs(a - b) for a, b in zip(eager, compiled, strict=True))
     document = {
         "machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "host": platform.node()},
         "settings": {"seq_length": SEQ, "global_batch": BATCH, "steps": args.steps, "chat_mb": args.chat_mb},

@@ -20,7 +20,7 @@ from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import contract_error
 from nemotron_assets.gates import Comparison, comparison_table
 from nemotron_assets.held_out import TRAINED_ON, lineage
-from nemotron_assets.pipelines.bookends import CHECKPOINTS, MODEL_PARAMETERS
+from nemotron_assets.pipelines.bookends import CHECKPOINTS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,7 +52,8 @@ def base_model(provenance: dict[str, Any]) -> str | None:
     checkpoint it consumed (by asset key)."""
     record = provenance.get("base_model") or provenance.get("merged_from", {}).get("base")
     params = provenance.get("params", {})
-    named = record["name_or_path"] if record else next((params[p] for p in MODEL_PARAMETERS if params.get(p)), None)
+    weights = CATALOG.step(provenance["step"]["id"]).model_parameters("weights")
+    named = record["name_or_path"] if record else next((params[p] for p in weights if params.get(p)), None)
     if named:
         return shown(named)
     pipeline = provenance["asset_key"].split("/")[0]

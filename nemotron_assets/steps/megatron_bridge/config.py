@@ -50,6 +50,8 @@ def training_config(spec: dict[str, Any]):
     model, seq = cfg.model, spec["seq_length"]
     if not no_te.has_transformer_engine():
         no_te.local_provider(model)
+        if spec.get("compile"):
+            model.register_pre_wrap_hook(no_te.compile_layers)
     model.seq_length = seq
     for name, value in spec["parallel"].items():
         if name != "expert_model_parallel_size" or getattr(model, "num_moe_experts", None):
@@ -91,7 +93,7 @@ def training_config(spec: dict[str, Any]):
             blend_per_split=[([p for _, p in train], [w for w, _ in train]), None, None],
             reset_attention_mask=False,
             reset_position_ids=False,
-            create_attention_mask=False,  # plain causal: the attention kernels mask by type, no [s, s] tensor per sample
+            create_attention_mask=False,  # plain causal: the kernels mask by type, no [s, s] tensor per sample
             eod_mask_loss=False,
             path_to_cache=str(Path(save).parent / "index_cache"),
             dataloader_type="single",
