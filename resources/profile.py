@@ -127,6 +127,10 @@ class Profile(Section):
         default=[], description="More host:job paths a job mounts (read-only data, models); k8s: claim:path"
     )
     env_vars: list[str] = Field(default=[], description="Names of the variables a job gets; never values")
+    ray_address: str | None = Field(
+        default=None,
+        description="A running Ray cluster (ray.init's address) that Ray-based steps attach to; None = a local one",
+    )
     container: ContainerSettings | None = None
     slurm: SlurmSettings | None = None
     k8s: K8sSettings | None = None
