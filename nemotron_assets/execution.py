@@ -201,6 +201,7 @@ def run_stage(
     cpus: int | None = None,
     paths: PathMap = LOCAL,
     nodes: int = 1,
+    ray_address: str | None = None,
 ) -> Materialization:
     """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
     step = CATALOG.step(stage.step)
@@ -230,6 +231,7 @@ def run_stage(
             profile=profile,
             paths=paths,
             nodes=nodes,
+            ray_address=ray_address,
         )
         result = step_function(step)(run)
         provenance = {

@@ -268,6 +268,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 cpus=profile.cpus,
                 paths=paths,
                 nodes=profile.nodes,
+                ray_address=profile.ray_address,
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e

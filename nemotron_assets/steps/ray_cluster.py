@@ -21,11 +21,9 @@ _local: dict[str, Any] = {}  # the local head this process started: its RayClien
 
 def cluster_address(run: StepRun) -> str | None:
     """The Ray cluster the run attaches to: $RAY_ADDRESS set outside this process, else the profile's."""
-    from resources.profile import load_profile
-
     if "client" not in _local and os.environ.get("RAY_ADDRESS"):
         return os.environ["RAY_ADDRESS"]
-    return load_profile(run.profile).ray_address
+    return run.ray_address
 
 
 def cluster(run: StepRun, cpus: int) -> str:
