@@ -106,7 +106,7 @@ def test_language_and_word_filters_keep_whole_records(store: ArtifactStore, tmp_
     assert result.provenance["contract"]["records"] == 3
     assert ray_cluster._local["cpus"] == 2 and ray_children()  # the head outlives the step, for the next Ray step
     ray_cluster.stop_local()
-    psutil.wait_procs(psutil.Process().children(recursive=True), timeout=10)
+    psutil.wait_procs(psutil.Process().children(recursive=True), timeout=30)
     assert ray_children() == []  # and stops cleanly
 
 
