@@ -1,7 +1,7 @@
 """One benchmark measurement in this (fresh) process; prints one JSON line: wall time, tokens, peak memory.
 
     python bench/child.py '{"mode": "step", "step": "data_prep/sft_packing", "inputs": {"training_jsonl": "..."},
-                            "output_dir": "...", "params": {...}, "profile": null}'    (also "work_dir", "gpus")
+                            "output_dir": "...", "params": {...}, "profile": null}'    (also "work_dir", "gpus", "cpus")
     python bench/child.py '{"mode": "ceiling", "kind": "chat", "jsonl": "...", "tokenizer": "...",
                             "chat_template": null, "batch": 1024}'
 
@@ -17,6 +17,7 @@ which includes the interpreter and imported libraries; `rss_before_kb` is the RS
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -123,6 +124,7 @@ def main() -> None:
         work_dir=Path(spec["work_dir"]) if spec.get("work_dir") else None,
         gpus=spec.get("gpus", 0),
         launcher=timed_launcher,
+        cpus=spec.get("cpus"),
     )
     fn = step_function(step)  # imports the step module (not timed, like any already-loaded code location)
     rss_before = proc_status_kb("VmRSS")
@@ -147,7 +149,7 @@ def main() -> None:
         stats.sort_stats("tottime").print_stats(15)
         Path(spec["profile"]).with_suffix(".txt").write_text(text.getvalue())
     t0 = time.perf_counter()
-    tree_digests(output)  # what publication adds: the artifact store seals every file with its digest
+    digests = tree_digests(output)  # what publication adds: the artifact store seals every file with its digest
     seal_s = time.perf_counter() - t0
     out = {
         "wall_s": wall,
@@ -158,6 +160,7 @@ def main() -> None:
         "vmhwm_kb": proc_status_kb("VmHWM"),
         "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "output_bytes": tree_bytes(output),
+        "output_digest": hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest(),
         "pid": os.getpid(),
     }
     print(json.dumps(out, default=str))

@@ -8,8 +8,11 @@ Both sides filter the same {"text"} JSONL (bench/corpus.py) with the same NeMo C
 isolates what the library pipeline adds: Ray start-up, pandas batches, reader/writer stages.
 
 * curator: the step end to end, step_function(step)(StepRun) with Ray given 2 CPUs, over the corpus split into 8
-  files (Curator parallelises over files), in a fresh subprocess per repeat (the timer covers only the step call);
-  a run over a 10-record file measures the fixed cost (Ray start, pipeline build, shutdown), reported separately.
+  files (Curator parallelises over files), in a fresh subprocess per repeat (the timer covers only the step call;
+  the step starts the process's Ray cluster); a run over a 10-record file measures the fixed cost.
+* curator_warm: steps of one run in one process on its one Ray cluster (nemotron_assets/steps/ray_cluster.py): a
+  10-record step (pays the cluster's start), WARM_FIXED more 10-record steps (the fixed cost per step after the
+  first), then the 50 MB step --repeats times.
 * plain: in this process, a loop of json.loads -> WordCountFilter.score_document/keep_document -> json.dumps.
 
 records/s = input records / wall seconds. Medians over --repeats; writes bench/results/curation.json.
@@ -37,18 +40,22 @@ import corpus  # noqa: E402
 
 BOUNDS = {"min_words": 50, "max_words": 2000}
 SHARDS = 8
+WARM_FIXED = 3
 CHILD = """
 import json, sys, time
 from pathlib import Path
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
-source, out = Path(sys.argv[1]), Path(sys.argv[2])
 step = CATALOG.step("curate/nemo_curator")
-params = step.preset_values("tiny") | {"quality_filters": json.loads(sys.argv[3]), "ray.num_cpus": 2}
-run = StepRun(step, params, {"raw_jsonl": InputArtifact("raw", "raw_jsonl", source, "bench")}, out, cpus=2)
-started = time.perf_counter()
-stats = step_function(step)(run).stats
-print(json.dumps({"seconds": time.perf_counter() - started, "stats": stats}))
+params = step.preset_values("tiny") | {"quality_filters": json.loads(sys.argv[2]), "ray.num_cpus": 2}
+results = []
+for k, source in enumerate(json.loads(sys.argv[3])):  # steps of one run, one after the other
+    inputs = {"raw_jsonl": InputArtifact("raw", "raw_jsonl", Path(source), "bench")}
+    run = StepRun(step, params, inputs, Path(sys.argv[1]) / str(k), cpus=2)
+    started = time.perf_counter()
+    stats = step_function(step)(run).stats
+    results.append({"seconds": time.perf_counter() - started, "stats": stats})
+print(json.dumps(results))
 """
 
 
@@ -64,11 +71,12 @@ def shard(source: Path, directory: Path, count: int) -> Path:
     return directory
 
 
-def curator(source: Path) -> dict:
+def curator(*sources: Path) -> list[dict]:
+    """The step over each source in turn, in one fresh process (one Ray cluster)."""
     with tempfile.TemporaryDirectory() as out:
         env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
         done = subprocess.run(
-            [sys.executable, "-c", CHILD, str(source), out, json.dumps(BOUNDS)],
+            [sys.executable, "-c", CHILD, out, json.dumps(BOUNDS), json.dumps([str(s) for s in sources])],
             env=env, capture_output=True, text=True, check=True, cwd=ROOT,
         )  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -99,21 +107,27 @@ def main() -> None:
     meta = corpus.plain_corpus(target_mb=mb)
     source = Path(meta["path"])
     runs = {"curator": [], "plain": []}
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         shards = shard(source, Path(tmp) / "shards", SHARDS)  # Curator parallelises over files
         tiny = Path(tmp) / "tiny.jsonl"
         tiny.write_text("".join(source.read_text().splitlines(keepends=True)[:10]))
-        fixed = curator(tiny)["seconds"]
+        fixed = curator(tiny)[0]["seconds"]
         for _ in range(repeats):  # interleaved, so drift on the shared machine hits both sides
-            runs["curator"].append(curator(shards))
+            runs["curator"] += curator(shards)
             runs["plain"].append(plain(source))
+        warm = curator(*[tiny] * (1 + WARM_FIXED), *[shards] * repeats)
+        runs["curator_warm"] = warm[1 + WARM_FIXED :]
+        runs["plain"].append(plain(source))
     kept = {side: {r["stats"]["kept_records"] for r in results} for side, results in runs.items()}
     assert kept["curator"] == kept["plain"] and len(kept["plain"]) == 1, f"the two sides kept different records: {kept}"
+    warm_fixed = [r["seconds"] for r in warm[1 : 1 + WARM_FIXED]]
     median = {side: statistics.median(r["seconds"] for r in results) for side, results in runs.items()}
     rate = {side: meta["rows"] / seconds for side, seconds in median.items()}
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "load_average_1_5_15": {"start": load, "end": os.getloadavg()},
         "corpus": {k: meta[k] for k in ("rows", "mb")},
         "filter": BOUNDS,
         "kept_records": kept["plain"].pop(),
@@ -125,6 +139,12 @@ def main() -> None:
         "curator_vs_plain_after_fixed_cost": round(median["plain"] / (median["curator"] - fixed), 3)
         if median["curator"] > fixed
         else None,
+        "warm_run": {
+            "first_step_seconds_10_records": round(warm[0]["seconds"], 3),
+            "fixed_seconds_per_step_after_first": [round(s, 3) for s in warm_fixed],
+            "fixed_seconds_per_step_after_first_median": round(statistics.median(warm_fixed), 3),
+            "curator_vs_plain": round(rate["curator_warm"] / rate["plain"], 3),
+        },
     }
     name = "curation_quick.json" if args.quick else "curation.json"
     (BENCH / "results" / name).write_text(json.dumps(result, indent=1) + "\n")

@@ -205,6 +205,7 @@ def run_stage(
     nodes: int = 1,
     executor: str = "local",
     gpu_hour_price: float | None = None,
+    ray_address: str | None = None,
 ) -> Materialization:
     """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
     step = CATALOG.step(stage.step)
@@ -234,6 +235,7 @@ def run_stage(
             profile=profile,
             paths=paths,
             nodes=nodes,
+            ray_address=ray_address,
         )
         result = step_function(step)(run)
         provenance = {

@@ -278,6 +278,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 nodes=profile.nodes,
                 executor=profile.executor,
                 gpu_hour_price=profile.gpu_hour_price,
+                ray_address=profile.ray_address,
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e

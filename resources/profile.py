@@ -130,6 +130,10 @@ class Profile(Section):
     gpu_hour_price: float | None = Field(
         default=None, ge=0, description="Price of one GPU-hour (any currency): materializations report their cost"
     )
+    ray_address: str | None = Field(
+        default=None,
+        description="A running Ray cluster (ray.init's address) that Ray-based steps attach to; None = a local one",
+    )
     container: ContainerSettings | None = None
     slurm: SlurmSettings | None = None
     k8s: K8sSettings | None = None

@@ -44,10 +44,15 @@ def one_stage_pipeline(step: str, source: Path | str, source_type: str | None = 
 
 
 def materialize(
-    pipeline: PipelineSpec, store: ArtifactStore, stage: str = "out", cpus: int | None = None, **overrides: Any
+    pipeline: PipelineSpec,
+    store: ArtifactStore,
+    stage: str = "out",
+    cpus: int | None = None,
+    nodes: int = 1,
+    **overrides: Any,
 ) -> Materialization:
     spec = pipeline.stage(stage)
-    return run_stage(pipeline, spec, pipeline.params(spec) | overrides, store, "local_cpu", cpus=cpus)
+    return run_stage(pipeline, spec, pipeline.params(spec) | overrides, store, "local_cpu", cpus=cpus, nodes=nodes)
 
 
 def published(store: ArtifactStore, key: tuple[str, ...] = ("t", "out")) -> list[str]:

@@ -56,6 +56,7 @@ class StepRun:
     profile: str = "local_cpu"  # the hardware profile's name, for steps whose configuration follows it
     paths: PathMap = LOCAL  # how a launched job sees this machine's paths (the profile's storage)
     nodes: int = 1  # nodes a launched job spans
+    ray_address: str | None = None  # the profile's Ray cluster, which Ray-based steps attach to (steps/ray_cluster.py)
 
     def launch(self, command: list[str], env: dict[str, str] | None = None) -> None:
         """Run an external command to completion (Pipes from Dagster, a plain subprocess elsewhere)."""

@@ -18,7 +18,6 @@ from nemotron_assets.steps.curator.runtime import (
     check_file_memory,
     execution_stages,
     finish_shards,
-    ray_cpus,
     run_pipeline,
 )
 
@@ -109,9 +108,7 @@ def run(run: StepRun) -> StepResult:
     filters = filter_stages(run)
     writer = JsonlWriter(path=str(run.output_dir), mode="ignore")
     groups = [*filters.values(), [writer]]
-    rows = run_pipeline(
-        "curate_nemo_curator", [JsonlReader(file_paths=files), *(s for g in groups for s in g)], ray_cpus(run)
-    )
+    rows = run_pipeline(run, "curate_nemo_curator", [JsonlReader(file_paths=files), *(s for g in groups for s in g)])
     received = [rows.get(execution_stages(group)[0].name, 0) for group in groups]
     shards = finish_shards(run.output_dir)
     stats: dict[str, Any] = {

@@ -1,5 +1,5 @@
-"""Running NeMo Curator pipelines in a step: a local Ray limited to the step's CPUs, shut down afterwards,
-and per-stage row counts read back from the tasks' own performance records."""
+"""Running NeMo Curator pipelines in a step: on the run's one Ray cluster (ray_cluster), limited to the step's
+CPUs, and per-stage row counts read back from the tasks' own performance records."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from nemotron_assets.digests import read_digest
 from nemotron_assets.steps import StepRun
+from nemotron_assets.steps.ray_cluster import connect
 
 CPUS_VARIABLE = "NEMOTRON_CURATOR_RAY_NUM_CPUS"
 MIN_CPUS = 2
@@ -73,26 +74,21 @@ def execution_stages(stages: Sequence[Any]) -> list[Any]:
     return [s for stage in stages for s in (stage.decompose() if isinstance(stage, CompositeStage) else [stage])]
 
 
-def run_pipeline(name: str, stages: Sequence[Any], cpus: int) -> dict[str, int]:
-    """Run `stages` as one Curator Pipeline on RayDataExecutor; return the rows each stage received, by name.
+def run_pipeline(run: StepRun, name: str, stages: Sequence[Any]) -> dict[str, int]:
+    """Run `stages` as one Curator Pipeline on RayDataExecutor, on the run's Ray cluster (ray_cluster); return the
+    rows each stage received, by name.
 
-    Each stage asks for at most an equal share of the `cpus` Ray is given, so an actor stage (a model filter)
+    Each stage asks for at most an equal share of the step's CPUs (ray_cpus), so an actor stage (a model filter)
     cannot hold every CPU while the stages after it wait for one."""
-    import ray
     from nemo_curator.backends.ray_data import RayDataExecutor
     from nemo_curator.pipeline import Pipeline
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token
-    if ray.is_initialized():
-        raise RuntimeError("a Ray session is already running in this process; curation needs its own")
+    cpus = ray_cpus(run)
     flat = execution_stages(stages)
     share = cpus / len(flat)
     shared = [s.with_(resources=replace(s.resources, cpus=min(s.resources.cpus, share))) for s in flat]
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    try:
-        tasks = Pipeline(name=name, stages=shared).run(RayDataExecutor())
-    finally:
-        ray.shutdown()  # stops the raylet and workers this process started
+    connect(run, cpus)  # the executor connects too, and disconnects when the pipeline ends
+    tasks = Pipeline(name=name, stages=shared).run(RayDataExecutor())
     rows: Counter[str] = Counter()
     for task in tasks or []:
         for perf in task._stage_perf:

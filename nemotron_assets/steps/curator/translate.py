@@ -17,7 +17,7 @@ from typing import Any
 from nemotron_assets.artifacts.files import data_files
 from nemotron_assets.artifacts.jsonl import iter_lines, parse_line
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.curator.runtime import check_file_memory, finish_shards, ray_cpus, run_pipeline
+from nemotron_assets.steps.curator.runtime import check_file_memory, finish_shards, run_pipeline
 
 JSON_COLUMNS = ["translated_messages", "translation_metadata", "faith_segment_scores"]
 WALL_CLOCK_COLUMNS = ["translation_time"]  # seconds per row: would make two runs of one version differ
@@ -196,7 +196,7 @@ def run(run: StepRun) -> StepResult:
         column_stage("json_columns", [root, *JSON_COLUMNS], decoded, drop=WALL_CLOCK_COLUMNS),
         writer,
     ]
-    rows = run_pipeline("nemotron_translate", stages, ray_cpus(run))
+    rows = run_pipeline(run, "nemotron_translate", stages)
     finish_shards(run.output_dir)
     kept = rows.get(writer.name, 0)
     stats = {"input_records": records, "output_records": kept, "faith_dropped": records - kept}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.curator.runtime import ray_cpus, run_pipeline
+from nemotron_assets.steps.curator.runtime import run_pipeline
 from nemotron_assets.steps.curator.translate import api_key, check_llm
 from nemotron_assets.steps.data_designer.sdg import use_state_home
 
@@ -140,7 +140,7 @@ def translated_rows(run: StepRun, source: list[dict[str, Any]], scratch: Path) -
     )
     out = scratch / "out"
     reader = JsonlReader(file_paths=[str(scratch / "in" / "questions.jsonl")], read_kwargs={"engine": "pandas"})
-    run_pipeline("byob_translate", [reader, stage, JsonlWriter(path=str(out), mode="ignore")], ray_cpus(run))
+    run_pipeline(run, "byob_translate", [reader, stage, JsonlWriter(path=str(out), mode="ignore")])
     translated = {
         row["question_id"]: row for f in out.glob("*.jsonl") for row in map(json.loads, f.read_text().splitlines())
     }

@@ -1,21 +1,17 @@
 """data_prep/pretrain_prep: text JSONL -> Megatron .bin/.idx shards (one sequence per document) + blend.json.
 
 The input is cut into contiguous row shards; each shard is read from its own position, validated, encoded in
-batches by the Rust tokenizer and written straight to its .bin/.idx, so memory stays flat. With the profile's
-CPUs, worker processes (each with its own tokenizer) take whole shards; the parent merges their counts in shard
-order, so the artifact does not depend on the number of workers. blend.json lists shard prefixes relative to
-itself, each weighted by its share of the split's tokens, so sampling stays uniform over the corpus; consumers
-resolve the prefixes.
+batches by the Rust tokenizer and written straight to its .bin/.idx, so memory stays flat. Workers (workers.py:
+processes for the profile's CPUs, Ray tasks across its nodes), each with its own tokenizer, take whole shards; the
+parent merges their counts in shard order, so the artifact does not depend on the number of workers. blend.json lists
+shard prefixes relative to itself, each weighted by its share of the split's tokens, so sampling stays uniform over
+the corpus; consumers resolve the prefixes.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from itertools import chain
 from pathlib import Path
 
@@ -26,7 +22,8 @@ from nemotron_assets.artifacts.jsonl import RecordStream
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.data_prep.packing import gather_ranges
 from nemotron_assets.steps.data_prep.sharding import ShardRows, assign_splits, batched, input_shards, map_ahead
-from nemotron_assets.steps.data_prep.tokenizer import Tokenizer, load_tokenizer, step_tokenizer, tokenizer_provenance
+from nemotron_assets.steps.data_prep.tokenizer import Tokenizer, step_tokenizer, tokenizer_provenance
+from nemotron_assets.steps.data_prep.workers import map_shards
 
 BATCH_DOCS = 512
 DTYPES = {"uint16": np.uint16, "int32": np.int32}
@@ -79,35 +76,6 @@ def encode_shard(tokenizer: Tokenizer, encoding: ShardEncoding, rows: ShardRows,
     return *writer.close(), truncated
 
 
-worker_tokenizer = cache(load_tokenizer)  # one per worker process, loaded for its first shard
-
-
-def encode_in_worker(encoding: ShardEncoding, rows: ShardRows, prefix: Path) -> tuple[int, int, int]:
-    return encode_shard(worker_tokenizer(encoding.tokenizer), encoding, rows, prefix)
-
-
-def limit_encode_threads(threads: int) -> None:
-    """Worker initializer: the Rust encoder's thread pool gets this process's share of the CPUs."""
-    os.environ["RAYON_NUM_THREADS"] = str(threads)
-
-
-def encode_shards(
-    tokenizer: Tokenizer, encoding: ShardEncoding, jobs: list[tuple[ShardRows, Path]], cpus: int | None
-) -> list[tuple[int, int, int]]:
-    """Every (shard, prefix) job's counts, in order: in this process, or in one worker process per CPU (at most one per
-    shard). The first failing shard's error is raised, as in one process; shards not yet started are cancelled."""
-    workers = min(cpus or 1, len(jobs))
-    if workers <= 1:
-        return [encode_shard(tokenizer, encoding, *job) for job in jobs]
-    context, threads = multiprocessing.get_context("spawn"), max(1, cpus // workers)
-    with ProcessPoolExecutor(workers, context, initializer=limit_encode_threads, initargs=(threads,)) as pool:
-        futures = [pool.submit(encode_in_worker, encoding, *job) for job in jobs]
-        try:
-            return [future.result() for future in futures]
-        finally:
-            pool.shutdown(cancel_futures=True)
-
-
 def run(run: StepRun) -> StepResult:
     params = run.params
     shards, held_out = params["num_shards"], params["valid_shards"] + params["test_shards"]
@@ -130,7 +98,7 @@ def run(run: StepRun) -> StepResult:
         params["tokenizer"], params["text_field"], params["dtype"], bos, eos, params["max_doc_tokens"]
     )
     jobs = [(rows, run.output_dir / prefix) for rows, prefix in zip(shard_rows, prefixes, strict=True)]
-    counts = encode_shards(tokenizer, encoding, jobs, run.cpus)
+    counts = map_shards(run, encode_shard, encoding, tokenizer, jobs)
     documents, truncated = sum(c[0] for c in counts), sum(c[2] for c in counts)
     shard_tokens = [c[1] for c in counts]
     if sum(shard_tokens) == 0:

@@ -4,7 +4,9 @@ Per conversation: render with the chat template, split into context and assistan
 segments in parallel batches, mask = 1 on assistant tokens, truncate, then shift the mask one left so
 `loss_mask[j]` says whether the label `input_ids[j + 1]` is trained (Megatron-Bridge's packed loader takes
 tokens = ids[s:e-1], labels = ids[s+1:e], mask = loss_mask[s:e-1]). Sequences are packed in bounded
-windows per contiguous row shard, so memory stays flat however large the corpus is.
+windows per contiguous row shard, so memory stays flat however large the corpus is. Whole shards go to workers
+(workers.py: processes for the profile's CPUs, Ray tasks across its nodes), each with its own tokenizer; their
+counts merge in shard order, so the artifact does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -12,17 +14,27 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain, groupby
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
+from nemotron_assets.artifacts.jsonl import RecordStream
 from nemotron_assets.artifacts.packed_parquet import SPLITS, arrow_schema
+from nemotron_assets.errors import step_error
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.data_prep.chat_template import ChatTemplate, TemplateError, resolve_template_source
 from nemotron_assets.steps.data_prep.packing import gather_ranges, pack
-from nemotron_assets.steps.data_prep.sharding import assign_splits, held_out_counts, map_ahead, sharded_input
-from nemotron_assets.steps.data_prep.tokenizer import step_tokenizer, tokenizer_provenance
+from nemotron_assets.steps.data_prep.sharding import (
+    ShardRows,
+    assign_splits,
+    batched,
+    held_out_counts,
+    input_shards,
+    map_ahead,
+)
+from nemotron_assets.steps.data_prep.tokenizer import Tokenizer, step_tokenizer, tokenizer_provenance
+from nemotron_assets.steps.data_prep.workers import map_shards
 
 BATCH_ROWS = 256
 WINDOW_TOKENS = 1 << 22  # pack at most ~4M tokens at a time (tens of MB), whatever the shard size
@@ -48,19 +60,45 @@ class Counters:
     trainable_tokens: int = 0
     shard_bins: list[int] = field(default_factory=list)
 
+    @classmethod
+    def merged(cls, shards: list[Counters]) -> Counters:
+        """The counts of shards, in shard order."""
+        total = cls()
+        for shard in shards:
+            for name, value in vars(shard).items():
+                setattr(total, name, getattr(total, name) + value)
+        return total
+
+
+@dataclass(frozen=True)
+class PackSpec:
+    """How every shard is rendered, encoded and packed; picklable, for workers."""
+
+    step: str
+    tokenizer: str
+    template: str
+    messages_field: str
+    max_len: int
+    pack_size: int
+    algorithm: str
+    seed: int
+    compression: str
+    row_group_size: int
+
 
 Segments = list[list[tuple[str, bool]]]
 
 
 def render_batches(
-    batches: Iterable[tuple[int, list]], field_name: str, template: ChatTemplate, run: StepRun
-) -> Iterator[tuple[int, Segments]]:
-    """(shard, segments): each batch of conversations as (text, is_assistant) segments per row."""
-    for shard, batch in batches:
+    batches: Iterable[list], spec: PackSpec, template: ChatTemplate
+) -> Iterator[tuple[Segments, list[str]]]:
+    """Each batch of conversations as (text, is_assistant) segments per row, and those texts in order."""
+    for batch in batches:
         try:
-            yield shard, [template.segments(record[field_name]) for record in batch]
+            segments = [template.segments(record[spec.messages_field]) for record in batch]
         except TemplateError as e:
-            raise run.error("bad_loss_masks", f"chat template rejected a conversation: {e}") from None
+            raise step_error(spec.step, "bad_loss_masks", f"chat template rejected a conversation: {e}") from None
+        yield segments, [text for row in segments for text, _ in row]
 
 
 def assemble(segments: Segments, ids_per_segment: list[list[int]], max_len: int, counters: Counters) -> Sequences:
@@ -93,14 +131,13 @@ def assemble(segments: Segments, ids_per_segment: list[list[int]], max_len: int,
     return Sequences(ids, aligned, kept)
 
 
-def write_bins(writer, sequences: Sequences, run: StepRun, counters: Counters) -> None:
+def write_bins(writer, sequences: Sequences, spec: PackSpec, counters: Counters) -> None:
     """Pack one window of sequences and append its bins to the shard's Parquet file."""
     import pyarrow as pa
 
-    params = run.params
     if not len(sequences.lengths):
         return
-    bins = pack(sequences.lengths, params["pack_size"], params["algorithm"], params["seed"])
+    bins = pack(sequences.lengths, spec.pack_size, spec.algorithm, spec.seed)
     order = np.fromiter(chain.from_iterable(bins), np.int64, len(sequences.lengths))
     lengths = sequences.lengths[order]
     starts = (np.cumsum(sequences.lengths) - sequences.lengths)[order]
@@ -120,7 +157,7 @@ def write_bins(writer, sequences: Sequences, run: StepRun, counters: Counters) -
         ],
         schema=arrow_schema(),
     )
-    writer.write_table(table, row_group_size=params["parquet_row_group_size"])
+    writer.write_table(table, row_group_size=spec.row_group_size)
     counters.bins += len(bins)
     counters.sequences += len(lengths)
     counters.tokens += int(lengths.sum())
@@ -130,15 +167,15 @@ def write_bins(writer, sequences: Sequences, run: StepRun, counters: Counters) -
 class ShardPacker:
     """Packs one shard's sequences, in windows of bounded size, into its Parquet file."""
 
-    def __init__(self, path: Path, run: StepRun, counters: Counters):
+    def __init__(self, path: Path, spec: PackSpec, counters: Counters):
         import pyarrow.parquet as pq
 
-        codec = run.params["parquet_compression"]
+        codec = spec.compression
         # Dictionary-encoding token ids (tens of thousands of distinct values) costs more time than it saves space.
         self.writer = pq.ParquetWriter(
             path, arrow_schema(), compression=None if codec == "none" else codec, use_dictionary=False
         )
-        self.run, self.counters = run, counters
+        self.spec, self.counters = spec, counters
         self.window: list[Sequences] = []
         self.window_tokens = 0
         self.bins_before = counters.bins
@@ -151,13 +188,27 @@ class ShardPacker:
 
     def _flush(self) -> None:
         if self.window:
-            write_bins(self.writer, _concat(self.window), self.run, self.counters)
+            write_bins(self.writer, _concat(self.window), self.spec, self.counters)
             self.window, self.window_tokens = [], 0
 
     def close(self) -> None:
         self._flush()
         self.writer.close()
         self.counters.shard_bins.append(self.counters.bins - self.bins_before)
+
+
+def pack_shard(tokenizer: Tokenizer, spec: PackSpec, rows: ShardRows, path: Path) -> Counters:
+    """Validate, render, encode, mask and pack one row shard into its Parquet file; return its counts. Rust encoding
+    runs one batch ahead in a background thread, overlapped with parsing, rendering, masking, packing and writing."""
+    template = ChatTemplate(spec.template, tokenizer.special_tokens)
+    records = RecordStream([], frozenset({"chat"})).from_lines(rows.lines())
+    counters = Counters()
+    packer = ShardPacker(path, spec, counters)
+    rendered = render_batches(batched(records, BATCH_ROWS), spec, template)
+    for (segments, _), ids in map_ahead(lambda batch: tokenizer.encode(batch[1]), rendered):
+        packer.add(assemble(segments, ids, spec.max_len, counters))
+    packer.close()
+    return counters
 
 
 def _concat(window: list[Sequences]) -> Sequences:
@@ -187,18 +238,22 @@ def run(run: StepRun) -> StepResult:
         )
     template = ChatTemplate(source, tokenizer.special_tokens)
 
-    batches = render_batches(
-        sharded_input(run, "training_jsonl", frozenset({"chat"}), BATCH_ROWS), params["messages_field"], template, run
+    shard_rows = input_shards(run, "training_jsonl")
+    spec = PackSpec(
+        run.step.id,
+        params["tokenizer"],
+        source,
+        params["messages_field"],
+        min(params["max_doc_tokens"] or params["pack_size"], params["pack_size"]),
+        params["pack_size"],
+        params["algorithm"],
+        params["seed"],
+        params["parquet_compression"],
+        params["parquet_row_group_size"],
     )
-    max_len = min(params["max_doc_tokens"] or params["pack_size"], params["pack_size"])
-    counters = Counters()
     (run.output_dir / "shards").mkdir()
-    encoded = map_ahead(lambda batch: tokenizer.encode([text for row in batch[1] for text, _ in row]), batches)
-    for shard, group in groupby(encoded, key=lambda result: result[0][0]):
-        packer = ShardPacker(run.output_dir / "shards" / f"shard_{shard:06d}.parquet", run, counters)
-        for (_, segments), ids in group:
-            packer.add(assemble(segments, ids, max_len, counters))
-        packer.close()
+    jobs = [(rows, run.output_dir / "shards" / f"shard_{k:06d}.parquet") for k, rows in enumerate(shard_rows)]
+    counters = Counters.merged(map_shards(run, pack_shard, spec, tokenizer, jobs))
     if counters.trainable_tokens == 0:
         raise run.error("bad_loss_masks", f"{counters.rows} rows, none with a trainable assistant token")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from nemotron_assets.artifacts.files import TRAIN, data_files
-from nemotron_assets.artifacts.jsonl import RecordStream, iter_lines
+from nemotron_assets.artifacts.jsonl import iter_lines
 from nemotron_assets.errors import contract_error
 from nemotron_assets.steps import StepRun
 
@@ -103,15 +103,6 @@ def input_shards(run: StepRun, port: str) -> list[ShardRows]:
     if rows < params["num_shards"]:
         raise run.error("too_many_tiny_shards", f"{rows} records cannot fill {params['num_shards']} shards")
     return shards
-
-
-def sharded_input(run: StepRun, port: str, shapes: frozenset[str], batch_size: int, text_field: str = "text"):
-    """(shard, batch of validated records) over a step's JSONL input, shard by shard (see input_shards)."""
-    stream = RecordStream([], shapes, text_field)
-    shards = input_shards(run, port)
-    return (
-        (k, batch) for k, shard in enumerate(shards) for batch in batched(stream.from_lines(shard.lines()), batch_size)
-    )
 
 
 def held_out_counts(shards: int, valid_ratio: float, test_ratio: float) -> tuple[int, int]:
