@@ -64,8 +64,9 @@ def run_step(name: str, source: str, tokenizer: str, workers: int, scratch: Path
         "params": params | {"tokenizer": tokenizer, "num_shards": SHARDS},
         "cpus": workers,
     }
+    cores = ["taskset", "-c", f"0-{workers - 1}"]  # N cores for N workers: the tokenizer's own threads included
     done = subprocess.run(
-        [sys.executable, str(BENCH / "child.py"), json.dumps(spec)], capture_output=True, text=True, cwd=ROOT
+        [*cores, sys.executable, str(BENCH / "child.py"), json.dumps(spec)], capture_output=True, text=True, cwd=ROOT
     )
     subprocess.run(["rm", "-rf", spec["output_dir"]], check=True)
     if done.returncode != 0:
