@@ -147,22 +147,3 @@ def test_unpacked_attention_through_sdpa_matches_megatron_cores_local_attention(
     expected = local(query, key, value, mask)  # (its own causal mask, built without a mask, is made on "cuda")
     assert expected.shape == (6, 2, 32)
     assert torch.allclose(fused(query, key, value, mask if masked else None), expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("compile_", [False, True])
-def test_compile_registers_the_layer_compiling_hook(bridge, fixtures_dir: Path, tmp_path, compile_: bool):
-    from nemotron_assets.steps.megatron_bridge.config import training_config
-
-    config = training_config(spec(tmp_path, "sft", str(fixtures_dir / "tiny-llama"), compile=compile_))
-    assert (no_te.compile_layers in getattr(config.model, "_pre_wrap_hooks", [])) == compile_
-
-
-def test_compile_layers_compiles_each_transformer_layer_in_place(bridge):
-    from megatron.core.transformer.transformer_layer import TransformerLayer
-
-    layer = TransformerLayer.__new__(TransformerLayer)  # uninitialised: only its class matters here
-    torch.nn.Module.__init__(layer)
-    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(layer))
-    assert no_te.compile_layers([model]) == [model]
-    assert layer._compiled_call_impl is not None and model[0]._compiled_call_impl is None
-    assert list(model.state_dict()) == ["0.weight", "0.bias"]  # no _orig_mod prefix

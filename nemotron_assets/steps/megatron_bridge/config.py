@@ -50,8 +50,6 @@ def training_config(spec: dict[str, Any]):
     model, seq = cfg.model, spec["seq_length"]
     if not no_te.has_transformer_engine():
         no_te.local_provider(model)
-        if spec.get("compile"):
-            model.register_pre_wrap_hook(no_te.compile_layers)
     model.seq_length = seq
     for name, value in spec["parallel"].items():
         if name != "expert_model_parallel_size" or getattr(model, "num_moe_experts", None):

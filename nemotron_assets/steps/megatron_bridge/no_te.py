@@ -160,16 +160,6 @@ def local_provider(provider):
     return provider
 
 
-def compile_layers(models: list) -> list:
-    """A pre-wrap hook: torch.compile each transformer layer in place (its state-dict keys stay the same)."""
-    from megatron.core.transformer.transformer_layer import TransformerLayer
-
-    for module in (m for model in models for m in model.modules()):
-        if isinstance(module, TransformerLayer):
-            module.compile()
-    return models
-
-
 def local_packed_layer_spec(config):
     """Megatron-Core's local GPT layer, its core attention able to take packed sequences."""
     from megatron.bridge.models.gpt_provider import local_layer_spec

@@ -94,7 +94,6 @@ def launch_spec(run: StepRun, mode: str) -> dict[str, Any]:
             "expert_model_parallel_size": p.get("model.expert_model_parallel_size") or 1,
         },
         "recompute_granularity": p.get("model.recompute_granularity"),
-        "compile": p.get("compile", False),
         "checkpoint": {
             "save": save_dir(run),
             "save_interval": p["checkpoint.save_interval"],
