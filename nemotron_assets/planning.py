@@ -4,8 +4,10 @@ The plan walks backward from the goal: each stage asks for the artifact types it
 with an artifact already at hand (is_a-aware), a chain of catalog converters from one (only across a real
 format boundary), or a producer chosen by the catalog's selection rules (catalog/rules.toml): routes pick the
 step of a task from facts of the model, hardware, data and intents; data intents insert their steps on the data;
-every intent must be honoured by some stage. Eval bookends are added around every stage that changes model
-quality. The result renders as JSON, a Mermaid graph, or a pipeline spec the asset factory loads as is.
+every intent must be honoured by some stage. The plan carries an `evaluation:` section, so pipelines/bookends.py
+inserts the eval bookends as it does for written pipelines (a stage loading its model by parameter starts from a
+declared checkpoint_hf source, which its before-evaluation scores). The result renders as JSON, a Mermaid graph,
+or a pipeline spec the asset factory loads as is.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any
 
 from nemotron_assets.catalog import CATALOG, CatalogError
 from nemotron_assets.catalog.models import FactValue, IntentRule, Route
-from nemotron_assets.gates import QUALITY_CATEGORIES
 from nemotron_assets.hardware import QUANT_FORMATS, architecture, memory_gib
-from nemotron_assets.pipelines.models import Source, Stage
+from nemotron_assets.pipelines import PipelineSpec
+from nemotron_assets.pipelines.bookends import bookended, model_path
+from nemotron_assets.pipelines.models import Evaluation, Source, Stage
 
 GPUS = ("h100", "h200", "a100-40gb", "a100-80gb", "b200", "cpu")  # the GPUs of the parallelism table below
 EXECUTORS = ("local", "slurm", "k8s", "lepton", "dgxcloud")
@@ -149,6 +152,9 @@ class Have:
 
 @dataclass
 class Plan:
+    """The planned stages and the `evaluation:` section that bookends them; `spec` is the pipeline they make,
+    with the bookends inserted (pipelines/bookends.py, the one place evaluations are inserted)."""
+
     goal: str
     hardware: Hardware
     sources: list[Source]
@@ -157,6 +163,11 @@ class Plan:
     blocked: str | None = None
     fired: list[Route | IntentRule] = field(default_factory=list)  # the selection rules that shaped the plan
     memory: MemoryEstimate | None = None
+    evaluation: Evaluation | None = None
+
+    def spec(self, name: str = "plan") -> PipelineSpec:
+        """The plan as a type-checked pipeline, its evaluation section's bookends in place."""
+        return PipelineSpec.parse(self.to_pipeline(name))
 
     def to_json(self) -> dict[str, Any]:
         stages = [
@@ -168,7 +179,7 @@ class Plan:
                 "preset": s.preset,
                 "config": s.config,
             }
-            for s in self.stages
+            for s in self.spec().stages
         ]
         return {
             "goal": self.goal,
@@ -194,13 +205,14 @@ class Plan:
             f"({self.hardware.gpu}, {self.hardware.executor}).",
             "sources": [_source_json(s) for s in self.sources],
             "stages": [s.model_dump(include={"name", "step", "consumes", "preset", "config"}) for s in self.stages],
-        }
+        } | ({"evaluation": self.evaluation.model_dump(exclude_unset=True)} if self.evaluation else {})
 
     def to_mermaid(self) -> str:
+        stages = self.spec().stages
         lines = ["graph LR"]
         lines += [f'  {s.name}[("{s.name}<br/>{s.type}")]' for s in self.sources]
-        lines += [f'  {s.name}["{s.name}<br/>{s.step}"]' for s in self.stages]
-        lines += [f"  {a} -->|{t}| {s.name}" for s in self.stages for t, a in s.consumes.items()]
+        lines += [f'  {s.name}["{s.name}<br/>{s.step}"]' for s in stages]
+        lines += [f"  {a} -->|{t}| {s.name}" for s in stages for t, a in s.consumes.items()]
         return "\n".join(lines)
 
 
@@ -289,8 +301,26 @@ class Planner:
         config = dict.fromkeys(spec.model_parameters(), self.model.name) | config
         name = f"#{len(self.stages)}:{label}"
         config = {k: v for k, v in config.items() if v is not None}
-        self.stages.append(Stage(name=name, step=step, consumes=consumes, preset=preset, config=config))
+        stage = Stage(name=name, step=step, consumes=consumes, preset=preset, config=config)
+        if bookended(stage) and model_path(stage) and not set(consumes) & set(CHECKPOINTS):
+            stage = self.start_from_source(stage)
+        self.stages.append(stage)
         return name
+
+    def start_from_source(self, stage: Stage) -> Stage:
+        """A stage that loads its model by parameter starts from a checkpoint_hf source, so its before-evaluation
+        scores that source: the user's HF base if there is one (its path becomes the stage's weights), else
+        `base_model` declared at the path the stage names."""
+        base = next((s for s in self.sources if s.type == "checkpoint_hf" and self._free(s.name, "base_model")), None)
+        if base is None:
+            path = model_path(stage)
+            base = Source(name="base_model", type="checkpoint_hf", path=path, description=f"the base model ({path})")
+            self.sources.append(base)
+            self.warn(f"base_model is {path}: its evaluation reads a directory; for a hub id, download it and set "
+                      "that directory as base_model's path and the stages' weights parameters")  # fmt: skip
+        self._claim(base.name, "base_model")
+        weights = dict.fromkeys(CATALOG.step(stage.step).model_parameters("weights"), base.path)
+        return stage.model_copy(update={"config": stage.config | weights})
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -701,64 +731,26 @@ class Planner:
             return self.need(goal)
         raise Blocked(f"unknown goal {goal!r}: a step id, an artifact type, or one of {', '.join(TASKS)}")
 
-    # ---- eval bookends -------------------------------------------------------------------------------------
-
-    def add_bookends(self) -> None:
-        """Evaluate before and after every quality-changing stage; one eval serves as `after` and next `before`."""
-        ordered: list[Stage] = []
-        after_of: dict[str, int] = {}  # checkpoint stage -> the index of its after-eval in `ordered`
-        for stage in self.stages:
-            step = CATALOG.step(stage.step)
-            if step.category not in QUALITY_CATEGORIES:
-                ordered.append(stage)
-                continue
-            start = next(((t, a) for t, a in stage.consumes.items() if t in CHECKPOINTS), None)
-            if start is not None and start[1] in after_of:
-                index = after_of[start[1]]
-                ordered[index] = _with_config(ordered[index], also_before=stage.name)
-            else:
-                consumes = dict([start]) if start else {}
-                ordered.append(self.bookend("before", stage, consumes, {} if start else {"model": self.model.name}))
-            ordered.append(stage)
-            after_of[stage.name] = len(ordered)
-            ordered.append(self.bookend("after", stage, {step.primary_output: stage.name}, {}))
-        self.stages = ordered
-
-    def bookend(self, role: str, target: Stage, consumes: dict[str, str], config: dict[str, Any]) -> Stage:
-        return Stage(
-            name=f"#{role}{target.name}:eval_{role}_{_label(target.name)}",
-            step=EVAL,
-            consumes=consumes,
-            preset="tiny" if self.cpu else "default",
-            config={"role": role, "target": target.name} | config,
-        )
-
     def finish(self) -> None:
-        """Number the stages in order (NN_label) and point every reference at the new names."""
+        """Number the stages in order (NN_label) and point every consumed artifact at the new names."""
         names = {s.name: f"{i:02d}_{_label(s.name)}" for i, s in enumerate(self.stages, 1)}
+        for i, s in enumerate(self.stages):
+            consumes = {t: names.get(a, a) for t, a in s.consumes.items()}
+            self.stages[i] = s.model_copy(update={"name": names[s.name], "consumes": consumes})
 
-        def rename(value: Any) -> Any:
-            return names.get(value, value) if isinstance(value, str) else value
-
-        self.stages = [
-            s.model_copy(
-                update={
-                    "name": names[s.name],
-                    "consumes": {t: rename(a) for t, a in s.consumes.items()},
-                    "config": {k: rename(v) if k in ("target", "also_before") else v for k, v in s.config.items()},
-                }
-            )
-            for s in self.stages
-        ]
+    def evaluation(self) -> Evaluation | None:
+        """The `evaluation:` section whose bookends (pipelines/bookends.py) surround the quality-changing stages;
+        None when the plan has none. Its data is the user's to give: the plan has no held-out eval data."""
+        if not any(bookended(s) for s in self.stages):
+            return None
+        self.warn("give the evaluation section data to score (evaluation.data: mcq_benchmark_parquet and/or held-out "
+                  "training_jsonl) before running its evaluations (no_eval_data otherwise)")  # fmt: skip
+        return Evaluation(preset="tiny" if self.cpu else "default")
 
 
 def _label(name: str) -> str:
     """'#3:sft' -> 'sft'."""
     return name.rsplit(":", 1)[1]
-
-
-def _with_config(stage: Stage, **config: Any) -> Stage:
-    return stage.model_copy(update={"config": stage.config | config})
 
 
 def _source_json(source: Source) -> dict[str, Any]:
@@ -800,6 +792,6 @@ def plan(goal: str, have: list[Have], hardware: Hardware, intents: Intents) -> P
         planner.check_intents(goal)
     except Blocked as e:
         return Plan(goal, hardware, [], [], planner.warnings, str(e), planner.fired, planner.memory)
-    planner.add_bookends()
     planner.finish()
-    return Plan(goal, hardware, planner.sources, planner.stages, planner.warnings, None, planner.fired, planner.memory)
+    sections = planner.sources, planner.stages, planner.warnings, None, planner.fired, planner.memory
+    return Plan(goal, hardware, *sections, planner.evaluation())

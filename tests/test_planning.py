@@ -194,32 +194,51 @@ def test_a100_40gb_recomputes_activations():
     assert (config["model.pipeline_model_parallel_size"], config["model.recompute_granularity"]) == (2, "full")
 
 
-def bookends(result: Plan) -> list[tuple[str, str, str | None]]:
+def bookends(spec: PipelineSpec) -> list[tuple[str, str, str, dict[str, str]]]:
     return [
-        (s.config["role"], s.config["target"], s.config.get("also_before"))
-        for s in result.stages
-        if s.step == "eval/model_eval"
+        (s.name, s.config["role"], s.config["target"], s.consumes) for s in spec.stages if s.step == "eval/model_eval"
     ]
 
 
-def test_eval_bookends_surround_every_quality_changing_stage():
+def test_eval_bookends_come_from_the_evaluation_section():
+    """The plan's `evaluation:` section, expanded by pipelines/bookends.py: each stage whose checkpoint eval can
+    score (HF, LoRA) is scored before and after; Megatron checkpoints (hf_to_megatron, dpo) are not."""
     result = plan("rl", [Have.parse("training_jsonl")], H100x2, Intents(rl="dpo"))
-    names = [s.name for s in result.stages]
-    assert names == [
-        "01_eval_before_peft", "02_peft", "03_eval_after_peft",
-        "04_merge_lora", "05_eval_after_merge_lora",
-        "06_hf_to_megatron", "07_eval_after_hf_to_megatron",
-        "08_dpo", "09_eval_after_dpo",
+    assert [s.name for s in result.stages] == ["01_peft", "02_merge_lora", "03_hf_to_megatron", "04_dpo"]
+    assert result.to_pipeline("p")["evaluation"] == {"preset": "default"}
+    spec = result.spec()
+    assert [s.name for s in spec.stages] == [
+        "eval_base_model", "01_peft", "eval_01_peft", "02_merge_lora", "eval_02_merge_lora",
+        "03_hf_to_megatron", "04_dpo",
     ]  # fmt: skip
-    assert bookends(result) == [
-        ("before", "02_peft", None),
-        ("after", "02_peft", "04_merge_lora"),  # one checkpoint, scored once, serves both sides
-        ("after", "04_merge_lora", "06_hf_to_megatron"),
-        ("after", "06_hf_to_megatron", "08_dpo"),
-        ("after", "08_dpo", None),
+    assert bookends(spec) == [
+        ("eval_base_model", "before", "01_peft", {"checkpoint_hf": "base_model"}),
+        ("eval_01_peft", "after", "01_peft", {"checkpoint_lora": "01_peft"}),  # also merge_lora's before
+        ("eval_02_merge_lora", "after", "02_merge_lora", {"checkpoint_hf": "02_merge_lora"}),
     ]
-    before = result.stages[0]
-    assert before.consumes == {} and before.config["model"] == "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"
+    assert [(t.name, b.name, a.name) for t, b, a in spec.bookends()] == [
+        ("01_peft", "eval_base_model", "eval_01_peft"),
+        ("02_merge_lora", "eval_01_peft", "eval_02_merge_lora"),
+    ]
+    # the LoRA trains from the base it is merged into: one checkpoint_hf source, which its before-eval scores
+    base = next(s for s in result.sources if s.name == "base_model")
+    assert (base.type, base.path) == ("checkpoint_hf", "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16")
+    assert result.stages[0].config["model.pretrained_model_name_or_path"] == base.path
+    assert [s["name"] for s in result.to_json()["stages"]] == [s.name for s in spec.stages]
+    assert "base_model -->|checkpoint_hf| eval_base_model" in result.to_mermaid()
+
+
+def test_a_stage_starts_from_the_users_hf_base():
+    result = plan("peft", [Have.parse("training_jsonl"), Have.parse("checkpoint_hf:mine=/models/m")], H100x2, Intents())
+    lora = next(s for s in result.stages if s.step == "peft/automodel")
+    assert lora.config["model.pretrained_model_name_or_path"] == "/models/m"
+    assert bookends(result.spec())[0] == ("eval_mine", "before", lora.name, {"checkpoint_hf": "mine"})
+
+
+def test_plans_without_scorable_quality_stages_have_no_evaluation_section():
+    result = plan("sft", [Have.parse("training_jsonl")], H100x8, Intents())  # Megatron-Bridge: checkpoint_megatron
+    assert result.evaluation is None and "evaluation" not in result.to_pipeline("p")
+    assert all(s.step != "eval/model_eval" for s in result.spec().stages)
 
 
 def test_data_steps_get_no_bookends_and_cpu_plans_use_tiny_presets():
@@ -252,10 +271,8 @@ def test_outputs_json_mermaid_and_a_loadable_pipeline():
     assert keys == {
         "planned_sft/chats",
         "planned_sft/01_sft_packing",
-        "planned_sft/02_eval_before_sft",
-        "planned_sft/03_sft",
-        "planned_sft/04_eval_after_sft",
-    }
+        "planned_sft/02_sft",
+    }  # no evaluations: eval/model_eval cannot score the Megatron checkpoint sft/megatron_bridge produces
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -269,7 +286,7 @@ def test_cli_surface():
     result = cli("--goal", "sft", "--have", "training_jsonl", *hardware, *intents)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert [s["step"] for s in document["stages"]][1:3] == ["eval/model_eval", "sft/megatron_bridge"]
+    assert [s["step"] for s in document["stages"]] == ["data_prep/sft_packing", "sft/megatron_bridge"]
     assert document["hardware"] == {"nodes": 1, "gpus_per_node": 8, "gpu": "h100", "executor": "slurm", "gpus": 8}
     blocked = cli("--goal", "rl", "--rl", "dpo", "--gpu", "cpu")
     assert blocked.returncode == 0 and json.loads(blocked.stdout)["stages"] == []

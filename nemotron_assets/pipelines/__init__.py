@@ -164,8 +164,8 @@ class PipelineSpec(PipelineFields):
         return pairs(self)
 
     def params(self, stage: Stage) -> dict[str, Any]:
-        """The stage's parameters: step defaults, then its preset, then the pipeline's config."""
-        return CATALOG.step(stage.step).preset_values(stage.preset) | stage.config
+        """The stage's parameters (Stage.params)."""
+        return stage.params()
 
 
 def load_pipeline(path: Path) -> PipelineSpec:

@@ -31,9 +31,9 @@ def scorable_port(type_name: str) -> str | None:
     return next((port for port in SCORABLE if CATALOG.is_a(type_name, port)), None)
 
 
-def model_path(spec: PipelineSpec, stage: Stage) -> str | None:
+def model_path(stage: Stage) -> str | None:
     """The path or id a stage loads its starting weights from by parameter (None: none, or from scratch)."""
-    params = spec.params(stage)
+    params = stage.params()
     if params.get("load_weights") is False:
         return None
     names = CATALOG.step(stage.step).model_parameters("weights")
@@ -47,7 +47,7 @@ def starting_point(spec: PipelineSpec, stage: Stage) -> str | None:
     port = next((p.type for p in step.consumes if p.type in CHECKPOINTS and p.type in stage.consumes), None)
     if port is not None:
         return stage.consumes[port]
-    path = model_path(spec, stage)
+    path = model_path(stage)
     return next((s.name for s in spec.sources if path and s.path == path and scorable_port(s.type)), None)
 
 
@@ -105,10 +105,10 @@ def expand(spec: PipelineSpec) -> tuple[Stage, ...]:
         stages.append(evaluation)
 
     for stage in spec.stages:
-        if not _bookended(stage):
+        if not bookended(stage):
             continue
         if before_eval(spec, stages, stage) is None:
-            start, path = starting_point(spec, stage), model_path(spec, stage)
+            start, path = starting_point(spec, stage), model_path(stage)
             if start is None and path:
                 raise spec.error(
                     f"stage {stage.name} starts from {path!r}, which no checkpoint source "
@@ -135,7 +135,8 @@ def _scored(evaluation: Stage) -> set[str]:
     return {evaluation.consumes[port] for port in SCORABLE if port in evaluation.consumes}
 
 
-def _bookended(stage: Stage) -> bool:
+def bookended(stage: Stage) -> bool:
+    """Whether the evaluation section bookends this stage: it changes model quality and its output is scorable."""
     step = CATALOG.step(stage.step)
     return stage.evaluate and step.category in QUALITY_CATEGORIES and scorable_port(step.primary_output) is not None
 

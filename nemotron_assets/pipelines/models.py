@@ -42,6 +42,10 @@ class Stage(StrictModel):
         False, description="true = one artifact per partition of the partitioned artifact it consumes"
     )
 
+    def params(self) -> dict[str, Any]:
+        """The stage's parameters: step defaults, then its preset, then its config."""
+        return CATALOG.step(self.step).preset_values(self.preset) | self.config
+
 
 class Evaluation(StrictModel):
     """Eval bookends the pipeline inserts around every quality-changing stage, all with the same settings."""
