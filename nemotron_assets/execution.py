@@ -22,7 +22,6 @@ from typing import Any
 from nemotron_assets.artifacts import check_type, validate
 from nemotron_assets.artifacts.files import read_provenance, sniff_type
 from nemotron_assets.catalog import CATALOG, StepSpec
-from nemotron_assets.catalog.models import check_value
 from nemotron_assets.digests import content_digest, json_digest
 from nemotron_assets.errors import contract_error, step_error
 from nemotron_assets.gates import QUALITY_CATEGORIES
@@ -174,12 +173,10 @@ def stage_version(
     step = CATALOG.step(stage.step)
     if step.entry is None:
         raise contract_error("step_not_runnable", f"{pipeline.name}/{stage.name}: {step.id}")
-    for name, value in params.items():
-        if value is not None:
-            try:
-                check_value(step.parameter(name), value)
-            except ValueError as e:
-                raise contract_error("invalid_parameter", f"{pipeline.name}/{stage.name}: {e}") from None
+    try:
+        step.typed_params(params)
+    except ValueError as e:
+        raise contract_error("invalid_parameter", f"{pipeline.name}/{stage.name}: {e}") from None
     params = expand_params(params)
     inputs = {port: resolve_input(pipeline, name, store, partition) for port, name in stage.consumes.items()}
     for port, artifact in inputs.items():

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import dagster as dg
-from pydantic import Field, create_model
+from pydantic import Field
 
 from nemotron_assets.artifacts import has_contract
 from nemotron_assets.automation import automation_condition, freshness_policy, partitions_def, pipeline_automation
 from nemotron_assets.catalog import CATALOG, Parameter, StepSpec
+from nemotron_assets.catalog.models import PYTHON_ANNOTATIONS, nested_model
 from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware, gpu_pool, gpus_for
 from nemotron_assets.paths import expand
@@ -24,17 +25,6 @@ from nemotron_assets.versions import step_code_version
 from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile
 
-_PYTHON_TYPES: dict[str, Any] = {
-    "str": str,
-    "int": int,
-    "float": float,
-    "bool": bool,
-    "str_list": list[str],
-    "float_list": list[float],
-    "dict": dict[str, Any],
-}
-
-
 # Only jobs lost to the infrastructure (node failure, preemption, eviction) are retried, and a retried training run
 # resumes from its last checkpoint; a failed step or a named error would fail the same way again.
 INFRASTRUCTURE_RETRIES, RETRY_WAIT_SECONDS = 2, 15
@@ -43,32 +33,18 @@ INFRASTRUCTURE_RETRIES, RETRY_WAIT_SECONDS = 2, 15
 def _annotation(param: Parameter, default: Any) -> Any:
     # Dagster makes an enum of a Literal of 2+ strings with a default; other choices are checked when the stage runs.
     enum = param.type == "str" and param.choices and len(param.choices) > 1 and default is not None
-    annotation = Literal[param.choices] if enum else _PYTHON_TYPES[param.type]
+    annotation = Literal[param.choices] if enum else PYTHON_ANNOTATIONS[param.type]
     return Optional[annotation] if default is None else annotation  # noqa: UP045 (pydantic needs the runtime form)
 
 
 def config_class(name: str, step: StepSpec, defaults: dict[str, Any]) -> type[dg.Config]:
     """A dg.Config for a step's parameters with the stage's defaults; dotted names become nested configs."""
-    tree: dict[str, Any] = {}
-    for param in step.parameters:
-        *parents, leaf = param.name.split(".")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = param
 
-    def build(class_name: str, node: dict[str, Any]) -> type[dg.Config]:
-        fields: dict[str, Any] = {}
-        for field_name, child in node.items():
-            if isinstance(child, Parameter):
-                default = defaults[child.name]
-                fields[field_name] = (_annotation(child, default), Field(default, description=child.description))
-            else:
-                nested = build(f"{class_name}_{field_name}", child)
-                fields[field_name] = (nested, Field(default_factory=nested))
-        return create_model(class_name, __base__=dg.Config, **fields)
+    def field(param: Parameter) -> tuple[Any, Any]:
+        default = defaults[param.name]
+        return _annotation(param, default), Field(default, description=param.description)
 
-    return build(name, tree)
+    return nested_model(name, step.parameters, dg.Config, field)
 
 
 def flat_params(step: StepSpec, config: dg.Config) -> dict[str, Any]:

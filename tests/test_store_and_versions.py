@@ -256,8 +256,10 @@ def test_a_launchpad_value_of_the_wrong_type_and_a_step_without_code_are_named(
     pipeline = one_stage_pipeline("data_prep/sft_packing", DATA / "tiny_chat.jsonl")
     stage = pipeline.stage("out")
     params = pipeline.params(stage) | {"pack_size": "big"}  # run config reaches the stage after the YAML was parsed
-    with pytest.raises(NamedError, match="invalid_parameter: t/out: parameter 'pack_size': 'big' is not of type int"):
+    with pytest.raises(NamedError, match="invalid_parameter: t/out: parameter 'pack_size': 'big' input should be"):
         execution.stage_version(pipeline, stage, params, store)
+    with pytest.raises(NamedError, match="invalid_parameter: t/out: parameter 'pack_sise': 512 extra inputs"):
+        execution.stage_version(pipeline, stage, pipeline.params(stage) | {"pack_sise": 512}, store)
     step = CATALOG.step("data_prep/sft_packing")
     monkeypatch.setitem(CATALOG.steps, step.id, step.model_copy(update={"entry": None}))
     with pytest.raises(NamedError, match="step_not_runnable: t/out: data_prep/sft_packing"):

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
 
 ParamType = Literal["str", "int", "float", "bool", "str_list", "float_list", "dict"]
-
-_PYTHON_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "int": (int,),
-    "float": (int, float),
-    "bool": (bool,),
-    "str_list": (list,),
-    "float_list": (list,),
-    "dict": (dict,),
-}
 
 
 class StrictModel(BaseModel):
@@ -72,13 +63,73 @@ class Parameter(StrictModel):
 
 
 def check_value(param: Parameter, value: Any) -> None:
-    ok = isinstance(value, _PYTHON_TYPES[param.type]) and not (
-        param.type in ("int", "float") and isinstance(value, bool)
-    )
-    if not ok:
-        raise ValueError(f"parameter {param.name!r}: {value!r} is not of type {param.type}")
+    """A value of the parameter's declared type (strictly: no coercion) and, where it has choices, one of them."""
+    try:
+        _ADAPTERS[param.type].validate_python(value, strict=True)
+    except ValidationError:
+        raise ValueError(f"parameter {param.name!r}: {value!r} is not of type {param.type}") from None
     if param.choices is not None and value not in param.choices:
         raise ValueError(f"parameter {param.name!r}: {value!r} not in choices {list(param.choices)}")
+
+
+PYTHON_ANNOTATIONS: dict[str, Any] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "str_list": list[str],
+    "float_list": list[float],
+    "dict": dict[str, Any],
+}
+
+
+_ADAPTERS = {name: TypeAdapter(annotation) for name, annotation in PYTHON_ANNOTATIONS.items()}
+
+
+class StepParams(BaseModel):
+    """A step's typed parameters (generated per step: StepSpec.params_model); dotted names are nested models, so
+    `peft.dim` reads as `run.p.peft.dim`. Strict: no coercion, unknown names are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, protected_namespaces=())
+
+
+def nested_model(
+    name: str, parameters: tuple[Parameter, ...], base: type[BaseModel], field: Callable[[Parameter], tuple[Any, Any]]
+) -> type[BaseModel]:
+    """A model of `parameters` whose dotted names nest (`a.b` -> field `a`, a model with field `b`); `field` gives
+    each parameter's (annotation, default or FieldInfo). The factory's Launchpad config is built the same way."""
+
+    def build(class_name: str, node: dict[str, Any]) -> type[BaseModel]:
+        fields: dict[str, Any] = {}
+        for field_name, child in node.items():
+            if isinstance(child, Parameter):
+                fields[field_name] = field(child)
+            else:
+                nested = build(f"{class_name}_{field_name}", child)
+                fields[field_name] = (nested, Field(default_factory=nested))
+        return create_model(class_name, __base__=base, **fields)
+
+    return build(name, nest({param.name: param for param in parameters}))
+
+
+def nest(params: dict[str, Any]) -> dict[str, Any]:
+    """{'peft.dim': 8} -> {'peft': {'dim': 8}}."""
+    tree: dict[str, Any] = {}
+    for name, value in params.items():
+        *parents, leaf = name.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _typed(param: Parameter) -> tuple[Any, Any]:
+    annotation = Literal[param.choices] if param.choices is not None else PYTHON_ANNOTATIONS[param.type]
+    return (Optional[annotation] if param.default is None else annotation, param.default)  # noqa: UP045
+
+
+_PARAMS_MODELS: dict[str, type[StepParams]] = {}
 
 
 def _prefixes(name: str) -> list[str]:
@@ -167,6 +218,25 @@ class StepSpec(StrictModel):
         if preset not in self.presets:
             raise KeyError(f"step {self.id} has no preset {preset!r}; presets: {sorted(self.presets)}")
         return {p.name: p.default for p in self.parameters} | self.presets[preset]
+
+    def params_model(self) -> type[StepParams]:
+        """The step's typed parameters model, generated from its catalog parameters (once per step)."""
+        if self.id not in _PARAMS_MODELS:
+            name = "Params_" + "".join(c if c.isalnum() else "_" for c in self.id)
+            _PARAMS_MODELS[self.id] = nested_model(name, self.parameters, StepParams, _typed)
+        return _PARAMS_MODELS[self.id]
+
+    def typed_params(self, params: dict[str, Any]) -> StepParams:
+        """`params` (dotted names; missing or None ones take the step's defaults) validated into the typed model; a
+        value of the wrong type, outside its choices, or an unknown name raises ValueError naming the parameter."""
+        try:
+            return self.params_model().model_validate(nest({k: v for k, v in params.items() if v is not None}))
+        except ValidationError as e:
+            problems = "; ".join(
+                f"parameter {'.'.join(map(str, error['loc']))!r}: {error['input']!r} {error['msg'].lower()}"
+                for error in e.errors()
+            )
+            raise ValueError(problems) from None
 
     def recovery(self, error: str) -> str:
         return next(e.recovery for e in self.errors if e.name == error)

@@ -7,10 +7,12 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from nemotron_assets.catalog import StepSpec
+from nemotron_assets.catalog.models import StepParams
 from nemotron_assets.errors import NamedError, contract_error, step_error
 from nemotron_assets.job import JobSpec, command, source_digest
 from nemotron_assets.steps.launch import (
@@ -38,7 +40,7 @@ class InputArtifact:
 
 @dataclass(frozen=True)
 class StepRun:
-    """Everything a step needs: resolved parameters, inputs by consumed type, where to write, how to launch.
+    """Everything a step needs: parameters (typed: `p`), inputs by consumed type, where to write, how to launch.
 
     `output_dir` is the staging directory that is published; `work_dir` survives failed attempts of the same
     data version (training checkpoints live there, so a retried run resumes) and is removed after publication.
@@ -57,6 +59,15 @@ class StepRun:
     paths: PathMap = LOCAL  # how a launched job sees this machine's paths (the profile's storage)
     nodes: int = 1  # nodes a launched job spans
     ray_address: str | None = None  # the profile's Ray cluster, which Ray-based steps attach to (steps/ray_cluster.py)
+
+    @cached_property
+    def p(self) -> StepParams:
+        """The typed parameters (`run.p.pack_size`, `run.p.peft.dim`), validated against the catalog; `params` stays
+        the dotted dict that provenance, data versions and job specs record. An invalid value is invalid_parameter."""
+        try:
+            return self.step.typed_params(self.params)
+        except ValueError as e:
+            raise contract_error("invalid_parameter", f"{self.step.id}: {e}") from None
 
     def launch(self, command: list[str], env: dict[str, str] | None = None) -> None:
         """Run an external command to completion (Pipes from Dagster, a plain subprocess elsewhere)."""

@@ -77,26 +77,23 @@ def encode_shard(tokenizer: Tokenizer, encoding: ShardEncoding, rows: ShardRows,
 
 
 def run(run: StepRun) -> StepResult:
-    params = run.params
-    shards, held_out = params["num_shards"], params["valid_shards"] + params["test_shards"]
+    shards, held_out = run.p.num_shards, run.p.valid_shards + run.p.test_shards
     if shards <= held_out:
         raise run.error("split_leakage_or_empty_validation", f"num_shards {shards} <= valid + test shards {held_out}")
     tokenizer = step_tokenizer(run)
-    dtype = DTYPES[params["dtype"]]
+    dtype = DTYPES[run.p.dtype]
     if tokenizer.vocab_size > np.iinfo(dtype).max + 1:
-        raise run.error("vocab_exceeds_dtype", f"vocabulary {tokenizer.vocab_size} > {params['dtype']}")
-    bos = tokenizer.token_id("bos_token") if params["add_bos"] else None
-    eos = tokenizer.token_id("eos_token") if params["add_eos"] else None
-    for wanted, token_id, name in ((params["add_bos"], bos, "BOS"), (params["add_eos"], eos, "EOS")):
+        raise run.error("vocab_exceeds_dtype", f"vocabulary {tokenizer.vocab_size} > {run.p.dtype}")
+    bos = tokenizer.token_id("bos_token") if run.p.add_bos else None
+    eos = tokenizer.token_id("eos_token") if run.p.add_eos else None
+    for wanted, token_id, name in ((run.p.add_bos, bos, "BOS"), (run.p.add_eos, eos, "EOS")):
         if wanted and token_id is None:
-            raise run.error("tokenizer_mismatch", f"tokenizer {params['tokenizer']!r} has no {name} token")
+            raise run.error("tokenizer_mismatch", f"tokenizer {run.p.tokenizer!r} has no {name} token")
 
     shard_rows = input_shards(run, "filtered_jsonl")
     (run.output_dir / "shards").mkdir()
     prefixes = [f"shards/shard_{k:06d}" for k in range(shards)]
-    encoding = ShardEncoding(
-        params["tokenizer"], params["text_field"], params["dtype"], bos, eos, params["max_doc_tokens"]
-    )
+    encoding = ShardEncoding(run.p.tokenizer, run.p.text_field, run.p.dtype, bos, eos, run.p.max_doc_tokens)
     jobs = [(rows, run.output_dir / prefix) for rows, prefix in zip(shard_rows, prefixes, strict=True)]
     counts = map_shards(run, encode_shard, encoding, tokenizer, jobs)
     documents, truncated = sum(c[0] for c in counts), sum(c[2] for c in counts)
@@ -104,7 +101,7 @@ def run(run: StepRun) -> StepResult:
     if sum(shard_tokens) == 0:
         raise run.error("empty_or_overlong_documents", f"{documents} documents, no tokens")
 
-    splits = assign_splits(shards, params["valid_shards"], params["test_shards"], params["split_seed"])
+    splits = assign_splits(shards, run.p.valid_shards, run.p.test_shards, run.p.split_seed)
     blend: dict[str, list[str]] = {}
     for split in SPLITS:
         total = sum(shard_tokens[k] for k in splits[split])
@@ -118,6 +115,6 @@ def run(run: StepRun) -> StepResult:
         "tokens": sum(shard_tokens),
         "truncated": truncated,
         "shards": shards,
-        "dtype": params["dtype"],
+        "dtype": run.p.dtype,
     } | {f"{split}_shards": len(splits[split]) for split in SPLITS}
     return StepResult(stats, tokenizer_provenance(tokenizer))

@@ -25,7 +25,6 @@ SHAPES = {"auto": frozenset({"dpo", "rlvr"}), "dpo": frozenset({"dpo"}), "rlvr":
 
 def labelled_records(run: StepRun, files: list[Path], stream: RecordStream):
     """(split, record) pairs: from file names when every file is named by its split, else a seeded draw."""
-    params = run.params
     named = {f: SPLIT_NAMES.get(f.stem) for f in files}
     if any(named.values()):
         if not all(named.values()):
@@ -34,18 +33,17 @@ def labelled_records(run: StepRun, files: list[Path], stream: RecordStream):
         for split, group in groupby(files, key=named.get):
             yield from ((split, record) for record in stream.from_lines(iter_lines(list(group))))
         return
-    rng, val, test = random.Random(params["split_seed"]), params["val_ratio"], params["test_ratio"]
+    rng, val, test = random.Random(run.p.split_seed), run.p.val_ratio, run.p.test_ratio
     for record in stream:
         draw = rng.random()
         yield ("test" if draw < test else "val" if draw < test + val else "train"), record
 
 
 def run(run: StepRun) -> StepResult:
-    params = run.params
     data = run.input("training_jsonl")
     files = data_files(data.path, (".jsonl",), TRAIN)
-    stream = RecordStream(files, SHAPES[params["kind"]], max_rows=params["max_rows"])
-    per_split = params["num_shards_per_split"]
+    stream = RecordStream(files, SHAPES[run.p.kind], max_rows=run.p.max_rows)
+    per_split = run.p.num_shards_per_split
     shard_paths = {
         split: [Path("datasets", f"{data.name}__{split}", f"shard_{k:06d}.jsonl") for k in range(per_split)]
         for split in RL_SPLITS
@@ -62,7 +60,7 @@ def run(run: StepRun) -> StepResult:
             rows[split] += 1
     if stream.records == 0:
         raise contract_error("empty_artifact", f"{data.path}: no RL rows")
-    wanted = {"train": True, "val": params["val_ratio"] > 0, "test": params["test_ratio"] > 0}
+    wanted = {"train": True, "val": run.p.val_ratio > 0, "test": run.p.test_ratio > 0}
     for split in RL_SPLITS:
         if rows[split] == 0:
             for path in shard_paths[split]:

@@ -226,30 +226,29 @@ def link_splits(output: Path, dataset: str, splits: dict[str, list[int]]) -> Non
 
 
 def run(run: StepRun) -> StepResult:
-    params = run.params
-    ratios = (params["train_ratio"], params["valid_ratio"], params["test_ratio"])
+    ratios = (run.p.train_ratio, run.p.valid_ratio, run.p.test_ratio)
     if abs(sum(ratios) - 1) > 1e-6 or not all(0 <= r <= 1 for r in ratios):
         raise run.error("invalid_split_ratios", f"train/valid/test = {ratios}")
     tokenizer = step_tokenizer(run)
-    source = resolve_template_source(params["chat_template"], tokenizer.chat_template)
+    source = resolve_template_source(run.p.chat_template, tokenizer.chat_template)
     if source is None:
         raise run.error(
-            "chat_template_missing", f"tokenizer {params['tokenizer']!r}, chat_template={params['chat_template']!r}"
+            "chat_template_missing", f"tokenizer {run.p.tokenizer!r}, chat_template={run.p.chat_template!r}"
         )
     template = ChatTemplate(source, tokenizer.special_tokens)
 
     shard_rows = input_shards(run, "training_jsonl")
     spec = PackSpec(
         run.step.id,
-        params["tokenizer"],
+        run.p.tokenizer,
         source,
-        params["messages_field"],
-        min(params["max_doc_tokens"] or params["pack_size"], params["pack_size"]),
-        params["pack_size"],
-        params["algorithm"],
-        params["seed"],
-        params["parquet_compression"],
-        params["parquet_row_group_size"],
+        run.p.messages_field,
+        min(run.p.max_doc_tokens or run.p.pack_size, run.p.pack_size),
+        run.p.pack_size,
+        run.p.algorithm,
+        run.p.seed,
+        run.p.parquet_compression,
+        run.p.parquet_row_group_size,
     )
     (run.output_dir / "shards").mkdir()
     jobs = [(rows, run.output_dir / "shards" / f"shard_{k:06d}.parquet") for k, rows in enumerate(shard_rows)]
@@ -257,11 +256,11 @@ def run(run: StepRun) -> StepResult:
     if counters.trainable_tokens == 0:
         raise run.error("bad_loss_masks", f"{counters.rows} rows, none with a trainable assistant token")
 
-    shards = params["num_shards"]
-    valid, test = held_out_counts(shards, params["valid_ratio"], params["test_ratio"])
-    splits = assign_splits(shards, valid, test, params["seed"])
+    shards = run.p.num_shards
+    valid, test = held_out_counts(shards, run.p.valid_ratio, run.p.test_ratio)
+    splits = assign_splits(shards, valid, test, run.p.seed)
     link_splits(run.output_dir, run.input("training_jsonl").name, splits)
-    pack_size = params["pack_size"]
+    pack_size = run.p.pack_size
     stats = {
         "rows": counters.rows,
         "sequences": counters.sequences,

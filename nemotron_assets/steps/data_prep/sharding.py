@@ -94,14 +94,13 @@ def input_shards(run: StepRun, port: str) -> list[ShardRows]:
     Raises empty_artifact for an input without records and the step's too_many_tiny_shards when there are
     fewer records than shards.
     """
-    params = run.params
     files = data_files(run.input(port).path, (".jsonl",), TRAIN)
-    shards = row_shards(files, params["num_shards"], params["max_rows"])
+    shards = row_shards(files, run.p.num_shards, run.p.max_rows)
     rows = sum(shard.rows for shard in shards)
     if rows == 0:
         raise contract_error("empty_artifact", f"{run.input(port).path}: no records")
-    if rows < params["num_shards"]:
-        raise run.error("too_many_tiny_shards", f"{rows} records cannot fill {params['num_shards']} shards")
+    if rows < run.p.num_shards:
+        raise run.error("too_many_tiny_shards", f"{rows} records cannot fill {run.p.num_shards} shards")
     return shards
 
 

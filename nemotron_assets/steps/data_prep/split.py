@@ -23,7 +23,7 @@ def held_out(record: dict, seed: int, ratio: float) -> bool:
 
 
 def run(run: StepRun) -> StepResult:
-    ratio, seed = run.params["test_ratio"], run.params["seed"]
+    ratio, seed = run.p.test_ratio, run.p.seed
     if not 0 < ratio < 1:
         raise run.error("invalid_split_ratio", f"test_ratio = {ratio}")
     files = data_files(run.input("training_jsonl").path, (".jsonl",))

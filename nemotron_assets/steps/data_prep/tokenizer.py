@@ -84,7 +84,7 @@ def load_tokenizer(name_or_path: str) -> Tokenizer:
 def step_tokenizer(run) -> Tokenizer:
     """The step's `tokenizer` parameter, loaded, or the step's tokenizer_unavailable error."""
     try:
-        return load_tokenizer(run.params["tokenizer"])
+        return load_tokenizer(run.p.tokenizer)
     except TokenizerUnavailable as e:
         raise run.error("tokenizer_unavailable", str(e)) from None
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nemotron_assets.catalog.models import nest
+
 NEMO_RL = "/opt/nemo-rl"
 ENTRIES = {  # step -> (entry script, example config it inherits), paths in the nemo-rl container
     "rl/nemo_rl/dpo": ("examples/run_dpo.py", "examples/configs/dpo.yaml"),
@@ -19,18 +21,6 @@ ENTRIES = {  # step -> (entry script, example config it inherits), paths in the 
 }
 PREFIXES = ("dpo.", "grpo.", "loss_fn.", "policy.", "env.", "checkpointing.")  # parameters that are config keys
 LOCAL = ("policy.model_name", "checkpointing.checkpoint_dir")  # set by the step from its inputs and work directory
-
-
-def nested(flat: dict[str, Any]) -> dict[str, Any]:
-    """{'a.b': 1, 'a.c': 2} -> {'a': {'b': 1, 'c': 2}}."""
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return tree
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -87,4 +77,4 @@ def run_config(
         "data": data,
         "cluster": cluster,
     }
-    return merge(config, nested(step_keys(params)))
+    return merge(config, nest(step_keys(params)))
