@@ -31,6 +31,7 @@ from nemotron_assets.paths import PROJECT_ROOT, expand
 from nemotron_assets.pipelines import PipelineSpec, Stage
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
 from nemotron_assets.steps.launch import LOCAL, Launcher, PathMap
+from nemotron_assets.tracking import WANDB_DIR, TrackedRun, Tracker, WandbTracker
 from nemotron_assets.usage import usage
 from nemotron_assets.versions import step_code_version
 from resources.artifact_store import WORK, ArtifactStore, seal, write_provenance
@@ -186,6 +187,18 @@ def stage_version(
     return params, inputs, data_version(step, params, inputs)
 
 
+def tracked_run(
+    tracker: Tracker, key: tuple[str, ...], version: str, run_id: str | None, store: ArtifactStore
+) -> TrackedRun:
+    """The tracker run of one build: named by the asset key, tagged with it, the data version and the Dagster run."""
+    name = "/".join(key)
+    tags = {"nemotron.asset_key": name, "nemotron.data_version": version}
+    tags |= {"dagster.run_id": run_id} if run_id else {}
+    own = isinstance(tracker, WandbTracker) and tracker.dir
+    directory = Path(tracker.dir) if own else store.base / WANDB_DIR
+    return TrackedRun(tracker, name, tags, version, directory)
+
+
 def run_stage(
     pipeline: PipelineSpec,
     stage: Stage,
@@ -203,6 +216,7 @@ def run_stage(
     executor: str = "local",
     gpu_hour_price: float | None = None,
     ray_address: str | None = None,
+    tracker: Tracker | None = None,
 ) -> Materialization:
     """Materialize one stage into the store, or reuse the artifact its inputs and parameters already made."""
     step = CATALOG.step(stage.step)
@@ -233,6 +247,7 @@ def run_stage(
             paths=paths,
             nodes=nodes,
             ray_address=ray_address,
+            tracking=tracked_run(tracker, key, version, run_id, store) if tracker else None,
         )
         result = step_function(step)(run)
         provenance = {

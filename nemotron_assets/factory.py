@@ -67,6 +67,14 @@ def _metadata(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def tracking_metadata(record: dict[str, Any] | None) -> dict[str, dg.MetadataValue]:
+    """The tracker run a materialization logged to: its id, and a link to it (an offline W&B run: its directory)."""
+    if record is None:
+        return {}
+    link = dg.MetadataValue.url(record["url"]) if "url" in record else dg.MetadataValue.path(record["directory"])
+    return {"tracking/run_id": dg.MetadataValue.text(record["run_id"]), "tracking/run": link}
+
+
 def plots_metadata(artifact: Path, plots: dict[str, str]) -> dict[str, dg.MetadataValue]:
     """PNG plots inside an artifact, inlined as markdown images."""
     return {
@@ -255,6 +263,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 executor=profile.executor,
                 gpu_hour_price=profile.gpu_hour_price,
                 ray_address=profile.ray_address,
+                tracker=pipeline.tracking or profile.tracking,
             )
         except NamedError as e:
             raise dg.Failure(description=str(e), metadata=_metadata(e.to_json()), allow_retries=False) from e
@@ -275,7 +284,8 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 "step_seconds": result.provenance["timings"]["step_seconds"],
             }
             | _metadata({f"usage/{k}": v for k, v in result.provenance.get("usage", {}).items()})
-            | plots_metadata(result.path, result.provenance.get("plots", {})),
+            | plots_metadata(result.path, result.provenance.get("plots", {}))
+            | tracking_metadata(result.provenance.get("tracking")),
             data_version=dg.DataVersion(result.version),
         )
 

@@ -17,6 +17,7 @@ import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nemotron_assets.paths import PROJECT_ROOT
+from nemotron_assets.tracking import Tracker
 
 PROFILE_DIR = PROJECT_ROOT / "env_profiles"
 DEFAULT_PROFILE = "local_cpu"
@@ -133,6 +134,9 @@ class Profile(Section):
     ray_address: str | None = Field(
         default=None,
         description="A running Ray cluster (ray.init's address) that Ray-based steps attach to; None = a local one",
+    )
+    tracking: Tracker | None = Field(
+        default=None, description="Experiment tracker (mlflow or wandb) of runs on this profile; a pipeline's wins"
     )
     container: ContainerSettings | None = None
     slurm: SlurmSettings | None = None

@@ -73,6 +73,31 @@ def test_sft_of_an_hf_llama_uses_the_common_recipe_with_its_autobridge_provider(
     assert config.train.global_batch_size == 16 and config.train.eval_iters == 0 and config.data_parallel_size == 8
 
 
+@pytest.mark.parametrize(
+    "tracker",
+    [
+        {"kind": "mlflow", "tracking_uri": "http://127.0.0.1:5000", "experiment": "e"},
+        {"kind": "wandb", "project": "p", "entity": "team", "mode": "offline"},
+    ],
+)
+def test_a_named_tracker_is_set_on_bridges_own_logger_config(bridge, fixtures_dir: Path, tmp_path, tracker):
+    """Megatron-Bridge logs through its LoggerConfig (wandb_* / mlflow_* fields, which its GlobalState reads): the
+    ConfigContainer the step builds carries them (checked here, not by a CPU training run)."""
+    from pydantic import TypeAdapter
+
+    from nemotron_assets.steps.megatron_bridge.config import training_config
+    from nemotron_assets.tracking import TrackedRun, Tracker
+
+    tracked = TrackedRun(TypeAdapter(Tracker).validate_python(tracker), "p/sft", {"k": "v"}, "v1", tmp_path)
+    fields = {k: str(v) if isinstance(v, Path) else v for k, v in tracked.bridge().items()}  # as the job reads them
+    config = training_config(spec(tmp_path, "sft", str(fixtures_dir / "tiny-llama"), tracking=fields))
+    config.validate()  # includes LoggerConfig.finalize: the MLflow fields complete, mlflow importable
+    assert {k: getattr(config.logger, k) for k in fields} == fields
+    named = config.logger.mlflow_experiment or config.logger.wandb_project
+    assert named == tracker.get("experiment", tracker.get("project"))
+    assert (config.logger.mlflow_run_name or config.logger.wandb_exp_name) == "p/sft"
+
+
 @pytest.mark.parametrize(("scheme", "adapter"), [("lora", "LoRA"), ("dora", "DoRA")])
 def test_nano3_lora_uses_megatron_bridges_nemotron_3_nano_recipe(bridge, tmp_path, scheme: str, adapter: str):
     from nemotron_assets.steps.megatron_bridge.config import training_config

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import Field
 
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.catalog.models import StrictModel, check_value
 from nemotron_assets.errors import step_error
 from nemotron_assets.pipelines.bookends import check_roles, expand, pairs
 from nemotron_assets.pipelines.models import Automation, Evaluation, PipelineError, Source, Stage
+from nemotron_assets.tracking import Tracker
 
 PIPELINE_DIR = Path(__file__).resolve().parent
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
@@ -34,6 +36,7 @@ class PipelineFields(StrictModel):
     stages: tuple[Stage, ...]
     evaluation: Evaluation | None = None
     automation: Automation | None = None
+    tracking: Tracker | None = Field(None, description="Experiment tracker of the training and evaluation stages")
 
 
 class PipelineSpec(PipelineFields):

@@ -24,6 +24,7 @@ from nemotron_assets.steps.launch import (
     image_error,
     subprocess_launcher,
 )
+from nemotron_assets.tracking import TrackedRun
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,15 @@ class StepRun:
     paths: PathMap = LOCAL  # how a launched job sees this machine's paths (the profile's storage)
     nodes: int = 1  # nodes a launched job spans
     ray_address: str | None = None  # the profile's Ray cluster, which Ray-based steps attach to (steps/ray_cluster.py)
+    tracking: TrackedRun | None = None  # the tracker run the step's library logs to, where one is named
+
+    def tracking_env(self) -> dict[str, str]:
+        """The tracker's environment for a job whose library logs to it (credentials by name, read now)."""
+        return self.tracking.env() if self.tracking else {}
+
+    def tracking_provenance(self) -> dict[str, Any]:
+        """{"tracking": the run the step's library logged to}, where a tracker is named."""
+        return {"tracking": self.tracking.record(self.work_dir)} if self.tracking else {}
 
     @cached_property
     def p(self) -> StepParams:

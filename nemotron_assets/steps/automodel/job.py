@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from nemotron_assets.job import JobError, JobSpec
+from nemotron_assets.tracking import record_active_mlflow_run
 
 
 def check_scheduler_keys(recipe: dict) -> None:
@@ -53,3 +54,5 @@ def run(spec: JobSpec) -> None:
         recipe = Recipe(parse_args_and_load_config(str(config)))
         recipe.setup()
         recipe.run_train_validation_loop()
+        if main_rank:
+            record_active_mlflow_run(spec.work_dir)

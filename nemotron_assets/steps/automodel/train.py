@@ -85,6 +85,8 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
         "optimizer": {"_target_": RECIPE_TARGETS["optimizer"], "lr": p["optimizer.lr"]}
         | ({"fused": True} if gpus else {}),
     }
+    if run.tracking:
+        config |= run.tracking.automodel()
     if lora_requested(run):
         config["peft"] = {
             "_target_": RECIPE_TARGETS["peft"],
@@ -177,7 +179,8 @@ def run(run: StepRun) -> StepResult:
     check_tokenizer(run, tokenizer)
     gpus = run.gpus
     run.work_dir.mkdir(parents=True, exist_ok=True)
-    run.launch_job("automodel", {"recipe": recipe_config(run, gpus)}, nproc_per_node=max(gpus, 1), torchrun=gpus > 0)
+    recipe = recipe_config(run, gpus)
+    run.launch_job("automodel", {"recipe": recipe}, max(gpus, 1), torchrun=gpus > 0, env=run.tracking_env())
 
     checkpoints = run.work_dir / "checkpoints"
     model_dir = latest_checkpoint(checkpoints) / "model"
@@ -190,7 +193,7 @@ def run(run: StepRun) -> StepResult:
     provenance: dict[str, Any] = {
         "tokenizer": {"name_or_path": model, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size},
         "data_version": training_data(run).version,
-    }
+    } | run.tracking_provenance()
     if lora:
         adapter = json.loads((run.output_dir / "adapter_config.json").read_text())
         provenance["base_model"] = base_model_record(model)

@@ -141,6 +141,8 @@ def lm_eval_arguments(
         command.append("--apply_chat_template")
     if p["limit"] is not None:
         command += ["--limit", str(p["limit"])]
+    if run.tracking:
+        command += run.tracking.lm_eval_args(run.paths.to_job(run.tracking.directory))
     return command
 
 
@@ -161,13 +163,19 @@ def read_scores(output: Path) -> tuple[dict[str, Any], Path]:
     return {"scores": scores, "higher_is_better": document["higher_is_better"]}, results_file
 
 
-def publish(run: StepRun, results: dict[str, Any], settings: dict[str, Any], evaluated: dict[str, Any]) -> StepResult:
-    """results.json, settings.json and checkpoint.json into the artifact; the scores as stats."""
+def publish(
+    run: StepRun, results: dict[str, Any], settings: dict[str, Any], evaluated: dict[str, Any], tracked: bool = False
+) -> StepResult:
+    """results.json, settings.json and checkpoint.json into the artifact; the scores as stats; `tracked`: logged
+    to the named tracker (lm-eval runs)."""
     for name, document in ((RESULTS, results), (SETTINGS, settings), (CHECKPOINT, evaluated)):
         (run.output_dir / name).write_text(json.dumps(document, indent=1, sort_keys=True))
     scores = results["scores"]
     stats = {f"{task}/{metric}": value for task, metrics in scores.items() for metric, value in metrics.items()}
-    return StepResult(stats, {"evaluated": evaluated, "eval_settings": settings})
+    if tracked and run.tracking:
+        run.tracking.log_evaluation(run.work_dir, settings, stats)
+    provenance = {"evaluated": evaluated, "eval_settings": settings} | (run.tracking_provenance() if tracked else {})
+    return StepResult(stats, provenance)
 
 
 def evaluate_with_lm_eval(run: StepRun) -> StepResult:
@@ -177,7 +185,7 @@ def evaluate_with_lm_eval(run: StepRun) -> StepResult:
     if not tasks:
         raise run.error("no_eval_data", "consume an mcq_benchmark_parquet and/or held-out chat training_jsonl")
     model_args, evaluated = endpoint_model(run) if p["endpoint_url"] else local_model(run)
-    env = api_key_env(run)
+    env = api_key_env(run) | run.tracking_env()
     chat_template = p["apply_chat_template"] or model == ENDPOINT_MODELS["chat"]  # chat endpoints take messages
     output = run.work_dir / "lm_eval"
     shutil.rmtree(output, ignore_errors=True)
@@ -194,7 +202,7 @@ def evaluate_with_lm_eval(run: StepRun) -> StepResult:
     }
     shutil.copy2(results_file, run.output_dir / "lm_eval_results.json")
     shutil.copytree(run.work_dir / "tasks", run.output_dir / "tasks")
-    return publish(run, results, settings, evaluated)
+    return publish(run, results, settings, evaluated, tracked=True)
 
 
 def evaluate_with_launcher(run: StepRun) -> StepResult:

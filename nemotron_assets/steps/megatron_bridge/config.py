@@ -72,6 +72,8 @@ def training_config(spec: dict[str, Any]):
     cfg.checkpoint.async_save = False
     cfg.logger.tensorboard_dir = str(Path(save).parent / "tensorboard")
     cfg.logger.log_interval = 1
+    for name, value in spec.get("tracking", {}).items():  # the named tracker, through Bridge's own loggers
+        setattr(cfg.logger, name, value)
     cfg.tokenizer.tokenizer_type, cfg.tokenizer.tokenizer_model = "HuggingFaceTokenizer", spec["hf_model_path"]
     data = spec["dataset"]
     if data["kind"] == "packed":

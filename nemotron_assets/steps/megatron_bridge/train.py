@@ -41,7 +41,7 @@ def run(run: StepRun) -> StepResult:
     check_batch_shape(run, world)
     run.work_dir.mkdir(parents=True, exist_ok=True)
     spec = launch_spec(run, mode) | {"world_size": world}
-    run.launch_job("megatron_bridge.train", spec, nproc_per_node=max(run.gpus, 1), torchrun=True)
+    run.launch_job("megatron_bridge.train", spec, max(run.gpus, 1), torchrun=True, env=run.tracking_env())
     return publish(run, spec["checkpoint"]["save"], spec)
 
 
@@ -101,6 +101,7 @@ def launch_spec(run: StepRun, mode: str) -> dict[str, Any]:
         },
         "lr": p.get("optimizer.lr"),
         "peft": lora(p, mode),
+        "tracking": run.tracking.bridge() if run.tracking else {},
     }
     spec["dataset"] = pretrain_dataset(run) if mode == "pretrain" else packed_dataset(run, spec["seq_length"])
     return spec
@@ -281,7 +282,9 @@ def publish(run: StepRun, save: Path, spec: dict[str, Any]) -> StepResult:
     log = run.work_dir / "training_log.json"
     stats = json.loads(log.read_text()) if log.exists() else {}
     stats |= {"iteration": int(latest.name[5:]), "world_size": spec.get("world_size")}
-    provenance: dict[str, Any] = {"training": {"mode": spec["mode"], "hf_model_path": str(spec["hf_model_path"])}}
+    provenance: dict[str, Any] = {
+        "training": {"mode": spec["mode"], "hf_model_path": str(spec["hf_model_path"])}
+    } | run.tracking_provenance()
     if spec["checkpoint"]["pretrained_checkpoint"]:
         provenance["base_model"] = base_record(run, spec["checkpoint"]["pretrained_checkpoint"])
     if spec["peft"]:

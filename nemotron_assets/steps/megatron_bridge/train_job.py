@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_assets.job import JobError, JobSpec
+from nemotron_assets.tracking import record_active_mlflow_run
 
 
 def run(job: JobSpec) -> None:
@@ -49,6 +50,7 @@ def run(job: JobSpec) -> None:
         seconds = time.perf_counter() - started
         if reporting:
             (Path(job.work_dir) / "training_log.json").write_text(json.dumps(log.summary(seconds)))
+            record_active_mlflow_run(job.work_dir)
 
 
 def userbuffer_failure(error: Exception) -> JobError | None:
