@@ -31,12 +31,23 @@ def module_file(module: str, root: Path) -> Path | None:
     return None
 
 
-def references(path: Path) -> tuple[set[str], set[str]]:
+def parse(source: bytes) -> ast.Module:
+    """The source's syntax tree. CPython before 3.12 shares one AST recursion counter between threads, so a parse
+    racing another thread's (Ray's, a tracker's) can fail with a spurious SystemError (CPython gh-106905): the
+    parse is retried once, and a real error raises again."""
+    try:
+        return ast.parse(source)
+    except SystemError:
+        return ast.parse(source)
+
+
+@functools.cache
+def references(source: bytes) -> tuple[frozenset[str], frozenset[str]]:
     """The modules a source file imports (`from a import b` counts `a` and `a.b`, which may be a module) and the
-    package data directories it addresses as `PACKAGE_DIR / "<name>"`."""
+    package data directories it addresses as `PACKAGE_DIR / "<name>"` (once per distinct source)."""
     modules: set[str] = set()
     data: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_bytes())):
+    for node in ast.walk(parse(source)):
         if isinstance(node, ast.Import):
             modules |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -48,7 +59,7 @@ def references(path: Path) -> tuple[set[str], set[str]]:
             and isinstance(node.right, ast.Constant)
         ):
             data.add(str(node.right.value))
-    return modules, data
+    return frozenset(modules), frozenset(data)
 
 
 def implementation(entry_module: str, root: Path = PACKAGE_DIR) -> dict[str, Path]:
@@ -69,7 +80,7 @@ def implementation(entry_module: str, root: Path = PACKAGE_DIR) -> dict[str, Pat
         path = module_file(module, root)
         if path is not None:
             found[module] = path
-            modules, data = references(path)
+            modules, data = references(path.read_bytes())
             parents = [".".join(module.split(".")[:n]) for n in range(2, module.count(".") + 1)]
             pending += [*modules, *parents]  # a module's package runs its __init__ first
             for name in data:

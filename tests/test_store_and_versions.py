@@ -147,6 +147,28 @@ def test_code_versions_follow_the_source_and_libraries(store: ArtifactStore, tmp
     assert versions.code_version(sft) != installed
 
 
+def test_a_parse_racing_another_thread_is_retried_once(monkeypatch: pytest.MonkeyPatch):
+    """CPython < 3.12 can fail an AST build that races another thread's (gh-106905): one retry, then the error."""
+    real = versions.ast.parse
+
+    def racing(failures: int):
+        calls: list[bytes] = []
+
+        def parse(source: bytes):
+            calls.append(source)
+            if len(calls) <= failures:
+                raise SystemError("AST constructor recursion depth mismatch (before=141, after=73)")
+            return real(source)
+
+        return parse
+
+    monkeypatch.setattr(versions.ast, "parse", racing(1))
+    assert isinstance(versions.parse(b"import os").body[0], versions.ast.Import)
+    monkeypatch.setattr(versions.ast, "parse", racing(2))
+    with pytest.raises(SystemError, match="recursion depth mismatch"):
+        versions.parse(b"import os")
+
+
 def test_unchanged_files_are_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The stat-keyed cache: an unchanged file's digest comes from the cache (also after a rename, as publication
     does); a write, even one that restores size and mtime, reads it again; a file written just now is not cached."""
