@@ -70,14 +70,14 @@ def test_every_contract_error_is_raised_by_the_code_and_by_a_test():
 
 def read_by(name: str, constants: set[str], groups: set[str], typed: set[str]) -> bool:
     """Read by key (`p["peft.dim"]`), composed (`p[f"train.{k}"]` over a tuple holding "train_iters"), as a group
-    passed through whole (a tuple of prefixes holding "dpo."), or from the typed parameters (`run.p.peft.dim`, or
-    the group `run.p.peft` used whole)."""
+    passed through whole (named in a tuple of group names holding "dpo"), or from the typed parameters
+    (`run.p.peft.dim`, or the group `run.p.peft` used whole)."""
     parts = name.split(".")
     prefixes = [(".".join(parts[:i]) + ".", ".".join(parts[i:])) for i in range(1, len(parts))]
     return (
         name in constants
         or any(prefix in constants and rest in constants for prefix, rest in prefixes)
-        or any(prefix in groups for prefix, _ in prefixes)
+        or any(prefix[:-1] in groups for prefix, _ in prefixes)
         or name in typed
         or any(prefix[:-1] in typed for prefix, _ in prefixes)
     )
@@ -85,13 +85,17 @@ def read_by(name: str, constants: set[str], groups: set[str], typed: set[str]) -
 
 def typed_reads(tree: ast.AST) -> set[str]:
     """Dotted names read from a step's typed parameters: each whole attribute chain after `<name>.p` (`run.p.peft.dim`
-    -> "peft.dim"; the inner `run.p.peft` of that chain is not a read of the group)."""
+    -> "peft.dim"; the inner `run.p.peft` of that chain is not a read of the group), less a method called on the
+    value (`run.p.train.model_dump()` -> "train")."""
     inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     reads = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.Attribute) or id(node) in inner:
             continue
         parts = []
+        if id(node) in called:
+            node = node.value
         while isinstance(node, ast.Attribute) and not (node.attr == "p" and isinstance(node.value, ast.Name)):
             parts.append(node.attr)
             node = node.value
@@ -102,27 +106,29 @@ def typed_reads(tree: ast.AST) -> set[str]:
 
 def test_typed_reads_are_whole_chains():
     tree = ast.parse("run.p.peft.dim + f(run.p.train) + run.p.seed.bit_length() + run.params.alpha + g(run.p)")
-    assert typed_reads(tree) == {"peft.dim", "train", "seed.bit_length"}
+    assert typed_reads(tree) == {"peft.dim", "train", "seed"}
+    assert typed_reads(ast.parse("run.p.model_dump()")) == set()  # the whole parameters are no group
     typed = typed_reads(tree)
     assert read_by("peft.dim", set(), set(), typed) and read_by("train.train_iters", set(), set(), typed)
     assert not read_by("peft.alpha", set(), set(), typed) and not read_by("alpha", set(), set(), typed)
 
 
-def group_prefixes(paths: list[Path]) -> set[str]:
+def group_names(paths: list[Path]) -> set[str]:
+    """The strings of tuple, list and set literals (`CONFIG_GROUPS = ("dpo", "grpo")`)."""
     return {
         element.value
         for path in paths
         for node in ast.walk(syntax_tree(path))
         if isinstance(node, (ast.Tuple, ast.List, ast.Set))
         for element in node.elts
-        if isinstance(element, ast.Constant) and isinstance(element.value, str) and element.value.endswith(".")
+        if isinstance(element, ast.Constant) and isinstance(element.value, str)
     }
 
 
 @pytest.mark.parametrize("step", RUNNABLE, ids=lambda step: step.id)
 def test_every_declared_parameter_is_read_by_its_step(step: StepSpec):
     code = step_code(step)
-    constants, groups = strings(code), group_prefixes(code)
+    constants, groups = strings(code), group_names(code)
     typed = {name for path in code for name in typed_reads(syntax_tree(path))}
     wiring = strings(WIRING)  # an unversioned parameter may wire the stage into its pipeline instead
     unread = [

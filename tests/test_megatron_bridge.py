@@ -68,7 +68,8 @@ def step_run(
     step: str, tmp_path: Path, inputs: dict[str, Path], gpus: int = 1, launcher=None, **params: Any
 ) -> StepRun:
     spec = CATALOG.step(step)
-    values = spec.preset_values("default") | TINY_LAYOUT | params
+    values = spec.preset_values("default")
+    values |= {name: value for name, value in TINY_LAYOUT.items() if name in values} | params  # what the step declares
     artifacts = {port: InputArtifact(path.name, port, path, "v1") for port, path in inputs.items()}
     output = tmp_path / "out"
     output.mkdir(exist_ok=True)
@@ -156,7 +157,7 @@ def test_fewer_bins_than_a_global_batch(fixtures_dir: Path, packed: Path, tmp_pa
 def test_missing_packed_data(fixtures_dir: Path, tmp_path):
     params = {
         "hf_model_path": str(fixtures_dir / "tiny-llama"),
-        megatron_bridge.PACKED: str(tmp_path / "none/*.parquet"),
+        "dataset.packed_sequence_specs.packed_train_data_path": str(tmp_path / "none/*.parquet"),
     }
     expect("missing_packed_data", step_run("sft/megatron_bridge", tmp_path, {}, **params))
 

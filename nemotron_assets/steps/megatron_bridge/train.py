@@ -32,7 +32,6 @@ from nemotron_assets.steps.data_prep.tokenizer import TokenizerUnavailable, load
 from nemotron_assets.steps.launch import as_path
 
 MODES = {"sft/megatron_bridge": "sft", "peft/megatron_bridge": "peft", "pretrain/megatron_bridge": "pretrain"}
-PACKED = "dataset.packed_sequence_specs.packed_train_data_path"
 
 
 def run(run: StepRun) -> StepResult:
@@ -62,13 +61,12 @@ def world_size(run: StepRun) -> int:
 def check_batch_shape(run: StepRun, world: int) -> None:
     """bad_parallel_batch_shape: the global batch must split into data-parallel ranks x micro batches; packed
     sequences need micro batch 1."""
-    p = run.params
-    tp, pp = (p.get(f"model.{k}_model_parallel_size") or 1 for k in ("tensor", "pipeline"))
-    cp = p.get("model.context_parallel_size") or 1
+    model = run.p.model
+    tp, pp, cp = model.tensor_model_parallel_size, model.pipeline_model_parallel_size, model.context_parallel_size
     model_parallel = tp * pp * cp
     if world % model_parallel:
         raise run.error("bad_parallel_batch_shape", f"{world} GPUs do not divide into TP{tp} x PP{pp} x CP{cp}")
-    data_parallel, micro, batch = world // model_parallel, p["train.micro_batch_size"], p["train.global_batch_size"]
+    data_parallel, micro, batch = world // model_parallel, run.p.train.micro_batch_size, run.p.train.global_batch_size
     if batch % (data_parallel * micro):
         raise run.error(
             "bad_parallel_batch_shape",
@@ -80,27 +78,22 @@ def check_batch_shape(run: StepRun, world: int) -> None:
 
 def launch_spec(run: StepRun, mode: str) -> dict[str, Any]:
     """Everything the child needs to build Megatron-Bridge's ConfigContainer; inputs checked first."""
-    p = run.params
     spec: dict[str, Any] = {
         "mode": mode,
-        "hf_model_path": as_path(p["hf_model_path"]),
-        "load_hf_weights": p.get("load_hf_weights", True),
-        "seq_length": p["seq_length"],
-        "train": {k: p[f"train.{k}"] for k in ("train_iters", "global_batch_size", "micro_batch_size")},
-        "parallel": {
-            "tensor_model_parallel_size": p["model.tensor_model_parallel_size"],
-            "pipeline_model_parallel_size": p["model.pipeline_model_parallel_size"],
-            "context_parallel_size": p["model.context_parallel_size"],
-            "expert_model_parallel_size": p.get("model.expert_model_parallel_size") or 1,
-        },
-        "recompute_granularity": p.get("model.recompute_granularity"),
+        "hf_model_path": as_path(run.p.hf_model_path),
+        "load_hf_weights": mode == "sft" or run.p.load_hf_weights,
+        "seq_length": run.p.seq_length,
+        "train": run.p.train.model_dump(),
+        "parallel": {"expert_model_parallel_size": 1}  # where the step sets none
+        | run.p.model.model_dump(exclude={"recompute_granularity"}),
+        "recompute_granularity": run.p.model.recompute_granularity,
         "checkpoint": {
             "save": save_dir(run),
-            "save_interval": p["checkpoint.save_interval"],
+            "save_interval": run.p.checkpoint.save_interval,
             "pretrained_checkpoint": base_checkpoint(run, mode),
         },
-        "lr": p.get("optimizer.lr"),
-        "peft": lora(p, mode),
+        "lr": run.p.optimizer.lr if mode == "pretrain" else None,
+        "peft": lora(run, mode),
         "tracking": run.tracking.bridge() if run.tracking else {},
     }
     spec["dataset"] = pretrain_dataset(run) if mode == "pretrain" else packed_dataset(run, spec["seq_length"])
@@ -112,17 +105,18 @@ def save_dir(run: StepRun) -> Path:
     return run.work_dir / "checkpoints"
 
 
-def lora(p: dict[str, Any], mode: str) -> dict[str, Any] | None:
+def lora(run: StepRun, mode: str) -> dict[str, Any] | None:
+    """The adapter: peft's peft.* parameters; sft's `peft: lora` the fixed default adapter."""
     if mode == "peft":
-        return {k: p[f"peft.{k}"] for k in ("type", "dim", "alpha", "dropout", "target_modules")}
-    if mode == "sft" and p.get("peft") == "lora":
+        return run.p.peft.model_dump()
+    if mode == "sft" and run.p.peft == "lora":
         return {"type": "lora", "dim": 32, "alpha": 32, "dropout": 0.0, "target_modules": ["linear_qkv", "linear_proj"]}
     return None
 
 
 def base_checkpoint(run: StepRun, mode: str) -> Path | None:
     """The Megatron checkpoint training starts from (validated); peft requires one, kept apart from its output."""
-    given = run.params.get("checkpoint.pretrained_checkpoint")
+    given = None if mode == "pretrain" else run.p.checkpoint.pretrained_checkpoint
     path = (
         Path(given)
         if given
@@ -170,15 +164,13 @@ def check_sequence_length(run: StepRun, iteration: Path) -> None:
     if not has_error(run, "sequence_length_mismatch") or not config.exists():
         return
     trained = (yaml.safe_load(config.read_text()).get("model") or {}).get("seq_length")
-    if trained and trained != run.params["seq_length"]:
-        raise run.error(
-            "sequence_length_mismatch", f"checkpoint trained at {trained}, seq_length {run.params['seq_length']}"
-        )
+    if trained and trained != run.p.seq_length:
+        raise run.error("sequence_length_mismatch", f"checkpoint trained at {trained}, seq_length {run.p.seq_length}")
 
 
 def packed_shards(run: StepRun) -> list[Path]:
     """The packed training shards: the parameter's glob, else the packed_parquet input's splits/train."""
-    pattern = run.params.get(PACKED)
+    pattern = run.p.dataset.packed_sequence_specs.packed_train_data_path
     if not pattern and "packed_parquet" in run.inputs:
         pattern = str(run.input("packed_parquet").path / "splits" / "train" / "*.parquet")
     shards = sorted(Path(p) for p in glob.glob(pattern or "", recursive=True))
@@ -190,7 +182,7 @@ def packed_shards(run: StepRun) -> list[Path]:
 def packed_dataset(run: StepRun, seq_length: int) -> dict[str, Any]:
     """Check the bins against the model (sizes, tokenizer, template) and write them in Megatron-Bridge's format."""
     shards = packed_shards(run)
-    packed_size = run.params.get("dataset.packed_sequence_specs.packed_sequence_size", seq_length)
+    packed_size = getattr(run.p.dataset.packed_sequence_specs, "packed_sequence_size", seq_length)  # sft only
     recorded = read_provenance(run.input("packed_parquet").path) if "packed_parquet" in run.inputs else None
     pack_size = (recorded or {}).get("params", {}).get("pack_size")
     if len({seq_length, packed_size, pack_size or seq_length}) != 1:
@@ -204,7 +196,7 @@ def packed_dataset(run: StepRun, seq_length: int) -> dict[str, Any]:
     bins = []
     for shard in shards:
         bins += pq.read_table(shard, columns=["input_ids", "loss_mask", "seq_start_id"]).to_pylist()
-    batch = run.params["train.global_batch_size"]
+    batch = run.p.train.global_batch_size
     if len(bins) < batch:  # Megatron-Bridge's batch sampler drops the incomplete batch and would cycle forever
         raise run.error("too_few_packed_bins", f"{len(bins)} bins, fewer than train.global_batch_size {batch}")
     if not any(1 in b["loss_mask"] for b in bins):
@@ -234,7 +226,7 @@ def check_tokenizer(run: StepRun, recorded: dict[str, Any] | None) -> None:
     """tokenizer_mismatch unless the bins were made with the model's tokenizer and chat template."""
     if not recorded:
         return
-    model = run.params["hf_model_path"]
+    model = run.p.hf_model_path
     try:
         tokenizer = load_tokenizer(model)
     except TokenizerUnavailable:  # a hub model not present here: the packing must name the same model
@@ -256,7 +248,7 @@ def check_tokenizer(run: StepRun, recorded: dict[str, Any] | None) -> None:
 
 def pretrain_dataset(run: StepRun) -> dict[str, Any]:
     """blend.json of pretrain_prep, every prefix present (missing_blend_json otherwise)."""
-    given = run.params.get("dataset.data_paths")
+    given = run.p.dataset.data_paths
     path = Path(given) if given else run.input("binidx").path / BLEND_FILE if "binidx" in run.inputs else None
     if path is None or not path.is_file():
         raise run.error("missing_blend_json", f"{path}: no blend.json")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nemotron_assets.catalog.models import nest
+from nemotron_assets.catalog.models import StepParams
 
 NEMO_RL = "/opt/nemo-rl"
 ENTRIES = {  # step -> (entry script, example config it inherits), paths in the nemo-rl container
@@ -19,8 +19,7 @@ ENTRIES = {  # step -> (entry script, example config it inherits), paths in the 
     "rl/nemo_rl/rlvr": ("examples/run_grpo.py", "examples/configs/grpo_math_1B.yaml"),
     "rl/nemo_rl/rlhf": ("examples/run_grpo.py", "examples/configs/grpo_math_1B.yaml"),
 }
-PREFIXES = ("dpo.", "grpo.", "loss_fn.", "policy.", "env.", "checkpointing.")  # parameters that are config keys
-LOCAL = ("policy.model_name", "checkpointing.checkpoint_dir")  # set by the step from its inputs and work directory
+CONFIG_GROUPS = ("dpo", "grpo", "loss_fn", "policy", "env")  # the parameter groups that are NeMo-RL config sections
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -31,9 +30,10 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def step_keys(params: dict[str, Any]) -> dict[str, Any]:
-    """The step parameters that are NeMo-RL config keys, as set (unset ones keep NeMo-RL's defaults)."""
-    return {k: v for k, v in params.items() if k.startswith(PREFIXES) and k not in LOCAL and v is not None}
+def step_keys(params: StepParams) -> dict[str, Any]:
+    """The step's parameters in NeMo-RL's config sections, as set (unset ones keep NeMo-RL's defaults); the policy's
+    model is the step's own (the HF export of its input)."""
+    return params.model_dump(include=set(CONFIG_GROUPS), exclude={"policy": {"model_name"}}, exclude_none=True)
 
 
 def data_section(
@@ -56,7 +56,7 @@ def data_section(
 
 def run_config(
     step_id: str,
-    params: dict[str, Any],
+    params: StepParams,
     policy: Path | str,
     data: dict[str, Any],
     cluster: dict[str, int],
@@ -77,4 +77,4 @@ def run_config(
         "data": data,
         "cluster": cluster,
     }
-    return merge(config, nest(step_keys(params)))
+    return merge(config, step_keys(params))

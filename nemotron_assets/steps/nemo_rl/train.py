@@ -48,10 +48,10 @@ def splits(run: StepRun) -> tuple[Path, Path]:
         train, validation = data / entries["train"], data / entries["val"] if entries.get("val") else None
     else:
         train = data_files(data, (".jsonl",), TRAIN)[0]
-        validation = run.params.get("data.validation.data_path")
+        validation = run.p.data.validation.data_path
         validation = Path(validation) if validation else None
     if validation is None or validation.resolve() == train.resolve():
-        if not run.params.get("data.allow_train_as_validation"):
+        if not run.p.data.allow_train_as_validation:
             raise run.error("train_used_as_validation_unintentionally", f"no validation split apart from {train}")
         validation = train
     return train, validation
@@ -72,18 +72,21 @@ def check_rows(run: StepRun, files: list[Path]) -> dict[str, Any]:
         if e.name not in CONTRACT_ERRORS:
             raise
         raise run.error(CONTRACT_ERRORS[e.name], e.detail) from None
-    gym, rows = run.params.get("env.should_use_nemo_gym", False), fields["gym_rows"]
-    if run.step.id == "rl/nemo_rl/rlvr" and (rows not in (0, stream.records) or bool(rows) != gym):
+    rows = fields["gym_rows"]
+    if run.step.id == "rl/nemo_rl/rlvr" and (
+        rows not in (0, stream.records) or bool(rows) != run.p.env.should_use_nemo_gym
+    ):
         raise run.error(
             "mixed_nemo_gym_and_upstream_config",
-            f"env.should_use_nemo_gym is {gym} but {rows} of {stream.records} rows are NeMo-Gym rows",
+            f"env.should_use_nemo_gym is {run.p.env.should_use_nemo_gym} but {rows} of {stream.records} rows are "
+            "NeMo-Gym rows",
         )
     return fields | {"rows": stream.records}
 
 
 def check_gym_rows(run: StepRun, files: list[Path]) -> dict[str, Any]:
     """RLHF rows NeMo-Gym serves: Responses API parameters, or a prompt to build them from, and an agent."""
-    agent = run.params.get("data.default_agent_ref")
+    agent = run.p.data.default_agent_ref
     rows = 0
     for where, line in iter_lines(files):
         record = parse_line(where, line)
@@ -109,23 +112,21 @@ def response_rows(source: Path, target: Path, answer: str) -> Path:
 
 
 def data_parallel(run: StepRun, cluster: dict[str, int]) -> int:
-    p = run.params
-    model_parallel = p.get("policy.megatron_cfg.tensor_model_parallel_size") or 1
-    model_parallel *= p.get("policy.megatron_cfg.pipeline_model_parallel_size") or 1
+    megatron = run.p.policy.megatron_cfg
+    model_parallel = megatron.tensor_model_parallel_size * megatron.pipeline_model_parallel_size
     return max(cluster["num_nodes"] * cluster["gpus_per_node"] // model_parallel, 1)
 
 
 def check_batches(run: StepRun, cluster: dict[str, int]) -> None:
     """DPO: pairs per step split into micro batches on every data-parallel rank. GRPO: the rollouts of a step split
     into whole policy updates."""
-    p, dp = run.params, data_parallel(run, cluster)
-    gbs = p.get("policy.train_global_batch_size")
+    dp, gbs = data_parallel(run, cluster), run.p.policy.train_global_batch_size
     if run.step.id == "rl/nemo_rl/dpo":
-        micro = p["policy.train_micro_batch_size"]
+        micro = run.p.policy.train_micro_batch_size
         if gbs % (micro * dp):
             raise run.error("batch_shape_not_divisible", f"{gbs} pairs over micro {micro} x data-parallel {dp}")
         return
-    rollouts = p["grpo.num_prompts_per_step"] * p["grpo.num_generations_per_prompt"]
+    rollouts = run.p.grpo.num_prompts_per_step * run.p.grpo.num_generations_per_prompt
     if gbs is not None and (rollouts % gbs or gbs % dp):
         error = "rollout_batch_not_divisible" if run.step.id == "rl/nemo_rl/rlvr" else "invalid_batch_shape"
         raise run.error(error, f"{rollouts} rollouts per step, train_global_batch_size {gbs}, data-parallel {dp}")
@@ -145,7 +146,7 @@ def check_reward_model(run: StepRun, policy: Path) -> dict[str, Any]:
     reward = run.input("checkpoint_hf").path
     validate(reward, "checkpoint_hf")
     # the Megatron policy checkpoint can only be the reward model by path; its HF name by content (hashed once)
-    hf_start = Path(run.params["policy.model_name"])
+    hf_start = Path(run.p.policy.model_name)
     same_path = policy.resolve() == reward.resolve()
     if same_path or (hf_start.exists() and content_digest(hf_start) == content_digest(reward)):
         raise run.error("reward_model_policy_confused", f"reward model {reward} is the policy's checkpoint")
@@ -164,7 +165,7 @@ def job_script(run: StepRun, checkpoint: Path, policy: Path, nodes: int) -> str:
     entry = f'python {NEMO_RL}/{ENTRIES[run.step.id][0]} --config "$CONFIG"'
     lines = ["set -euo pipefail", f"cd {NEMO_RL}"]
     policy = run.paths.name(policy)
-    model = run.paths.name(run.params["policy.model_name"])
+    model = run.paths.name(run.p.policy.model_name)
     export = shlex.join(["python", "-c", EXPORT, model, run.paths.to_job(checkpoint), policy])
     lines.append(f'if [ "${{SLURM_NODEID:-0}}" = 0 ] && [ ! -f {shlex.quote(policy)}/config.json ]; then {export}; fi')
     if nodes == 1:
@@ -210,8 +211,9 @@ def prepare(run: StepRun) -> tuple[dict[str, Any], dict[str, Any]]:
         validation = response_rows(validation, directory / "val.jsonl", answer)
         fields |= {"prompt": "input", "answer": "output"}
     output = {"checkpoints": run.work_dir / "checkpoints", "logs": run.work_dir / "logs"}
-    data = data_section(run.step.id, train, validation, fields, run.params.get("data.default_agent_ref"))
-    config = merge(run_config(run.step.id, run.params, policy, data, cluster, output), reward)
+    agent = run.p.data.default_agent_ref if run.step.id == "rl/nemo_rl/rlhf" else None
+    data = data_section(run.step.id, train, validation, fields, agent)
+    config = merge(run_config(run.step.id, run.p, policy, data, cluster, output), reward)
     job = {"config": config, "script": job_script(run, checkpoint, policy, cluster["num_nodes"])}
     return job, {"rows": fields["rows"], "policy": str(policy), "warm_start": str(checkpoint)}
 
