@@ -339,9 +339,10 @@ def test_bins_from_another_tokenizer_are_refused(fixtures_dir: Path, tmp_path: P
     assert published(store, ("t", "cpt")) == []
 
 
-def test_pretraining_from_scratch_builds_the_architecture_only():
-    params = CATALOG.step("pretrain/automodel").preset_values("tiny") | {"load_weights": False}
-    model = automodel.model_config(params, gpus=0)
+def test_pretraining_from_scratch_builds_the_architecture_only(tmp_path: Path):
+    step = CATALOG.step("pretrain/automodel")
+    params = step.preset_values("tiny") | {"load_weights": False}
+    model = automodel.model_config(StepRun(step, params, {}, tmp_path), gpus=0)
     assert (
         model["_target_"].endswith("from_config") and model["config"] == params["model.pretrained_model_name_or_path"]
     )

@@ -39,22 +39,17 @@ OUTPUT_HEAD = ["lm_head", "*.lm_head"]
 
 
 def lora_requested(run: StepRun) -> bool:
-    return run.step.id == "peft/automodel" or run.params.get("peft.type") == "lora"
+    return run.step.id == "peft/automodel" or (run.step.id == "sft/automodel" and run.p.peft.type == "lora")
 
 
 def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
     """The recipe's YAML config from the step's parameters and its training_jsonl input."""
-    p = run.params
-    precision = {"bf16": "bfloat16", "fp32": "float32"}[p["precision"]]
+    precision = {"bf16": "bfloat16", "fp32": "float32"}[run.p.precision]
     config: dict[str, Any] = {
-        "step_scheduler": {
-            key: p[f"step_scheduler.{key}"]
-            for key in ("global_batch_size", "local_batch_size", "max_steps", "ckpt_every_steps", "val_every_steps")
-        }
-        | {"num_epochs": p["step_scheduler.num_epochs"]},
+        "step_scheduler": run.p.step_scheduler.model_dump(),
         "dist_env": {"backend": "nccl" if gpus else "gloo", "timeout_minutes": 30},
-        "rng": {"_target_": RECIPE_TARGETS["rng"], "seed": p["seed"], "ranked": True},
-        "model": model_config(p, gpus),
+        "rng": {"_target_": RECIPE_TARGETS["rng"], "seed": run.p.seed, "ranked": True},
+        "model": model_config(run, gpus),
         "checkpoint": {
             "enabled": True,
             "checkpoint_dir": run.work_dir / "checkpoints",
@@ -63,7 +58,7 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
         },
         "distributed": {
             "strategy": "fsdp2",
-            "enable_compile": p["compile"],  # per decoder layer; AutoModel ignores a top-level `compile:` under FSDP2
+            "enable_compile": run.p.compile,  # per decoder layer; AutoModel ignores a top-level `compile:` under FSDP2
             "tp_size": 1,
             "cp_size": 1,
             "pp_size": 1,
@@ -79,10 +74,10 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
         "dataset": dataset_config(run),
         "dataloader": {
             "_target_": RECIPE_TARGETS["dataloader"],
-            "collate_fn": p["dataloader.collate_fn"],
+            "collate_fn": run.p.dataloader.collate_fn,
             "shuffle": True,
         },
-        "optimizer": {"_target_": RECIPE_TARGETS["optimizer"], "lr": p["optimizer.lr"]}
+        "optimizer": {"_target_": RECIPE_TARGETS["optimizer"], "lr": run.p.optimizer.lr}
         | ({"fused": True} if gpus else {}),
     }
     if run.tracking:
@@ -90,13 +85,11 @@ def recipe_config(run: StepRun, gpus: int) -> dict[str, Any]:
     if lora_requested(run):
         config["peft"] = {
             "_target_": RECIPE_TARGETS["peft"],
-            "dim": p["peft.dim"],
-            "alpha": p["peft.alpha"],
-            "dropout": p["peft.dropout"],
+            **run.p.peft.model_dump(include={"dim", "alpha", "dropout"}),
             "use_triton": gpus > 0,
         } | (
-            {"target_modules": p["peft.target_modules"]}
-            if p["peft.target_modules"]
+            {"target_modules": run.p.peft.target_modules}
+            if run.p.peft.target_modules
             else {"exclude_modules": OUTPUT_HEAD}  # every linear layer but the (possibly tied) output head
         )
     return config
@@ -107,14 +100,14 @@ def training_data(run: StepRun) -> InputArtifact:
     return run.input("binidx" if "binidx" in run.inputs else "training_jsonl")
 
 
-def model_config(p: dict[str, Any], gpus: int) -> dict[str, Any]:
+def model_config(run: StepRun, gpus: int) -> dict[str, Any]:
     """Load the model's weights, or (pretraining with load_weights false) only its architecture. Weights are fp32
     masters whose compute precision FSDP2's policy sets; on one GPU AutoModel does not shard, so bf16 compute
     needs bf16 weights."""
-    model = as_path(p["model.pretrained_model_name_or_path"])
-    dtype = "bfloat16" if gpus == 1 and p["precision"] == "bf16" else "float32"
+    model = as_path(run.p.model.pretrained_model_name_or_path)
+    dtype = "bfloat16" if gpus == 1 and run.p.precision == "bf16" else "float32"
     config = {"torch_dtype": dtype, "attn_implementation": "sdpa"}
-    if p.get("load_weights", True):
+    if run.step.id != "pretrain/automodel" or run.p.load_weights:
         return {"_target_": RECIPE_TARGETS["model"], "pretrained_model_name_or_path": model} | config
     return {"_target_": RECIPE_TARGETS["model_from_config"], "config": model} | config
 
@@ -127,7 +120,7 @@ def dataset_config(run: StepRun) -> dict[str, Any]:
         return {
             "_target_": RECIPE_TARGETS["dataset"],
             "path_or_dataset_id": files,
-            "seq_length": run.params["seq_length"],
+            "seq_length": run.p.seq_length,
         }
     blend = read_blend(run.input("binidx").path / BLEND_FILE)
     paths = {"train": [x for weight, prefix in blend["train"] for x in (str(weight), prefix)]}
@@ -136,7 +129,7 @@ def dataset_config(run: StepRun) -> dict[str, Any]:
     return {
         "_target_": RECIPE_TARGETS["pretraining"],
         "paths": paths,
-        "seq_length": run.params["seq_length"],
+        "seq_length": run.p.seq_length,
         "splits_to_build": "train",
         "index_mapping_dir": run.work_dir / "index_mapping",
     }
@@ -168,8 +161,7 @@ def base_model_record(name_or_path: str) -> dict[str, str]:
 
 
 def run(run: StepRun) -> StepResult:
-    p = run.params
-    model = p["model.pretrained_model_name_or_path"]
+    model = run.p.model.pretrained_model_name_or_path
     try:
         tokenizer = load_tokenizer(model)
     except TokenizerUnavailable as e:

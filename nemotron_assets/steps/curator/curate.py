@@ -27,16 +27,16 @@ DOMAIN_MODEL = "nvidia/multilingual-domain-classifier"
 def input_files(run: StepRun) -> list[str]:
     """The consumed raw JSONL: the file itself, or the files under the directory matching input_glob."""
     root = run.input("raw_jsonl").path
-    files = [root] if root.is_file() else sorted(p for p in root.glob(run.params["input_glob"]) if p.is_file())
+    files = [root] if root.is_file() else sorted(p for p in root.glob(run.p.input_glob) if p.is_file())
     if not files:
-        raise run.error("input_glob_no_matches", f"{run.params['input_glob']!r} under {root} matched no file")
+        raise run.error("input_glob_no_matches", f"{run.p.input_glob!r} under {root} matched no file")
     return [str(p) for p in files]
 
 
 def check_text_field(run: StepRun, files: list[str]) -> None:
     """Every record has a non-empty string at text_field (missing_text_field), before Ray starts."""
     for where, line in iter_lines(Path(f) for f in files):
-        check_text(parse_line(where, line), where, run.params["text_field"])
+        check_text(parse_line(where, line), where, run.p.text_field)
 
 
 def keep_language(codes: frozenset[str], score: str) -> bool:
@@ -48,13 +48,13 @@ def language_stages(run: StepRun, filters: dict[str, Any]) -> list[Any]:
     from nemo_curator.stages.text.filters import Filter, ScoreFilter
     from nemo_curator.stages.text.filters.fasttext import FastTextLangId
 
-    model = (run.params["models"] or {}).get("fasttext_langid")
+    model = (run.p.models or {}).get("fasttext_langid")
     if not model or not Path(model).is_file():
         raise run.error("missing_language_model", f"models.fasttext_langid = {model!r} is not a file")
-    codes = frozenset(code.casefold() for code in run.params["language_codes"])
+    codes = frozenset(code.casefold() for code in run.p.language_codes)
     langid = FastTextLangId(model_path=model, min_langid_score=filters.get("min_langid_score", 0.3))
     return [
-        ScoreFilter(langid, text_field=run.params["text_field"], score_field="language", name="language_score"),
+        ScoreFilter(langid, text_field=run.p.text_field, score_field="language", name="language_score"),
         Filter(partial(keep_language, codes), filter_field="language", name="language_codes"),
     ]
 
@@ -64,7 +64,7 @@ def word_stage(run: StepRun, filters: dict[str, Any]) -> Any:
     from nemo_curator.stages.text.filters.heuristic import WordCountFilter
 
     word_filter = WordCountFilter(min_words=filters["min_words"], max_words=filters["max_words"])
-    return ScoreFilter(word_filter, text_field=run.params["text_field"], name="word_count")
+    return ScoreFilter(word_filter, text_field=run.p.text_field, name="word_count")
 
 
 def domain_stage(run: StepRun) -> Any:
@@ -72,28 +72,26 @@ def domain_stage(run: StepRun) -> Any:
     from huggingface_hub.errors import LocalEntryNotFoundError
     from nemo_curator.stages.text.classifiers import MultilingualDomainClassifier
 
-    cache_dir = (run.params["models"] or {}).get("hf_cache_dir")
+    cache_dir = (run.p.models or {}).get("hf_cache_dir")
     try:
         snapshot_download(DOMAIN_MODEL, cache_dir=cache_dir, local_files_only=True)
     except LocalEntryNotFoundError:
         raise run.error("missing_domain_model", f"{DOMAIN_MODEL} is not in hf_cache_dir {cache_dir!r}") from None
-    return MultilingualDomainClassifier(
-        cache_dir=cache_dir, text_field=run.params["text_field"], filter_by=run.params["domains"]
-    )
+    return MultilingualDomainClassifier(cache_dir=cache_dir, text_field=run.p.text_field, filter_by=run.p.domains)
 
 
 def filter_stages(run: StepRun) -> dict[str, list[Any]]:
     """The configured filters, in pipeline order, by the name their counts are reported under."""
-    filters = run.params["quality_filters"] or {}
+    filters = run.p.quality_filters or {}
     bounds = [filters.get(k) for k in ("min_words", "max_words")]
     if bounds.count(None) == 1:
         raise run.error("incomplete_word_filter", f"min_words = {bounds[0]}, max_words = {bounds[1]}")
     stages: dict[str, list[Any]] = {}
-    if run.params["language_codes"]:
+    if run.p.language_codes:
         stages["language"] = language_stages(run, filters)
     if None not in bounds:
         stages["word_count"] = [word_stage(run, filters)]
-    if run.params["domains"]:
+    if run.p.domains:
         stages["domain"] = [domain_stage(run)]
     return stages
 

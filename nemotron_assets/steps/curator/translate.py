@@ -29,7 +29,7 @@ CLOUD_VARIABLES = {
 
 def api_key(run: StepRun) -> str:
     """The key from the variable server.api_key_env names; a keyless local server gets a placeholder."""
-    variable = run.params["server"].get("api_key_env")
+    variable = run.p.server.get("api_key_env")
     if not variable:
         return "unused"
     if not os.environ.get(variable):
@@ -41,7 +41,7 @@ def check_llm(run: StepRun, key: str) -> None:
     """One chat request to server.url/server.model, so a bad endpoint fails here with its reason."""
     import openai
 
-    server = run.params["server"]
+    server = run.p.server
     if not server.get("url") or not server.get("model"):
         raise run.error(
             "missing_llm_endpoint", f"server.url = {server.get('url')!r}, server.model = {server.get('model')!r}"
@@ -54,7 +54,7 @@ def check_llm(run: StepRun, key: str) -> None:
 
 
 def check_nmt(run: StepRun) -> None:
-    url = run.params["nmt"]["server_url"].rstrip("/")
+    url = run.p.nmt["server_url"].rstrip("/")
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
             response.read()
@@ -69,7 +69,7 @@ def check_cloud(run: StepRun, backend: str) -> None:
 
 def check_field_path(run: StepRun, files: list[Path]) -> int:
     """Every record has text at text_field (a dotted path; `*` walks a list); returns the record count."""
-    path = run.params["text_field"].split(".")
+    path = run.p.text_field.split(".")
     records = 0
     for where, line in iter_lines(files):
         values = [parse_line(where, line)]
@@ -78,7 +78,7 @@ def check_field_path(run: StepRun, files: list[Path]) -> int:
             if key != "*":
                 values = [value.get(key) if isinstance(value, dict) else None for value in values]
         if not values or not all(isinstance(v, str) for v in values):
-            raise run.error("field_path_mismatch", f"{where}: no text at {run.params['text_field']!r}")
+            raise run.error("field_path_mismatch", f"{where}: no text at {run.p.text_field!r}")
         records += 1
     return records
 
@@ -89,35 +89,34 @@ def translation_stage(run: StepRun) -> Any:
     from nemo_curator.models.client.openai_client import AsyncOpenAIClient
     from nemo_curator.stages.text.experimental.translation import TranslationStage
 
-    params, backend = run.params, run.params["backend"]
-    faith = params["faith_eval.enabled"]
+    backend, faith = run.p.backend, run.p.faith_eval.enabled
     client = None
     if backend == "llm" or faith:
         key = api_key(run)
         check_llm(run, key)
-        client = AsyncOpenAIClient(base_url=params["server"]["url"], api_key=key, max_concurrent_requests=8)
+        client = AsyncOpenAIClient(base_url=run.p.server["url"], api_key=key, max_concurrent_requests=8)
     if backend == "nmt":
         check_nmt(run)
     elif backend in CLOUD_VARIABLES:
         check_cloud(run, backend)
-    backend_config = {} if backend == "llm" else params[backend]
+    backend_config = {} if backend == "llm" else getattr(run.p, backend)  # the backend's own dict parameter
     return TranslationStage(
-        source_lang=params["source_language"],
-        target_lang=params["target_language"],
-        text_field=params["text_field"],
-        segmentation_mode=params["segmentation_mode"],
+        source_lang=run.p.source_language,
+        target_lang=run.p.target_language,
+        text_field=run.p.text_field,
+        segmentation_mode=run.p.segmentation_mode,
         client=client,
-        model_name=params["server"].get("model") or "",
+        model_name=run.p.server.get("model") or "",
         generation_config=GenerationConfig(max_tokens=2048, temperature=0.0),
         health_check=False,
-        dry_run=params["dry_run"],
+        dry_run=run.p.dry_run,
         backend_type=backend,
         backend_config=backend_config,
         enable_faith_eval=faith,
-        faith_threshold=params["faith_eval.threshold"],
+        faith_threshold=run.p.faith_eval.threshold,
         faith_generation_config=GenerationConfig(max_tokens=2048, temperature=0.0),
-        output_mode=params["output_mode"],
-        reconstruct_messages=params["reconstruct_messages"] and params["text_field"].startswith("messages."),
+        output_mode=run.p.output_mode,
+        reconstruct_messages=run.p.reconstruct_messages and run.p.text_field.startswith("messages."),
     )
 
 
@@ -178,16 +177,15 @@ def run(run: StepRun) -> StepResult:
     from nemo_curator.stages.text.io.reader import JsonlReader
     from nemo_curator.stages.text.io.writer import JsonlWriter
 
-    params = run.params
-    if not params.get("source_language") or not params.get("target_language"):
+    if not run.p.source_language or not run.p.target_language:
         raise run.error(
             "missing_language_codes",
-            f"source_language = {params.get('source_language')!r}, target_language = {params.get('target_language')!r}",
+            f"source_language = {run.p.source_language!r}, target_language = {run.p.target_language!r}",
         )
     files = data_files(run.input("filtered_jsonl").path, (".jsonl",))
     check_file_memory(run, files, "single_huge_file_memory_pressure")
     records = check_field_path(run, files)
-    root = params["text_field"].split(".")[0]
+    root = run.p.text_field.split(".")[0]
     writer = JsonlWriter(path=str(run.output_dir), mode="ignore")
     stages = [
         JsonlReader(file_paths=[str(f) for f in files]),
@@ -204,9 +202,9 @@ def run(run: StepRun) -> StepResult:
         stats | output_stats(run),
         {
             "translation": {
-                "source": params["source_language"],
-                "target": params["target_language"],
-                "backend": params["backend"],
+                "source": run.p.source_language,
+                "target": run.p.target_language,
+                "backend": run.p.backend,
             }
         },
     )

@@ -50,11 +50,11 @@ PROMPT = (
 def documents(run: StepRun) -> list[dict[str, str]]:
     """One seed row per document: <subject>/*.txt under the benchmark_source_corpus input (else input_dir) for
     every subject of target_source_mapping."""
-    mapping = run.params["target_source_mapping"] or {}
+    mapping = run.p.target_source_mapping or {}
     if not mapping:
         raise run.error("missing_byob_source_documents", "target_source_mapping names no target subject")
     root = run.input("benchmark_source_corpus").path if "benchmark_source_corpus" in run.inputs else None
-    root = root or Path(run.params["input_dir"])
+    root = root or Path(run.p.input_dir)
     rows = []
     for subject in mapping:
         files = sorted((root / subject).glob("*.txt"))
@@ -71,7 +71,7 @@ def generated_rows(run: StepRun, seeds: list[dict[str, str]], scratch: Path) -> 
     from data_designer.interface.data_designer import DataDesigner
     from data_designer.interface.errors import DataDesignerGenerationError
 
-    server = run.params["server"]
+    server = run.p.server
     seed_file = scratch / "seed.jsonl"
     seed_file.write_text("".join(json.dumps(row) + "\n" for row in seeds))
     provider = dd.ModelProvider(
@@ -81,13 +81,13 @@ def generated_rows(run: StepRun, seeds: list[dict[str, str]], scratch: Path) -> 
     model = dd.ModelConfig(alias="generator", model=server["model"], provider="byob", inference_parameters=inference)
     config = dd.DataDesignerConfigBuilder(model_configs=[model])
     config.with_seed_dataset(dd.LocalFileSeedSource(path=str(seed_file)), sampling_strategy=dd.SamplingStrategy.ORDERED)
-    prompt = PROMPT.format(n=run.params["num_questions_per_query"])
+    prompt = PROMPT.format(n=run.p.num_questions_per_query)
     config.add_column(
         dd.LLMStructuredColumnConfig(name="mcq", prompt=prompt, output_format=MCQ_SCHEMA, model_alias="generator")
     )
     designer = DataDesigner(scratch / "data_designer", model_providers=[provider])
     try:
-        frame = designer.create(config, num_records=len(seeds), dataset_name=run.params["expt_name"]).load_dataset()
+        frame = designer.create(config, num_records=len(seeds), dataset_name=run.p.expt_name).load_dataset()
     except DataDesignerGenerationError as e:
         raise run.error("generation_failed", str(e)[:1000]) from None
     rows = []
@@ -119,22 +119,22 @@ def translated_rows(run: StepRun, source: list[dict[str, Any]], scratch: Path) -
     from nemo_curator.stages.text.io.reader import JsonlReader
     from nemo_curator.stages.text.io.writer import JsonlWriter
 
-    server, key = run.params["server"], api_key(run)
+    server, key = run.p.server, api_key(run)
     check_llm(run, key)
     (scratch / "in").mkdir(parents=True)
     (scratch / "in" / "questions.jsonl").write_text(
         "".join(json.dumps({k: row[k] for k in ("question_id", "question", "options")}) + "\n" for row in source)
     )
     stage = TranslationStage(
-        source_lang=run.params["source_language"],
-        target_lang=run.params["target_language"],
+        source_lang=run.p.source_language,
+        target_lang=run.p.target_language,
         text_field=["question", "options.*"],
         client=AsyncOpenAIClient(base_url=server["url"], api_key=key, max_concurrent_requests=8),
         model_name=server["model"],
         generation_config=GenerationConfig(max_tokens=2048, temperature=0.0),
         health_check=False,
-        enable_faith_eval=run.params["remove_low_quality"],
-        faith_threshold=run.params["faith_threshold"],
+        enable_faith_eval=run.p.remove_low_quality,
+        faith_threshold=run.p.faith_threshold,
         faith_generation_config=GenerationConfig(max_tokens=2048, temperature=0.0),
         output_mode="replaced",
     )
@@ -164,7 +164,7 @@ def source_benchmark(run: StepRun) -> list[dict[str, Any]]:
 
     from nemotron_assets.artifacts.files import data_files
 
-    path = run.input("benchmark_parquet").path if "benchmark_parquet" in run.inputs else run.params.get("dataset_path")
+    path = run.input("benchmark_parquet").path if "benchmark_parquet" in run.inputs else run.p.dataset_path
     if not path:
         raise run.error("mcq_schema_mismatch", "stage translate needs a benchmark_parquet input or dataset_path")
     rows = [r for f in data_files(Path(path), (".parquet",)) for r in pq.read_table(f).to_pylist()]
@@ -178,13 +178,12 @@ def run(run: StepRun) -> StepResult:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    params = run.params
-    if params["family"] != "mcq":
-        raise run.error("new_family_keeps_mcq_assumptions", f"family {params['family']!r}")
+    if run.p.family != "mcq":
+        raise run.error("new_family_keeps_mcq_assumptions", f"family {run.p.family!r}")
     scratch = run.output_dir / ".byob"
     scratch.mkdir()
-    if params["stage"] == "translate":
-        if not params.get("source_language") or not params.get("target_language"):
+    if run.p.stage == "translate":
+        if not run.p.source_language or not run.p.target_language:
             raise run.error("missing_language_codes", "translate needs source_language and target_language")
         source = source_benchmark(run)
         rows = translated_rows(run, source, scratch)
@@ -193,8 +192,8 @@ def run(run: StepRun) -> StepResult:
         rows = generated_rows(run, documents(run), scratch)
         stats = {"documents": len({(r["category"], r["question_id"].rsplit("-", 1)[0]) for r in rows})}
     shutil.rmtree(scratch)
-    target = run.output_dir / params["expt_name"]
+    target = run.output_dir / run.p.expt_name
     target.mkdir()
     pq.write_table(pa.Table.from_pylist(rows), target / "benchmark.parquet")
-    stats |= {"questions": len(rows), "categories": len({r["category"] for r in rows}), "stage": params["stage"]}
+    stats |= {"questions": len(rows), "categories": len({r["category"] for r in rows}), "stage": run.p.stage}
     return StepResult(stats, {"held_out": True})

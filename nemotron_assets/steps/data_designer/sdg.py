@@ -30,9 +30,9 @@ def providers(run: StepRun) -> list[Any]:
     """Data Designer ModelProviders from `providers`; each api_key must be the NAME of a variable."""
     import data_designer.config as dd
 
-    declared = run.params["providers"] or {}
-    if run.params["models.provider"] not in declared:
-        raise run.error("unknown_model_provider", f"{run.params['models.provider']!r} not in {sorted(declared)}")
+    declared = run.p.providers or {}
+    if run.p.models.provider not in declared:
+        raise run.error("unknown_model_provider", f"{run.p.models.provider!r} not in {sorted(declared)}")
     result = []
     for name, spec in declared.items():
         key = spec.get("api_key")
@@ -80,7 +80,7 @@ def column(name: str, spec: dict[str, Any]) -> Any:
 def seed_file(run: StepRun) -> Path | None:
     if "training_jsonl" in run.inputs:
         return run.input("training_jsonl").path
-    path = run.params.get("seed_dataset.path")
+    path = run.p.seed_dataset.path
     return Path(path) if path else None
 
 
@@ -90,21 +90,21 @@ def builder(run: StepRun, seeds: Path | None) -> Any:
     inference = dd.ChatCompletionInferenceParams(max_tokens=1024, temperature=0.0)
     model = dd.ModelConfig(
         alias=MODEL_ALIAS,
-        model=run.params["models.model"],
-        provider=run.params["models.provider"],
+        model=run.p.models.model,
+        provider=run.p.models.provider,
         inference_parameters=inference,
     )
     config = dd.DataDesignerConfigBuilder(model_configs=[model])
     if seeds is not None:
-        strategy = dd.SamplingStrategy[(run.params.get("seed_dataset.strategy") or "ordered").upper()]
+        strategy = dd.SamplingStrategy[(run.p.seed_dataset.strategy or "ordered").upper()]
         config.with_seed_dataset(dd.LocalFileSeedSource(path=str(seeds)), sampling_strategy=strategy)
-    for name, spec in (run.params["columns"] or {}).items():
+    for name, spec in (run.p.columns or {}).items():
         config.add_column(column(name, spec))
     return config
 
 
 def project(run: StepRun, rows: list[dict[str, Any]], metadata: list[str]) -> list[dict[str, Any]]:
-    kind = run.params["output_projection.type"]
+    kind = run.p.output_projection.type
     try:
         return [PROJECTIONS[kind](row, metadata) for row in rows]
     except ProjectionMismatch as e:
@@ -126,30 +126,30 @@ def run(run: StepRun) -> StepResult:
     config = builder(run, seeds)
     scratch = run.output_dir / ".data_designer"  # Data Designer's own artifacts; staging is dropped on failure
     designer = DataDesigner(scratch, model_providers=model_providers)
-    declared = run.params["columns"] or {}
+    declared = run.p.columns or {}
     metadata = [name for name, spec in declared.items() if spec["type"] in ("category", "llm_judge")]
-    wanted = run.params["num_records"]
+    wanted = run.p.num_records
     try:
         preview = designer.preview(config, num_records=min(PREVIEW_RECORDS, wanted)).dataset
         metadata += [c for c in preview.columns if c not in declared]  # seed columns
         records = project(run, preview.to_dict("records"), metadata)
-        if not run.params["preview"] and wanted > len(records):
-            name = run.params.get("dataset_name") or "sdg"
+        if not run.p.preview and wanted > len(records):
+            name = run.p.dataset_name or "sdg"
             created = designer.create(config, num_records=wanted, dataset_name=name).load_dataset()
             records = project(run, created.to_dict("records"), metadata)
     except DataDesignerGenerationError as e:
         raise run.error("generation_failed", str(e)[:1000]) from None
     shutil.rmtree(scratch, ignore_errors=True)
-    kind = run.params["output_projection.type"]
+    kind = run.p.output_projection.type
     with (run.output_dir / f"{kind}.jsonl").open("w") as f:
         f.writelines(json.dumps(record, default=str) + "\n" for record in records)
     provenance = {
         "data_designer_config": config.get_builder_config().model_dump(mode="json"),
-        "model": run.params["models.model"],
-        "provider": run.params["providers"][run.params["models.provider"]],  # the key variable's name only
+        "model": run.p.models.model,
+        "provider": run.p.providers[run.p.models.provider],  # the key variable's name only
         "seeds": {"path": str(seeds), "digest": content_digest(seeds)} if seeds else None,
         "projection": kind,
     }
     (run.output_dir / CONFIG_FILE).write_text(json.dumps(provenance, indent=1, default=str))
-    stats = {"records": len(records), "preview_only": run.params["preview"], "projection": kind}
+    stats = {"records": len(records), "preview_only": run.p.preview, "projection": kind}
     return StepResult(stats, {"sdg": {k: provenance[k] for k in ("model", "seeds", "projection")}})

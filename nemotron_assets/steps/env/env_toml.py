@@ -192,10 +192,10 @@ def check(run: StepRun, profile: Profile, sections: dict[str, dict[str, Any]]) -
         literal = [key for key in profile.env_vars if key in env_vars and not ENV_REF.match(str(env_vars[key]))]
         if literal:
             raise run.error("env_vars_clobbered", f"[{name}] replaces the ${{oc.env:...}} reference of {literal}")
-    missing = [name for name in run.params.get("checks.required_profiles") or [] if name not in sections]
+    missing = [name for name in run.p.checks.required_profiles or [] if name not in sections]
     if missing:
         raise run.error("missing_required_profile", f"{missing} are not in the file")
-    minimum = run.params.get("checks.recommended_min_nodes") or {}
+    minimum = run.p.checks.recommended_min_nodes or {}
     return [
         f"{name} has {_nodes(sections, name)} node(s); {nodes} recommended"
         for name, nodes in minimum.items()
@@ -209,25 +209,24 @@ def _nodes(sections: dict[str, dict[str, Any]], name: str) -> int:
 
 
 def run(run: StepRun) -> StepResult:
-    params = run.params
-    profile = load_profile(params["profile"])
+    profile = load_profile(run.p.profile)
     sections = profile_sections(profile)
-    for name, table in (params.get("sections") or {}).items():
+    for name, table in (run.p.sections or {}).items():
         sections[name] = sections.get(name, {}) | table
     sections["wandb"] = {"project": "${oc.env:WANDB_PROJECT,nemotron}", "entity": "${oc.env:WANDB_ENTITY,nvidia}"}
     warnings = check(run, profile, sections)
     for warning in warnings:
         run.log.warning(warning)
-    text = render(sections, params.get("preamble") or f"nemo-run env profiles from hardware profile {profile.name}")
+    text = render(sections, run.p.preamble or f"nemo-run env profiles from hardware profile {profile.name}")
     tomllib.loads(text)  # the file must parse as written
-    path = run.output_dir / params["output_path"]
+    path = run.output_dir / run.p.output_path
     if not path.resolve().is_relative_to(run.output_dir.resolve()):
-        raise ValueError(f"output_path {params['output_path']!r} is outside the artifact; give a relative path")
+        raise ValueError(f"output_path {run.p.output_path!r} is outside the artifact; give a relative path")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     profiles = [name for name in sections if name not in RESERVED]
-    run.log.info(f"Wrote {params['output_path']} with {len(profiles)} profile section(s)")
+    run.log.info(f"Wrote {run.p.output_path} with {len(profiles)} profile section(s)")
     return StepResult(
         stats={"profiles": len(profiles), "executor": profile.executor, "warnings": warnings},
-        provenance={"env_profile": profile.name, "output_path": params["output_path"]},
+        provenance={"env_profile": profile.name, "output_path": run.p.output_path},
     )

@@ -74,12 +74,12 @@ def checkpoint_record(checkpoint: InputArtifact) -> dict[str, Any]:
 
 def local_model(run: StepRun) -> tuple[str, dict[str, Any]]:
     """lm-eval hf model_args for the checkpoint under evaluation, and a record of what it is."""
-    dtype = f"dtype={run.params['dtype']}"
+    dtype = f"dtype={run.p.dtype}"
     checkpoint = consumed_checkpoint(run)
     if checkpoint is None:
-        if not run.params["model"]:
+        if not run.p.model:
             raise run.error("no_checkpoint_to_evaluate", "no checkpoint input and no `model` parameter")
-        return f"pretrained={run.paths.name(run.params['model'])},{dtype}", {"model": run.params["model"]}
+        return f"pretrained={run.paths.name(run.p.model)},{dtype}", {"model": run.p.model}
     record = checkpoint_record(checkpoint)
     if (checkpoint.path / "hf_quant_config.json").exists():
         raise run.error("quantized_checkpoint_needs_endpoint", f"{checkpoint.name} is a ModelOpt-quantized export")
@@ -93,35 +93,33 @@ def local_model(run: StepRun) -> tuple[str, dict[str, Any]]:
 def endpoint_record(run: StepRun) -> dict[str, Any]:
     """What an endpoint evaluation scores: URL, served model id, endpoint type (never the key), and the consumed
     checkpoint, if any, as what the endpoint serves."""
-    p = run.params
-    route = next((kind for kind, suffix in ROUTES.items() if p["endpoint_url"].rstrip("/").endswith(suffix)), None)
-    if route not in (None, p["endpoint_type"]):
-        raise run.error(
-            "wrong_endpoint_type", f"endpoint_type = {p['endpoint_type']}, but {p['endpoint_url']} is {route}"
-        )
-    if not p["endpoint_model"]:
+    url, kind = run.p.endpoint_url, run.p.endpoint_type
+    route = next((route for route, suffix in ROUTES.items() if url.rstrip("/").endswith(suffix)), None)
+    if route not in (None, kind):
+        raise run.error("wrong_endpoint_type", f"endpoint_type = {kind}, but {url} is {route}")
+    if not run.p.endpoint_model:
         raise run.error("no_checkpoint_to_evaluate", "endpoint_url is set but not endpoint_model, the served model id")
-    record = {key: p[key] for key in ("endpoint_url", "endpoint_model", "endpoint_type")}
+    record = run.p.model_dump(include={"endpoint_url", "endpoint_model", "endpoint_type"})
     checkpoint = consumed_checkpoint(run)
     return record | ({"serves": checkpoint_record(checkpoint)} if checkpoint else {})
 
 
 def endpoint_model(run: StepRun) -> tuple[str, dict[str, Any]]:
     """lm-eval model_args for the OpenAI-compatible endpoint, and a record of what it serves."""
-    p = run.params
     record = endpoint_record(run)
-    args = f"model={p['endpoint_model']},base_url={p['endpoint_url']}"
-    if p["endpoint_type"] == "chat":
+    args = f"model={run.p.endpoint_model},base_url={run.p.endpoint_url}"
+    if run.p.endpoint_type == "chat":
         return args, record
-    if not p["tokenizer"]:
+    tokenizer = run.p.tokenizer
+    if not tokenizer:
         raise run.error("missing_tokenizer_for_logprobs", "a completions endpoint is scored by log-likelihood")
-    return f"{args},tokenizer={p['tokenizer']},tokenizer_backend=huggingface", record | {"tokenizer": p["tokenizer"]}
+    return f"{args},tokenizer={tokenizer},tokenizer_backend=huggingface", record | {"tokenizer": tokenizer}
 
 
 def api_key_env(run: StepRun) -> dict[str, str]:
     """The key in the variable `api_key_env` names, as OPENAI_API_KEY (what lm-eval's local-* models send), for the
     child process's environment only."""
-    name = run.params["api_key_env"]
+    name = run.p.api_key_env
     if not name:
         return {}
     if not os.environ.get(name):
@@ -132,15 +130,14 @@ def api_key_env(run: StepRun) -> dict[str, str]:
 def lm_eval_arguments(
     run: StepRun, model: str, model_args: str, tasks: list[str], tasks_dir: Path, output: Path, chat_template: bool
 ) -> list[str | Path]:
-    p = run.params
     command: list[str | Path] = ["--model", model, "--model_args", model_args]
     command += ["--tasks", ",".join(tasks), "--include_path", tasks_dir, "--output_path", output]
-    command += ["--device", "cuda" if run.gpus else "cpu", "--batch_size", str(p["batch_size"])]
-    command += ["--num_fewshot", str(p["num_fewshot"]), "--seed", str(p["seed"])]
+    command += ["--device", "cuda" if run.gpus else "cpu", "--batch_size", str(run.p.batch_size)]
+    command += ["--num_fewshot", str(run.p.num_fewshot), "--seed", str(run.p.seed)]
     if chat_template:
         command.append("--apply_chat_template")
-    if p["limit"] is not None:
-        command += ["--limit", str(p["limit"])]
+    if run.p.limit is not None:
+        command += ["--limit", str(run.p.limit)]
     if run.tracking:
         command += run.tracking.lm_eval_args(run.paths.to_job(run.tracking.directory))
     return command
@@ -179,22 +176,21 @@ def publish(
 
 
 def evaluate_with_lm_eval(run: StepRun) -> StepResult:
-    p = run.params
-    model = ENDPOINT_MODELS[p["endpoint_type"]] if p["endpoint_url"] else "hf"
+    model = ENDPOINT_MODELS[run.p.endpoint_type] if run.p.endpoint_url else "hf"
     tasks = write_tasks(run, run.work_dir / "tasks", CHAT_TASKS if model == ENDPOINT_MODELS["chat"] else LOGPROB_TASKS)
     if not tasks:
         raise run.error("no_eval_data", "consume an mcq_benchmark_parquet and/or held-out chat training_jsonl")
-    model_args, evaluated = endpoint_model(run) if p["endpoint_url"] else local_model(run)
+    model_args, evaluated = endpoint_model(run) if run.p.endpoint_url else local_model(run)
     env = api_key_env(run) | run.tracking_env()
-    chat_template = p["apply_chat_template"] or model == ENDPOINT_MODELS["chat"]  # chat endpoints take messages
+    chat_template = run.p.apply_chat_template or model == ENDPOINT_MODELS["chat"]  # chat endpoints take messages
     output = run.work_dir / "lm_eval"
     shutil.rmtree(output, ignore_errors=True)
     arguments = lm_eval_arguments(run, model, model_args, tasks, run.work_dir / "tasks", output, chat_template)
     run.launch_job("lm_eval", {"argv": arguments}, env=env)
     results, results_file = read_scores(output)
 
-    scoring = ("endpoint_type",) if p["endpoint_url"] else ("dtype",)
-    settings = {key: p[key] for key in ("limit", "num_fewshot", "batch_size", "seed", *scoring)} | {
+    scoring = "endpoint_type" if run.p.endpoint_url else "dtype"
+    settings = run.p.model_dump(include={"limit", "num_fewshot", "batch_size", "seed", scoring}) | {
         "harness": f"lm-eval {version('lm_eval')}",
         "backend": model,
         "apply_chat_template": chat_template,
@@ -207,13 +203,12 @@ def evaluate_with_lm_eval(run: StepRun) -> StepResult:
 
 def evaluate_with_launcher(run: StepRun) -> StepResult:
     """Write the NeMo Evaluator Launcher config into the artifact, run the launcher on it, collect its scores."""
-    p = run.params
     checkpoint = consumed_checkpoint(run)
-    if p["endpoint_url"]:
+    if run.p.endpoint_url:
         evaluated = endpoint_record(run)
         api_key_env(run)  # api_key_not_set now, not as a 401 inside the evaluation container
     else:
-        evaluated = checkpoint_record(checkpoint) if checkpoint else {"model": p["model"]}
+        evaluated = checkpoint_record(checkpoint) if checkpoint else {"model": run.p.model}
     output = run.work_dir / "nemo_evaluator"
     shutil.rmtree(output, ignore_errors=True)
     config = nemo_evaluator.launcher_config(run, checkpoint, output)
@@ -230,6 +225,6 @@ def run(run: StepRun) -> StepResult:
             "bad_megatron_checkpoint_path", "scoring Megatron checkpoints needs convert/megatron_to_hf first"
         )
     run.work_dir.mkdir(parents=True, exist_ok=True)
-    if run.params["backend"] == "nemo_evaluator":
+    if run.p.backend == "nemo_evaluator":
         return evaluate_with_launcher(run)
     return evaluate_with_lm_eval(run)

@@ -40,35 +40,35 @@ def served_checkpoint(run: StepRun, checkpoint: InputArtifact | None) -> dict[st
     """The launcher's vLLM deployment of the consumed HF checkpoint, or of `model` (a local path or a hub id)."""
     if checkpoint is not None and checkpoint.type == "checkpoint_lora":
         raise run.error("adapter_not_deployable", f"{checkpoint.name} is a LoRA adapter")
-    source = str(checkpoint.path) if checkpoint else run.params["model"]
+    source = str(checkpoint.path) if checkpoint else run.p.model
     if not source:
         raise run.error("no_checkpoint_to_evaluate", "no checkpoint input, no `model` and no `endpoint_url`")
     location = {"checkpoint_path": source} if Path(source).exists() else {"hf_model_handle": source}
-    name = run.params["endpoint_model"] or (checkpoint.name if checkpoint else source)
+    name = run.p.endpoint_model or (checkpoint.name if checkpoint else source)
     return location | {"served_model_name": name, "tensor_parallel_size": max(run.gpus, 1)}
 
 
 def launcher_config(run: StepRun, checkpoint: InputArtifact | None, output_dir: Path) -> dict[str, Any]:
     """The launcher run config for the step's parameters; its executor writes under `output_dir`."""
-    p = run.params
-    if not p["evaluator_tasks"]:
+    if not run.p.evaluator_tasks:
         raise run.error("no_eval_data", "backend nemo_evaluator runs launcher tasks: list their ids in evaluator_tasks")
-    params = GENERATION | ({"limit_samples": p["limit"]} if p["limit"] is not None else {})
-    if p["tokenizer"]:
-        params["extra"] = {"tokenizer": p["tokenizer"], "tokenizer_backend": "huggingface"}
-    names = ["HF_TOKEN", *([p["api_key_env"]] if p["endpoint_url"] and p["api_key_env"] else [])]
+    params = GENERATION | ({"limit_samples": run.p.limit} if run.p.limit is not None else {})
+    if run.p.tokenizer:
+        params["extra"] = {"tokenizer": run.p.tokenizer, "tokenizer_backend": "huggingface"}
+    key = run.p.api_key_env if run.p.endpoint_url else None
+    names = ["HF_TOKEN", *([key] if key else [])]
     evaluation: dict[str, Any] = {
         "nemo_evaluator_config": {"config": {"params": params}},
-        "tasks": [{"name": task} for task in p["evaluator_tasks"]],
+        "tasks": [{"name": task} for task in run.p.evaluator_tasks],
         "env_vars": {name: f"runtime:{name}" for name in names},  # resolved when the task runs, never written
     }
     config: dict[str, Any] = {"execution": {"output_dir": str(output_dir), "mode": "sequential"}}
-    if p["endpoint_url"]:
-        endpoint = {"model_id": p["endpoint_model"], "url": p["endpoint_url"], "type": p["endpoint_type"]}
-        config["target"] = {"api_endpoint": endpoint | ({"api_key_name": p["api_key_env"]} if p["api_key_env"] else {})}
+    if run.p.endpoint_url:
+        endpoint = {"model_id": run.p.endpoint_model, "url": run.p.endpoint_url, "type": run.p.endpoint_type}
+        config["target"] = {"api_endpoint": endpoint | ({"api_key_name": key} if key else {})}
     else:
         config["deployment"] = served_checkpoint(run, checkpoint)
-    deployment = "none" if p["endpoint_url"] else "vllm"
+    deployment = "none" if run.p.endpoint_url else "vllm"
     return {
         "defaults": [{"execution": "local"}, {"deployment": deployment}, "_self_"],
         **config,
@@ -136,7 +136,7 @@ def read_scores(task_dirs: list[Path]) -> dict[str, Any]:
 def run_launcher(run: StepRun, config_file: Path, output_dir: Path) -> dict[str, Any]:
     """Run the launcher on `config_file`, wait for its tasks, copy their results.yml next to the config; the scores."""
     run.launch([launcher_executable(run), "run", "--config", str(config_file)], {})
-    task_dirs = wait_for_tasks(output_dir, len(run.params["evaluator_tasks"]), run.params["timeout_minutes"])
+    task_dirs = wait_for_tasks(output_dir, len(run.p.evaluator_tasks), run.p.timeout_minutes)
     for task_dir in task_dirs:
         target = config_file.parent / "nemo_evaluator" / task_dir.name
         target.mkdir(parents=True)

@@ -26,7 +26,6 @@ NOT_CLEAN = ("adapter_config.json", "optimizer.pt", "trainer_state.json", "lates
 
 
 def hf_to_megatron(run: StepRun) -> StepResult:
-    p = run.params
     source = hf_source(run)
     unclean = [name for name in NOT_CLEAN if (source / name).exists()]
     if unclean:
@@ -37,37 +36,46 @@ def hf_to_megatron(run: StepRun) -> StepResult:
         raise run.error("source_not_clean_hf_checkpoint", e.detail) from None
     if overlaps(run.output_dir, source):
         raise run.error("output_path_overlaps_source", f"{run.output_dir} overlaps the source {source}")
-    report = convert(run, {"direction": "import", "hf": source, "megatron": run.output_dir, "dtype": p["torch_dtype"]})
-    relative = gate(run, report, "round_trip", "round_trip_logits_mismatch", "HF -> Megatron -> HF")
-    megatron = gate(run, report, "megatron", "megatron_logits_mismatch", "The Megatron model", "megatron_tolerance")
+    arguments = {"direction": "import", "hf": source, "megatron": run.output_dir, "dtype": run.p.torch_dtype}
+    report = convert(run, arguments)
+    relative = gate(run, report, "round_trip", "round_trip_logits_mismatch", "HF -> Megatron -> HF", run.p.tolerance)
+    megatron = gate(
+        run,
+        report,
+        "megatron",
+        "megatron_logits_mismatch",
+        "The Megatron model",
+        run.p.megatron_tolerance,
+        "megatron_tolerance",
+    )
     stats = report | {"relative_round_trip_difference": relative, "relative_megatron_difference": megatron}
     return StepResult(stats, {"converted_from": {"hf": str(source)}})
 
 
 def megatron_to_hf(run: StepRun) -> StepResult:
-    p = run.params
     checkpoint = megatron_source(run)
     hf = hf_config_source(run)
     if overlaps(run.output_dir, checkpoint.parent):
         raise run.error("output_path_overlaps_source", f"{run.output_dir} overlaps {checkpoint.parent}")
     arguments = {"direction": "export", "hf": hf, "megatron": checkpoint, "out": run.output_dir, "dtype": "float32"}
-    report = convert(run, arguments | {"strict": p["strict"], "progress": p["show_progress"]})
-    relative = gate(run, report, "export", "export_logits_mismatch", "Megatron -> HF export")
+    report = convert(run, arguments | {"strict": run.p.strict, "progress": run.p.show_progress})
+    relative = gate(run, report, "export", "export_logits_mismatch", "Megatron -> HF export", run.p.tolerance)
     iteration = int(MEGATRON_ITERATION.fullmatch(checkpoint.name).group(1))
     stats = report | {"relative_export_difference": relative, "iteration": iteration}
     return StepResult(stats, {"exported_from": {"megatron": str(checkpoint), "iteration": iteration, "hf": str(hf)}})
 
 
-def gate(run: StepRun, report: dict[str, Any], kind: str, error: str, what: str, tolerance: str = "tolerance") -> float:
-    """The `kind` logit difference relative to the largest logit; the named error when over the `tolerance`
-    parameter."""
+def gate(
+    run: StepRun, report: dict[str, Any], kind: str, error: str, what: str, tolerance: float, name: str = "tolerance"
+) -> float:
+    """The `kind` logit difference relative to the largest logit; the named error when over `tolerance` (the
+    parameter `name`)."""
     difference = report[f"{kind}_logit_difference"]
     relative = difference / report["largest_logit"]
-    if relative > run.params[tolerance]:
+    if relative > tolerance:
         raise run.error(
             error,
-            f"{what} changed the logits by {difference:.3g} ({relative:.3g} of the largest), "
-            f"over {tolerance} {run.params[tolerance]}",
+            f"{what} changed the logits by {difference:.3g} ({relative:.3g} of the largest), over {name} {tolerance}",
         )
     return relative
 
@@ -76,7 +84,7 @@ def hf_source(run: StepRun) -> Path:
     """The HF model to import: the consumed checkpoint_hf, else hf_model_id as a local directory."""
     if "checkpoint_hf" in run.inputs:
         return run.input("checkpoint_hf").path
-    source = Path(run.params["hf_model_id"])
+    source = Path(run.p.hf_model_id)
     if not source.is_dir():
         raise run.error("source_not_clean_hf_checkpoint", f"{source} is not a local HF model directory")
     return source
@@ -84,7 +92,7 @@ def hf_source(run: StepRun) -> Path:
 
 def hf_config_source(run: StepRun) -> Path:
     """The HF directory whose config and tokenizer match the checkpoint (hf_model_id)."""
-    hf = Path(run.params["hf_model_id"])
+    hf = Path(run.p.hf_model_id)
     try:
         validate(hf, "checkpoint_hf")
     except NamedError as e:
@@ -94,7 +102,7 @@ def hf_config_source(run: StepRun) -> Path:
 
 def megatron_source(run: StepRun) -> Path:
     """The concrete iter_NNNNNNN directory to export, complete on disk."""
-    given = run.params.get("megatron_path")
+    given = run.p.megatron_path
     if given and not MEGATRON_ITERATION.fullmatch(Path(given).name):
         raise run.error("bad_megatron_checkpoint_path", f"{given} is not an iter_NNNNNNN directory")
     if not given and "checkpoint_megatron" not in run.inputs:
@@ -112,9 +120,8 @@ def megatron_source(run: StepRun) -> Path:
 
 def convert(run: StepRun, arguments: dict[str, Any]) -> dict[str, Any]:
     """Run the conversion job (one process, or torchrun over the node's GPUs when `distributed`); its report."""
-    p = run.params
-    arguments |= {name: p[name] for name in ("tp", "pp", "ep", "etp")} | {"trust": p["trust_remote_code"]}
-    nproc = min(p["torchrun.nproc_per_node"], run.gpus) if p["distributed"] and run.gpus else 1
+    arguments |= {"tp": run.p.tp, "pp": run.p.pp, "ep": run.p.ep, "etp": run.p.etp, "trust": run.p.trust_remote_code}
+    nproc = min(run.p.torchrun.nproc_per_node, run.gpus) if run.p.distributed and run.gpus else 1
     report = run.work_dir / "report.json"
     report.unlink(missing_ok=True)
     run.launch_job("megatron_bridge.convert", arguments, nproc_per_node=nproc)

@@ -22,10 +22,9 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
 
 
 def run(run: StepRun) -> StepResult:
-    p = run.params
     adapter, base = run.input("checkpoint_lora"), run.input("checkpoint_hf")
-    if p["backend"] == "megatron_bridge" or "checkpoint_megatron" in run.inputs:
-        raise run.error("megatron_adapter_merge_unavailable", f"backend {p['backend']}, inputs {sorted(run.inputs)}")
+    if run.p.backend == "megatron_bridge" or "checkpoint_megatron" in run.inputs:
+        raise run.error("megatron_adapter_merge_unavailable", f"backend {run.p.backend}, inputs {sorted(run.inputs)}")
     if (adapter.path / MEGATRON_TRACKER).exists():
         raise run.error("megatron_adapter_merge_unavailable", f"{adapter.path} is a Megatron adapter checkpoint")
     if not (adapter.path / "adapter_config.json").exists():
@@ -52,15 +51,15 @@ def run(run: StepRun) -> StepResult:
     report_file = run.work_dir / "report.json"
     report_file.unlink(missing_ok=True)
     job = {"base": base.path, "adapter": adapter.path, "output": run.output_dir, "probe": PROBE}
-    run.launch_job("peft", job | {"dtype": DTYPES[p["torch_dtype"]]})
+    run.launch_job("peft", job | {"dtype": DTYPES[run.p.torch_dtype]})
     report = json.loads(report_file.read_text())
     difference = report["max_logit_difference"]
     relative = difference / report["largest_logit"]
-    if relative > p["tolerance"]:
+    if relative > run.p.tolerance:
         raise run.error(
             "merge_logits_mismatch",
             f"max |logit difference| {difference:.3g} is {relative:.3g} of the largest |logit|, "
-            f"over the tolerance {p['tolerance']}",
+            f"over the tolerance {run.p.tolerance}",
         )
     stats = {
         "max_logit_difference": difference,
