@@ -67,7 +67,10 @@ def main() -> None:
         record = stage(
             "optimize/modelopt/quantize", "tiny", params, inputs, args.out.resolve() / recipe, int(bool(gpu))
         )
-        result[recipe] = record | {"model": str(models[recipe]), "weight_dtypes": weight_dtypes(Path(record["path"]))}
+        result[recipe] = record | {
+            "model": str(models[recipe]),
+            "weight_dtypes": weight_dtypes(Path(record["path"]) / "hf"),
+        }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "modelopt_gpu_quantize.json").write_text(json.dumps(result, indent=2, default=str))
 

@@ -1,5 +1,6 @@
-"""optimize/modelopt/quantize: real ModelOpt PTQ of the tiny Llama on CPU, calibrated on its chat data, exported
-with export_hf_checkpoint; the format follows the profile's GPU; every named error."""
+"""optimize/modelopt/quantize: real ModelOpt PTQ of the tiny Llama as a Megatron-Core model on CPU, calibrated on its
+chat data, saved as a Megatron checkpoint that restores its quantizers, with ModelOpt's unified HF export beside it;
+the format follows the profile's GPU; every named error."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from conftest import DATA
 from helpers import materialize, materialize_in_dagster
 from safetensors import safe_open
 
+from nemotron_assets.artifacts import validate
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.errors import NamedError
 from nemotron_assets.hardware import architecture
@@ -64,27 +66,39 @@ def quantized(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     return materialize(quantize_pipeline(fixtures_dir / "tiny-llama"), store)
 
 
-def test_fp8_ptq_exports_a_deployable_checkpoint(quantized):
-    out = quantized.path
-    assert json.loads((out / "hf_quant_config.json").read_text())["quantization"]["quant_algo"] == "FP8"
-    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "modelopt"
-    with safe_open(out / "model.safetensors", "pt") as f:
-        dtypes = {name: str(f.get_slice(name).get_dtype()) for name in f.keys()}  # noqa: SIM118
-    assert dtypes["model.layers.0.mlp.up_proj.weight"] == "F8_E4M3"
-    assert any(name.endswith("weight_scale") for name in dtypes)
-    assert dtypes["model.embed_tokens.weight"] == "F32"  # excluded from quantization, as ModelOpt exports it
+def test_fp8_ptq_saves_a_megatron_checkpoint_that_restores_its_quantizers(quantized):
     stats = quantized.stats
     assert stats["recipe"] == "fp8" and stats["enabled_quantizers"] > 0
+    assert stats["restored_quantizers"] == stats["enabled_quantizers"]
+    assert stats["nll_restored"] == pytest.approx(stats["nll_after"], rel=1e-5)
     assert stats["holdout_samples"] == 8 and stats["calibration_samples"] == 8
     assert stats["nll_before"] > 0 and abs(stats["relative_nll_increase"]) < 0.02
+    assert stats["nll_after"] != stats["nll_before"]  # fake-quant changed the forward
+    contract = quantized.provenance["contract"]
+    assert contract["iteration_dir"] == "iter_0000000" and contract["has_run_config"]
+    assert (quantized.path / "iter_0000000" / "modelopt_state").is_dir()
     assert quantized.provenance["quantization"] == {
         "recipe": "fp8",
         "quant_algo": "FP8",
         "deploy_gpu": "H100",
         "calib_size": 8,
+        "hf_export": "hf",
         "calibration_data": quantized.provenance["inputs"][1]["version"],
     }
-    assert quantized.provenance["contract"]["has_chat_template"]
+
+
+def test_fp8_hf_export_is_deployable(quantized):
+    out = quantized.path / "hf"
+    assert json.loads((out / "hf_quant_config.json").read_text())["quantization"]["quant_algo"] == "FP8"
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "modelopt"
+    dtypes = {}
+    for shard in out.glob("*.safetensors"):
+        with safe_open(shard, "pt") as f:
+            dtypes |= {name: str(f.get_slice(name).get_dtype()) for name in f.keys()}  # noqa: SIM118
+    assert dtypes["model.layers.0.mlp.up_proj.weight"] == "F8_E4M3"
+    assert any(name.endswith("weight_scale") for name in dtypes)
+    assert dtypes["model.embed_tokens.weight"] == "F32"  # excluded from quantization, as ModelOpt exports it
+    assert validate(out, "checkpoint_hf")["has_chat_template"]
 
 
 def test_format_follows_the_profiles_gpu(tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch):
@@ -149,6 +163,19 @@ def test_no_rows_left_to_measure_on(tmp_path: Path, fixtures_dir: Path, params: 
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize(
+    ("gpus", "tp", "message"),
+    [(0, 2, "this run has 0 GPUs"), (8, 8, "num_key_value_heads 2")],  # the tiny Llama: 4 heads, 2 KV heads
+)
+def test_tensor_parallel_must_fit_the_gpus_and_heads(tmp_path: Path, fixtures_dir: Path, gpus: int, tp: int, message):
+    run = step_run(tmp_path, fixtures_dir / "tiny-llama", gpus=gpus, **{"args.tp": tp})
+    with pytest.raises(NamedError) as e:
+        modelopt_quantize.run(run)
+    assert e.value.name == "world_size_not_divisible" and message in e.value.detail
+    assert "one per GPU" in e.value.recovery
+    assert not (tmp_path / "work").exists()
+
+
 def outlier_model(source: Path, target: Path) -> Path:
     """The tiny Llama with one large weight in every linear layer: per-tensor scales coarsen, INT8 loses quality."""
     import torch
@@ -167,12 +194,22 @@ def outlier_model(source: Path, target: Path) -> Path:
 def test_quality_drop_over_max_drop_publishes_nothing(fixtures_dir: Path, tmp_path: Path):
     model = outlier_model(fixtures_dir / "tiny-llama", tmp_path / "outlier")
     store = ArtifactStore(root=str(tmp_path / "store"))
-    pipeline = quantize_pipeline(model, **{"args.export_quant_cfg": "int8_sq", "max_drop": 0.0001})
+    params = {"args.export_quant_cfg": "int8_sq", "max_drop": 0.0001, "hf_export": False}
+    pipeline = quantize_pipeline(model, **params)
     with pytest.raises(NamedError) as e:
         materialize(pipeline, store)
     assert e.value.name == "quantization_quality_drop" and "over max_drop 0.01%" in e.value.detail
     assert "gentler recipe" in e.value.recovery
-    assert not list((tmp_path / "store").rglob("model.safetensors"))
+    assert not list((tmp_path / "store").rglob("*.distcp"))
+
+
+def test_smoothquant_has_no_hf_export_from_megatron(tmp_path: Path, fixtures_dir: Path):
+    run = step_run(tmp_path, fixtures_dir / "tiny-llama", **{"deploy_gpu": "A100", "args.export_quant_cfg": "int8_sq"})
+    with pytest.raises(NamedError) as e:
+        modelopt_quantize.run(run)
+    assert e.value.name == "hf_export_unsupported" and "int8_sq scales activations" in e.value.detail
+    assert "hf_export = false" in e.value.recovery
+    assert not (tmp_path / "work").exists()
 
 
 def test_hf_backend_refuses_to_score_the_quantized_export(quantized, tmp_path: Path):
@@ -180,7 +217,7 @@ def test_hf_backend_refuses_to_score_the_quantized_export(quantized, tmp_path: P
     from nemotron_assets.steps.evaluation import model_eval
 
     step = CATALOG.step("eval/model_eval")
-    inputs = {"checkpoint_hf": InputArtifact("out", "checkpoint_hf", quantized.path, quantized.version)}
+    inputs = {"checkpoint_hf": InputArtifact("out", "checkpoint_hf", quantized.path / "hf", quantized.version)}
     run = StepRun(step, step.preset_values("default"), inputs, tmp_path / "out", tmp_path / "work")
     with pytest.raises(NamedError) as e:
         model_eval.local_model(run)

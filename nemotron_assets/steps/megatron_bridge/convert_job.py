@@ -29,20 +29,9 @@ def run(spec: JobSpec) -> None:
     args = SimpleNamespace(**DEFAULTS | spec.args)
     import torch
 
-    from nemotron_assets.steps.megatron_bridge import no_te
-
-    no_te.import_bridge()
-    cpu = not torch.cuda.is_available()
-    no_te.init_distributed(args.tp, args.pp)
-    from megatron.bridge import AutoBridge
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(args.hf, trust_remote_code=args.trust)
-    if not AutoBridge.supports(config):
-        detail = f"architectures {getattr(config, 'architectures', None)} have no AutoBridge mapping"
-        raise JobError("unsupported_or_custom_architecture", detail)
     dtype = getattr(torch, args.dtype)
-    bridge = AutoBridge.from_hf_pretrained(args.hf, torch_dtype=dtype, trust_remote_code=args.trust)
+    bridge = hf_bridge(args.hf, dtype, args.tp, args.pp, args.trust)
+    cpu = not torch.cuda.is_available()
     if args.direction == "import":
         report = import_checkpoint(bridge, args, dtype, cpu)
     else:
@@ -51,16 +40,38 @@ def run(spec: JobSpec) -> None:
         (Path(spec.work_dir) / "report.json").write_text(json.dumps(report))
 
 
+def hf_bridge(hf: str | Path, dtype, tp: int = 1, pp: int = 1, trust: bool = False):
+    """Megatron-Bridge's AutoBridge over an HF model, in a process group of model parallel tp x pp; an
+    architecture AutoBridge does not map is unsupported_or_custom_architecture."""
+    from nemotron_assets.steps.megatron_bridge import no_te
+
+    no_te.import_bridge()
+    no_te.init_distributed(tp, pp)
+    from megatron.bridge import AutoBridge
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(hf, trust_remote_code=trust)
+    if not AutoBridge.supports(config):
+        detail = f"architectures {getattr(config, 'architectures', None)} have no AutoBridge mapping"
+        raise JobError("unsupported_or_custom_architecture", detail)
+    return AutoBridge.from_hf_pretrained(hf, torch_dtype=dtype, trust_remote_code=trust)
+
+
+def megatron_models(bridge, args: SimpleNamespace, cpu: bool) -> list:
+    """The HF weights as Megatron-Core models (one per virtual pipeline stage), parallel as `args` says."""
+    provider = bridge.to_megatron_provider(load_weights=True)
+    _parallelism(provider, args)
+    provider.finalize()
+    return provider.provide_distributed_model(wrap_with_ddp=False, use_cpu_initialization=cpu)
+
+
 def import_checkpoint(bridge, args: SimpleNamespace, dtype, cpu: bool) -> dict[str, Any]:
     """HF -> Megatron, saved; then the saved checkpoint -> HF again, compared with the source."""
     from transformers import AutoModelForCausalLM
 
     from nemotron_assets.artifacts.checkpoints import megatron_iteration_dir
 
-    provider = bridge.to_megatron_provider(load_weights=True)
-    _parallelism(provider, args)
-    provider.finalize()
-    models = provider.provide_distributed_model(wrap_with_ddp=False, use_cpu_initialization=cpu)
+    models = megatron_models(bridge, args, cpu)
     bridge.save_megatron_model(models, args.megatron, hf_tokenizer_path=args.hf)
     probe = _probe(bridge.hf_pretrained.config.vocab_size)
     source = _hf_logits(AutoModelForCausalLM.from_pretrained(args.hf, dtype=dtype), probe)
@@ -95,15 +106,19 @@ def export_checkpoint(bridge, args: SimpleNamespace, cpu: bool) -> dict[str, Any
 
 
 def load_checkpoint(iteration_dir: Path, cpu: bool) -> list:
-    """A saved iter_* checkpoint as Megatron models, built from its own run_config.yaml."""
+    """A saved iter_* checkpoint as Megatron models, built from its own run_config.yaml, with the ModelOpt state
+    (quantizers) it holds restored."""
     from megatron.bridge.training.model_load_save import build_and_load_model, load_model_config
+    from megatron.bridge.training.post_training.checkpointing import has_modelopt_state
 
     from nemotron_assets.steps.megatron_bridge import no_te
 
     config, mlm_args = load_model_config(str(iteration_dir))
     if not no_te.has_transformer_engine():
         no_te.local_provider(config)
-    config.perform_initialization = False
+    # ModelOpt's restore calibrates each weight quantizer once on the weights before they are loaded: they must be
+    # numbers (initialized), not uninitialized memory
+    config.perform_initialization = has_modelopt_state(str(iteration_dir))
     models = build_and_load_model(str(iteration_dir), config, None, mlm_args, False, cpu, True)
     return models if isinstance(models, list) else [models]
 
@@ -136,15 +151,20 @@ def _hf_logits(model, probe):
 
 
 def _megatron_logits(models, probe):
-    """The Megatron model's logits in float32 (explicit causal mask: the default one is built on CUDA)."""
+    """The Megatron model's logits in float32."""
+    model = models[0]
+    model.float().eval()
+    return megatron_forward(model, probe).float().cpu()
+
+
+def megatron_forward(model, tokens, labels=None):
+    """A GPT model's forward on [batch, tokens] ids (explicit causal mask: the default one is built on CUDA): the
+    logits, or with `labels` the per-token loss."""
     import torch
 
-    model = models[0]
     device = next(model.parameters()).device
-    model.float().eval()
-    tokens = probe.to(device)
+    tokens = tokens.to(device)
     positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0)
     mask = torch.triu(torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool, device=device), 1)[None, None]
     with torch.no_grad():
-        logits = model(tokens, positions, mask)
-    return logits.float().cpu()
+        return model(tokens, positions, mask, labels=None if labels is None else labels.to(device))

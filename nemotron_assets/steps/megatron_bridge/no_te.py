@@ -8,7 +8,8 @@ Megatron-Bridge behind a temporary stand-in finder for the absent packages, and 
 makes the few CUDA calls on the conversion path (RoPE device, RNG state, synchronize) CPU-safe. `local_provider()`
 selects Megatron-Core's local (non-TE) layers with Megatron-Core's own fusions, and an attention that takes packed
 sequences (PyTorch's varlen flash kernel on GPUs).
-Where TE exists, none of this is used.
+Where TE exists, none of this is used. `modelopt_megatron_export()` gives ModelOpt's Megatron -> HF export on a
+Megatron-Core older than ModelOpt expects.
 """
 
 from __future__ import annotations
@@ -88,6 +89,27 @@ def import_bridge() -> types.ModuleType:
         for name in [n for n in sys.modules if finder.find_spec(n)]:
             del sys.modules[name]
     return bridge
+
+
+def modelopt_megatron_export():
+    """ModelOpt's `export_mcore_gpt_to_hf`. ModelOpt 0.47 imports `megatron.core.models.hybrid` (Megatron-Core >=
+    0.17) in the same block as every other Megatron-Core name its exporter uses, so on 0.16 the whole block fails
+    and the exporter cannot run; its module is then imported again with a stand-in for that package (its one class,
+    HybridModel, only appears in type checks) and the stand-in removed."""
+    import modelopt.torch.export.unified_export_megatron as export
+
+    hybrid = "megatron.core.models.hybrid"
+    if _installed(hybrid) or "HybridModel" in vars(export):
+        return export.export_mcore_gpt_to_hf
+    finder = _AbsentFinder((hybrid,))
+    sys.meta_path.insert(0, finder)
+    try:
+        export = importlib.reload(export)
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [n for n in sys.modules if finder.find_spec(n)]:
+            del sys.modules[name]
+    return export.export_mcore_gpt_to_hf
 
 
 def _installed(module: str) -> bool:

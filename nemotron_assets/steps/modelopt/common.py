@@ -17,8 +17,8 @@ SUPPORTED = {"blackwell": (*FP8, *INT, "nvfp4"), "hopper": (*FP8, *INT), "ada": 
 
 def target_gpu(run: StepRun, parameter: str) -> str | None:
     """The GPU the result is for: the parameter when set, else the hardware profile's [gpu] model."""
-    if run.params.get(parameter):
-        return run.params[parameter]
+    if getattr(run.p, parameter):
+        return getattr(run.p, parameter)
     from resources.profile import HardwareProfile  # a Dagster resource: imported only where the profile is read
 
     gpu = HardwareProfile(name=run.profile).load().gpu

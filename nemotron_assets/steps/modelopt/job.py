@@ -14,6 +14,7 @@ import os
 import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from nemotron_assets.job import JobSpec
@@ -71,32 +72,65 @@ def mean_nll(model, tokenizer, texts: list[str], max_tokens: int, device: str) -
 
 
 def quantize(job: dict[str, Any]) -> dict[str, Any]:
+    """Quantize the HF model as Megatron-Core models (Megatron-Bridge's AutoBridge) and save them as a Megatron
+    checkpoint with their ModelOpt state; the saved checkpoint is loaded back and must give the quantized model's
+    held-out NLL. With `hf_export`, ModelOpt's unified HF export of the quantized model goes there too."""
     import modelopt.torch.quantization as mtq
     import torch
-    from modelopt.torch.export import export_hf_checkpoint
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from nemotron_assets.artifacts.checkpoints import megatron_iteration_dir
+    from nemotron_assets.steps.megatron_bridge import convert_job, no_te
+
+    cpu = not torch.cuda.is_available()
+    dtype = torch.float32 if cpu else torch.bfloat16
+    bridge = convert_job.hf_bridge(job["model"], dtype, tp=job["tp"])
+    models = convert_job.megatron_models(bridge, SimpleNamespace(tp=job["tp"], pp=1, ep=1, etp=1), cpu)
     tokenizer = AutoTokenizer.from_pretrained(job["model"])
-    model = AutoModelForCausalLM.from_pretrained(job["model"], dtype="auto").to(device).eval()
-    before = mean_nll(model, tokenizer, job["holdout"], job["max_tokens"], device)
+    model = models[0].eval()
+    holdout = [ids for ids in token_ids(tokenizer, job["holdout"], job["max_tokens"]) if ids.shape[1] > 1]
+    before = megatron_nll(model, holdout)
 
     def forward_loop(m) -> None:
-        with torch.no_grad():
-            for batch in batches(tokenizer, job["calibration"], job["max_tokens"], device):
-                m(**batch)
+        for ids in token_ids(tokenizer, job["calibration"], job["max_tokens"]):
+            convert_job.megatron_forward(m, ids)
 
-    model = mtq.quantize(model, quant_config(job["recipe"]), forward_loop=forward_loop)
-    after = mean_nll(model, tokenizer, job["holdout"], job["max_tokens"], device)
+    mtq.quantize(model, quant_config(job["recipe"]), forward_loop=forward_loop)
+    after = megatron_nll(model, holdout)
     quantizers = [m for name, m in model.named_modules() if name.endswith("_quantizer") and m.is_enabled]
-    export_hf_checkpoint(model, export_dir=job["output"])
-    tokenizer.save_pretrained(job["output"])
+    bridge.save_megatron_model(models, job["output"], hf_tokenizer_path=job["model"])
+    if job["hf_export"]:
+        export = no_te.modelopt_megatron_export()
+        export(model, job["model"], dtype=dtype, export_dir=str(Path(job["hf_export"])))
+    del models, model
+    restored = convert_job.load_checkpoint(megatron_iteration_dir(Path(job["output"])), cpu)[0].eval()
     return {
-        "device": device,
+        "device": "cpu" if cpu else "cuda",
         "enabled_quantizers": len(quantizers),
+        "restored_quantizers": sum(m.is_enabled for n, m in restored.named_modules() if n.endswith("_quantizer")),
         "nll_before": before,
         "nll_after": after,
+        "nll_restored": megatron_nll(restored, holdout),
     }
+
+
+def token_ids(tokenizer, texts: list[str], max_tokens: int):
+    """Each text's token ids as a [1, tokens] tensor, truncated to `max_tokens`."""
+    for text in texts:
+        yield tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)["input_ids"]
+
+
+def megatron_nll(model, samples) -> float | None:
+    """A Megatron GPT model's mean next-token negative log-likelihood over [1, tokens] samples (token-weighted,
+    through its own loss, tensor-parallel safe); None without samples."""
+    from nemotron_assets.steps.megatron_bridge.convert_job import megatron_forward
+
+    total, tokens = 0.0, 0
+    for ids in samples:
+        loss = megatron_forward(model, ids[:, :-1], ids[:, 1:])
+        total += loss.float().sum().item()
+        tokens += loss.numel()
+    return total / tokens if tokens else None
 
 
 def distill(job: dict[str, Any]) -> dict[str, Any]:
