@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from itertools import pairwise
 from pathlib import Path
 
@@ -321,3 +324,36 @@ def test_pretrain_prep_worker_error_names_file_and_line(fixtures_dir: Path, stor
     assert caught.value.name == "malformed_jsonl"
     assert caught.value.detail.startswith(f"{broken}:130: ")
     assert published(store) == []
+
+
+THREAD_PROBE = """
+import json, os, sys
+from pathlib import Path
+from nemotron_assets.catalog import CATALOG
+from nemotron_assets.steps import InputArtifact, StepRun, step_function
+
+cpus, output, corpus, tokenizer = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+step = CATALOG.step("data_prep/pretrain_prep")
+params = step.preset_values("tiny") | {"tokenizer": tokenizer, "num_shards": 1, "valid_shards": 0, "test_shards": 0}
+output.mkdir()
+run = StepRun(step, params, {"filtered_jsonl": InputArtifact("data", "filtered_jsonl", corpus, "v")}, output, cpus=cpus)
+before = len(os.listdir("/proc/self/task"))
+step_function(step)(run)
+print(json.dumps({"threads": len(os.listdir("/proc/self/task")) - before, "env": os.environ["RAYON_NUM_THREADS"]}))
+"""
+
+
+def test_in_process_encoder_threads_follow_the_profile_cpus(tokenizer_dir: Path, tmp_path: Path):
+    """One worker in process (one CPU, or one shard): the Rust encoder's pool gets the profile's CPUs, and none for
+    one CPU, where the process's environment asks for 4 (as every core would on a bigger machine). Threads the step
+    starts are counted in a fresh process, against a run with the CPUs unknown (uncapped)."""
+    env = os.environ | {"RAYON_NUM_THREADS": "4", "PYTHONPATH": os.pathsep.join(sys.path)}
+    started = {}
+    for cpus in (None, 1, 3):
+        probe = [sys.executable, "-c", THREAD_PROBE, json.dumps(cpus), str(tmp_path / str(cpus))]
+        probe += [str(DATA / "tiny_corpus.jsonl"), str(tokenizer_dir)]
+        done = json.loads(subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout)
+        assert done["env"] == "4"  # restored after the step
+        started[cpus] = done["threads"]
+    assert started[None] - started[1] == 4  # no pool at all for one CPU
+    assert started[None] - started[3] == 1  # a pool of 3, not 4

@@ -1,5 +1,6 @@
-"""Whole row shards tokenized by independent workers, each with its own tokenizer: in this process (one CPU), in a
-local process pool (one worker per profile CPU), or as Ray tasks (several nodes, or a Ray cluster's address).
+"""Whole row shards tokenized by independent workers, each with its own tokenizer: in this process (one CPU, or one
+shard; its encoder's threads capped at the profile's CPUs), in a local process pool (one worker per profile CPU), or
+as Ray tasks (several nodes, or a Ray cluster's address).
 
 A shard's work is a top-level function `work(tokenizer, spec, *job) -> result`; `spec` is a picklable description
 with the tokenizer's `tokenizer` name. Results come back in job order, so whatever merges them sees the same list
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 from typing import Any, TypeVar
 
@@ -33,6 +35,29 @@ def limit_encode_threads(threads: int) -> None:
     os.environ["RAYON_NUM_THREADS"] = str(threads)
 
 
+@contextmanager
+def encode_threads(threads: int | None) -> Iterator[None]:
+    """This process's Rust encoder held to `threads` inside the block (None, CPUs unknown: unchanged).
+
+    RAYON_NUM_THREADS sizes the encoder's pool when the pool starts (at the process's first parallel encode); with
+    one thread TOKENIZERS_PARALLELISM=false, read at every call, encodes in the calling thread, so no pool starts
+    and one started earlier stays idle. The variables are restored afterwards."""
+    if threads is None:
+        yield
+        return
+    limits = {"RAYON_NUM_THREADS": str(threads)} | ({"TOKENIZERS_PARALLELISM": "false"} if threads == 1 else {})
+    saved = {name: os.environ.get(name) for name in limits}
+    os.environ.update(limits)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+
+
 def uses_ray(run: StepRun) -> bool:
     """Shards go to Ray when the profile spans several nodes or names a Ray cluster to attach to."""
     from nemotron_assets.steps.ray_cluster import cluster_address
@@ -46,7 +71,8 @@ def map_shards(run: StepRun, work: Work, spec: Any, tokenizer: Tokenizer, jobs: 
         return _on_ray(run, work, spec, jobs)
     workers = min(run.cpus or 1, len(jobs))
     if workers <= 1:
-        return [work(tokenizer, spec, *job) for job in jobs]
+        with encode_threads(run.cpus):
+            return [work(tokenizer, spec, *job) for job in jobs]
     context, threads = multiprocessing.get_context("spawn"), max(1, run.cpus // workers)
     with ProcessPoolExecutor(workers, context, initializer=limit_encode_threads, initargs=(threads,)) as pool:
         futures = [pool.submit(in_worker, work, spec, *job) for job in jobs]
