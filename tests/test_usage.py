@@ -128,4 +128,6 @@ def test_usage_in_metadata_provenance_and_summary(fixtures_dir: Path, tmp_path: 
     provenance = ArtifactStore(root=str(tmp_path / "store")).current(("use", "packed"))[1] / "provenance.json"
     recorded = yaml.safe_load(provenance.read_text())["usage"]
     assert recorded["tokens"] == tokens and recorded["wall_seconds"] == metadata["usage/wall_seconds"].value
-    assert f"{tokens:,} tokens" in summary("use").splitlines()[-4]
+    usage_lines = summary("use").splitlines()[-5:-3]
+    assert f"{tokens:,} tokens" in usage_lines[0] and "peak GPU memory" not in usage_lines[0]  # none on CPU
+    assert usage_lines[1].strip() == "over 1 materializations that did the work"
