@@ -36,6 +36,8 @@ def summary(pipeline_name: str) -> str:
     instance = dg.DagsterInstance.get()
     lines = [f"Pipeline `{pipeline.name}` ({len(pipeline.stages)} assets):"]
     spent: dict[str, float] = {}  # usage/* summed over the latest materializations that did the work
+    peaks: list[float] = []  # their peak GPU memory, where a job reported it (CUDA only)
+    built = unrecorded = 0  # those materializations, and those without GPU-hours (a scheduler kept no record)
     for stage in pipeline.stages:
         key = dg.AssetKey([pipeline.name, stage.name])
         event = instance.get_latest_materialization_event(key)
@@ -51,12 +53,19 @@ def summary(pipeline_name: str) -> str:
         }
         statuses = ", ".join(f"{name.replace('_', ' ')} {status}" for name, status in checks.items())
         reused = " (reused: inputs unchanged)" if metadata.get("reused") else ""
-        for name in USAGE if not reused else ():
-            spent[name] = spent.get(name, 0) + metadata.get(f"usage/{name}", 0)
+        if not reused:
+            built += 1
+            unrecorded += "usage/gpu_hours" not in metadata
+            peaks += [metadata["usage/peak_gpu_memory_gb"]] if "usage/peak_gpu_memory_gb" in metadata else []
+            for name in USAGE:
+                spent[name] = spent.get(name, 0) + metadata.get(f"usage/{name}", 0)
         lines.append(f"  {key.to_user_string():26} {', '.join(facts)}; {statuses}{reused}")
         lines.append(f"  {'':26} {metadata['path']}")
+    peak = f", peak GPU memory {max(peaks)} GiB" if peaks else ""
+    unknown = f" (GPU-hours not recorded for {unrecorded} of them)" if unrecorded else ""
     lines += [
-        "Usage: " + ", ".join(f"{round(spent.get(name, 0), 4):,} {label}" for name, label in USAGE.items()),
+        "Usage: " + ", ".join(f"{round(spent.get(name, 0), 4):,} {label}" for name, label in USAGE.items()) + peak,
+        f"       over {built} materializations that did the work{unknown}",
         f"Artifacts: {ArtifactStore().base}",
         f"Open the UI: make ui   (= DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '')} "
         ".venv/bin/dagster dev -w workspace.yaml)",

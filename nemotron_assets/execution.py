@@ -30,9 +30,9 @@ from nemotron_assets.model_card import card_type, write_card
 from nemotron_assets.paths import PROJECT_ROOT, expand
 from nemotron_assets.pipelines import PipelineSpec, Stage
 from nemotron_assets.steps import InputArtifact, StepRun, step_function
-from nemotron_assets.steps.launch import LOCAL, Launcher, PathMap
+from nemotron_assets.steps.launch import LOCAL, Launcher, Measured, PathMap
 from nemotron_assets.tracking import WANDB_DIR, TrackedRun, Tracker, WandbTracker
-from nemotron_assets.usage import usage
+from nemotron_assets.usage import metered, usage
 from nemotron_assets.versions import step_code_version
 from resources.artifact_store import WORK, ArtifactStore, seal, write_provenance
 
@@ -233,6 +233,7 @@ def run_stage(
     def build(staging: Path) -> dict[str, Any]:
         started = time.time()
         logger = log or logging.getLogger(step.id)
+        launches: list[Measured] = []
         run = StepRun(
             step,
             params,
@@ -241,7 +242,7 @@ def run_stage(
             work_dir,
             gpus,
             logger,
-            launcher,
+            launcher and metered(launcher, launches),
             cpus,
             profile=profile,
             paths=paths,
@@ -279,7 +280,7 @@ def run_stage(
             "step_seconds": round(stepped - started, 3),
             "validate_seconds": round(time.time() - stepped, 3),
         }
-        provenance["usage"] = usage(stepped - started, gpus * nodes, executor, result.stats, gpu_hour_price)
+        provenance["usage"] = usage(stepped - started, gpus * nodes, executor, result.stats, gpu_hour_price, launches)
         return seal(staging, provenance)
 
     path, provenance = store.publish(key, version, build)

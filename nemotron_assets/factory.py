@@ -20,7 +20,8 @@ from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware, gpu_pool, gpus_for
 from nemotron_assets.paths import expand
 from nemotron_assets.pipelines import PipelineSpec, Source, Stage
-from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
+from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed, Measured
+from nemotron_assets.usage import metered
 from nemotron_assets.versions import step_code_version
 from resources.artifact_store import ArtifactStore
 from resources.profile import HardwareProfile
@@ -203,16 +204,6 @@ def gating_deps(pipeline: PipelineSpec) -> dict[str, list[dg.AssetKey]]:
     return deps
 
 
-def recording(launcher: Launcher, launched: list[str]) -> Launcher:
-    """`launcher`, noting each command's program in `launched` (a step that launches nothing ran in-process)."""
-
-    def launch(command: list[str], env: dict[str, str]) -> None:
-        launched.append(command[0])
-        launcher(command, env)
-
-    return launch
-
-
 def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) -> dg.AssetsDefinition:
     step = CATALOG.step(stage.step)
     artifact = CATALOG.types[step.primary_output]
@@ -241,7 +232,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
 
         profile = hardware.load()
         params = flat_params(step, config)
-        launched: list[str] = []
+        launched: list[Measured] = []  # a step that launches nothing ran in-process
         gpus = gpus_for(step, profile)
         try:
             check_hardware(step, params, profile)  # before anything is submitted
@@ -254,7 +245,7 @@ def stage_asset(pipeline: PipelineSpec, stage: Stage, gates: list[dg.AssetKey]) 
                 profile.name,
                 run_id=context.run.run_id,
                 log=context.log,
-                launcher=recording(launcher_for(context, profile, gpus), launched),
+                launcher=metered(launcher_for(context, profile, gpus), launched),
                 gpus=gpus,
                 partition=context.partition_key if stage.partitioned else None,
                 cpus=profile.cpus,

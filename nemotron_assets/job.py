@@ -39,6 +39,7 @@ BACKENDS = {
 }
 JOB_PYTHON = "python"  # the image's own interpreter, found on the job's PATH
 MISSING_PACKAGE_EXIT = 86  # the image has no nemotron_assets, or another version of it
+PEAK_GPU_MEMORY = "peak_gpu_memory_gb"  # the key of the Pipes custom message a training job reports its peak in
 
 
 class JobSpec(BaseModel):
@@ -83,6 +84,29 @@ class JobError(Exception):
 def record_failure(spec: JobSpec, kind: str, detail: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0 or kind == "oom":
         Path(spec.failure_file).write_text(json.dumps({"error": kind, "detail": detail[-2000:]}))
+
+
+def peak_gpu_memory_gb() -> float | None:
+    """torch.cuda.max_memory_allocated() of this process in GiB, the max over all ranks while a process group is up
+    (a collective then: every rank calls it); None without CUDA, so a CPU job reports no figure."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    peak = torch.tensor([float(torch.cuda.max_memory_allocated())], device="cuda")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+    return round(peak.item() / 2**30, 3)
+
+
+def report_peak_gpu_memory(pipes: Any) -> None:
+    """Report the job's peak GPU memory as a Pipes custom message; call it on every rank (`pipes` is None on the
+    ranks that do not report), and nothing is reported without CUDA."""
+    peak = peak_gpu_memory_gb()
+    if pipes is not None and peak is not None:
+        pipes.report_custom_message({PEAK_GPU_MEMORY: peak})
 
 
 def torchrun_argv(spec: JobSpec, spec_path: str) -> list[str]:

@@ -1,9 +1,11 @@
-"""A real single-node Slurm on this machine (munged, slurmctld, slurmd in one directory, with their own key,
-socket, ports and state): to try the Slurm profile without a cluster (`nemotron-assets slurm up`) and for the
-launcher's tests. Needs the Debian packages slurmctld, slurmd, slurm-client and munge."""
+"""A real single-node Slurm on this machine (munged, a MariaDB for accounting, slurmdbd, slurmctld, slurmd in one
+directory, with their own key, sockets, ports and state): to try the Slurm profile without a cluster
+(`nemotron-assets slurm up`) and for the launcher's tests. Jobs are accounted (sacct) as on a real cluster. Needs the
+Debian packages slurmctld, slurmd, slurmdbd, slurm-client, munge and mariadb-server."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -17,7 +19,21 @@ from pathlib import Path
 from nemotron_assets.paths import STATE_DIR
 
 PARTITION = "debug"
-PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
+CLUSTER = "nemotron-local"
+PACKAGES = "slurmctld slurmd slurmdbd slurm-client munge mariadb-server"
+PROGRAMS = (
+    "munged",
+    "mariadbd",
+    "slurmdbd",
+    "slurmctld",
+    "slurmd",
+    "sbatch",
+    "scontrol",
+    "scancel",
+    "sinfo",
+    "sacct",
+    "sacctmgr",
+)
 PROFILE = "slurm_local"
 
 
@@ -35,10 +51,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def slurm_conf(directory: Path, host: str, munge_socket: Path) -> str:
+def slurm_conf(directory: Path, host: str, munge_socket: Path, dbd_port: int) -> str:
     cpus, memory_mb = os.cpu_count() or 1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     return f"""\
-ClusterName=nemotron-local
+ClusterName={CLUSTER}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
@@ -59,12 +75,59 @@ SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={dbd_port}
+AccountingStoragePass={munge_socket}
+AccountingStorageTRES=gres/gpu
+JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
 MinJobAge=600
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
 PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
+
+
+def slurmdbd_conf(directory: Path, host: str, munge_socket: Path, dbd_port: int, db_port: int) -> str:
+    """slurmdbd over the MariaDB on loopback (no grant tables: only this machine reaches it)."""
+    return f"""\
+AuthType=auth/munge
+AuthInfo=socket={munge_socket}
+DbdHost={host}
+DbdAddr=127.0.0.1
+DbdPort={dbd_port}
+SlurmUser=root
+PidFile={directory}/slurmdbd.pid
+LogFile={directory}/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={db_port}
+StorageUser=root
+StorageLoc=slurm_acct_db
+"""
+
+
+def mariadb_command(directory: Path, port: int) -> list[str]:
+    """A MariaDB server for accounting only: its data under `directory`, loopback TCP, no grant tables, small
+    buffers and no durability (a test cluster's accounting may be lost with its directory)."""
+    db = directory / "mariadb"
+    return [
+        "mariadbd",
+        "--no-defaults",
+        f"--user={getpass.getuser()}",
+        f"--datadir={db}/data",
+        f"--socket={db}/mariadb.sock",
+        f"--pid-file={db}/mariadb.pid",
+        f"--log-error={db}/mariadb.log",
+        f"--port={port}",
+        "--bind-address=127.0.0.1",
+        "--skip-grant-tables",
+        "--skip-log-bin",
+        "--innodb-buffer-pool-size=16M",
+        "--innodb-log-file-size=8M",
+        "--innodb-flush-log-at-trx-commit=0",
+        "--innodb-doublewrite=0",
+    ]
 
 
 def profile_toml() -> str:
@@ -87,6 +150,10 @@ def _wait_for(condition, what: str, logs: list[Path], timeout: float = 60) -> No
         time.sleep(0.5)
 
 
+def _answers(conf: Path, *command: str) -> bool:
+    return subprocess.run(command, capture_output=True, env=os.environ | _env(conf)).returncode == 0
+
+
 def _node_idle(conf: Path) -> bool:
     out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=os.environ | _env(conf))
     return out.returncode == 0 and out.stdout.strip() == "idle"
@@ -100,22 +167,31 @@ def start(directory: Path) -> None:
     """Write the configuration and a `slurm_local` profile into `directory`, start the daemons in their own
     sessions and wait until the node is idle. Clients reach it with SLURM_CONF=<directory>/slurm.conf."""
     if missing := missing_programs():
-        raise RuntimeError(
-            f"Slurm is not installed (missing {', '.join(missing)}): apt-get install slurmctld "
-            "slurmd slurm-client munge"
-        )
-    for sub in ("state", "spool", "munge"):
+        raise RuntimeError(f"Slurm is not installed (missing {', '.join(missing)}): apt-get install {PACKAGES}")
+    for sub in ("state", "spool", "munge", "mariadb/data"):
         (directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
     key, munge_socket = directory / "munge" / "munge.key", directory / "munge" / "munge.socket"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o600)
+    host, dbd_port, db_port = socket.gethostname().split(".")[0], _free_port(), _free_port()
     conf = directory / "slurm.conf"
-    conf.write_text(slurm_conf(directory, socket.gethostname().split(".")[0], munge_socket))
+    conf.write_text(slurm_conf(directory, host, munge_socket, dbd_port))
+    dbd_conf = directory / "slurmdbd.conf"  # slurmdbd reads it beside $SLURM_CONF; only its user may read it
+    dbd_conf.write_text(slurmdbd_conf(directory, host, munge_socket, dbd_port, db_port))
+    dbd_conf.chmod(0o600)
     (directory / f"{PROFILE}.toml").write_text(profile_toml())
-    logs = [directory / "munge" / "munged.log", directory / "slurmctld.log", directory / "slurmd.log"]
+    logs = [
+        directory / "munge" / "munged.log",
+        directory / "mariadb" / "mariadb.log",
+        directory / "slurmdbd.log",
+        directory / "slurmctld.log",
+        directory / "slurmd.log",
+    ]
     munge_files = [f"--{opt}-file={directory}/munge/munged.{opt}" for opt in ("log", "pid", "seed")]
     daemons = [
         ["munged", "-F", "--force", f"-S{munge_socket}", f"--key-file={key}", *munge_files],
+        mariadb_command(directory, db_port),
+        ["slurmdbd", "-D"],
         ["slurmctld", "-D", "-i", "-f", str(conf)],
         ["slurmd", "-D", "-f", str(conf)],
     ]
@@ -125,12 +201,22 @@ def start(directory: Path) -> None:
             command = [_which(name), *arguments]
             # its own session: outlives `nemotron-assets slurm up`
             daemon = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                env=os.environ | _env(conf),
             )
             pids.append(str(daemon.pid))
             (directory / "daemons.pid").write_text(" ".join(pids))
             if name == "munged":
                 _wait_for(munge_socket.exists, "munge socket", logs)
+            elif name == "mariadbd":
+                _wait_for((directory / "mariadb" / "mariadb.sock").exists, "MariaDB socket", logs)
+            elif name == "slurmdbd":
+                _wait_for(lambda: _answers(conf, "sacctmgr", "-n", "list", "cluster"), "slurmdbd answering", logs)
+                if not _answers(conf, "sacctmgr", "-i", "add", "cluster", CLUSTER):
+                    raise RuntimeError(f"local Slurm: sacctmgr could not register cluster {CLUSTER}")
         _wait_for(lambda: _node_idle(conf), "node idle in sinfo", logs)
     except BaseException:
         stop(directory)

@@ -70,7 +70,7 @@ def test_pipes_bootstrap_names_the_jobs_paths(tmp_path: Path):
 
     @dg.asset
     def probe(context):  # noqa: ANN001
-        with storage_pipes(context, tmp_path, paths) as env:
+        with storage_pipes(context, tmp_path, paths) as (env, _):
             seen.update({name: decode_param(value) for name, value in env.items()})
         return dg.MaterializeResult()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import dagster as dg
 import nemo_run as run
 import pytest
 from dagster_k8s import PipesK8sClient
@@ -15,7 +17,7 @@ from kubernetes.client import ApiClient, V1Pod
 from nemotron_assets.catalog import CATALOG
 from nemotron_assets.guardrails import gpus_for
 from nemotron_assets.launchers import cloud, k8s, launcher_factory
-from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
+from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed, Measured
 from resources.profile import load_profile
 
 SECRET = "s3cr3t-value-planted-by-the-test"
@@ -68,8 +70,10 @@ def test_cpu_steps_request_no_gpus():
 
 def test_launch_passes_values_only_to_the_client(secrets, monkeypatch: pytest.MonkeyPatch):
     calls = []
-    monkeypatch.setattr(PipesK8sClient, "run", lambda self, **kwargs: calls.append(kwargs))
-    k8s.k8s_launcher(None, load_profile("k8s"), 8, image="img:1")(["python", "-c", "0"], {"STEP": "1"})
+    reported = SimpleNamespace(get_custom_messages=lambda: [{"peak_gpu_memory_gb": 3.5}])
+    monkeypatch.setattr(PipesK8sClient, "run", lambda self, **kwargs: calls.append(kwargs) or reported)
+    launched = k8s.k8s_launcher(None, load_profile("k8s"), 8, image="img:1")(["python", "-c", "0"], {"STEP": "1"})
+    assert launched == Measured(None, "pod", 3.5)  # the job's peak; no pod was read back from this stand-in
     (call,) = calls
     assert call["pod_wait_timeout"] == 604800 and call["namespace"] == "nemotron"
     assert call["env"] == {"HF_TOKEN": SECRET, "WANDB_API_KEY": SECRET, "STEP": "1"}
@@ -95,6 +99,51 @@ def test_pods_lost_to_the_cluster_are_infrastructure_failures(secrets, monkeypat
     monkeypatch.setattr(PipesK8sClient, "run", fail)
     with pytest.raises(raised, match=message[:20]):
         k8s.k8s_launcher(None, load_profile("k8s"), 8, image="img:1")(["python", "-c", "0"], {})
+
+
+def finished_pod(gpus: int, main_container: dict, start_time: str = "2026-03-01T10:00:00Z") -> V1Pod:
+    """Our pod as GET /api/v1/namespaces/{ns}/pods/{name} returns it (JSON, deserialized by the kubernetes client),
+    with `main_container`'s status."""
+    profile = load_profile("k8s")
+    body = build_pod_body("p", "img:1", ["python"], {}, None, k8s.pod_spec(profile, gpus))
+    returned = ApiClient().sanitize_for_serialization(body) | {
+        "status": {
+            "phase": "Succeeded",
+            "startTime": start_time,
+            "containerStatuses": [
+                {"name": body.spec.containers[0].name, "image": "img:1", "imageID": "", "ready": False}
+                | {"restartCount": 0, **main_container}
+            ],
+        }
+    }
+    return ApiClient().deserialize(SimpleNamespace(data=json.dumps(returned)), "V1Pod")
+
+
+def terminated(started: str | None) -> dict:
+    state = {"exitCode": 0, "reason": "Completed", "finishedAt": "2026-03-01T11:32:00Z"}
+    return {"state": {"terminated": state | ({"startedAt": started} if started else {})}}
+
+
+def test_gpu_hours_from_the_pod_timestamps():
+    """The main container's run time (not the pod's scheduling and image pull) x the GPUs the pod requested."""
+    assert k8s.pod_gpu_hours(finished_pod(8, terminated("2026-03-01T10:02:00Z"))) == 8 * 1.5
+    assert k8s.pod_gpu_hours(finished_pod(8, terminated(None))) == 8 * 92 / 60  # from the pod's start time
+    assert k8s.pod_gpu_hours(finished_pod(0, terminated("2026-03-01T10:02:00Z"))) == 0
+    running = {"state": {"running": {"startedAt": "2026-03-01T10:02:00Z"}}}
+    assert k8s.pod_gpu_hours(finished_pod(8, running)) is None
+
+
+def test_the_pod_is_read_back_only_once_it_terminated():
+    pod = finished_pod(4, terminated("2026-03-01T11:02:00Z"))
+    client = SimpleNamespace(core_api=SimpleNamespace(read_namespaced_pod=lambda name, namespace: pod))
+    pipes = k8s.PodReadingK8sClient(message_reader=dg.PipesFileMessageReader("unused"))  # no pod-log streaming
+    where = {"context": None, "client": client, "namespace": "nemotron", "pod_name": "p"}
+    with pytest.raises(DagsterK8sError), pipes.consume_pod_logs(**where):
+        raise DagsterK8sError("Pod p terminated but some containers exited with errors")  # as run's wait raises
+    assert pipes.pod is None
+    with pipes.consume_pod_logs(**where):
+        pass
+    assert k8s.pod_gpu_hours(pipes.pod) == 4 * 0.5
 
 
 def test_launch_refuses_unset_env_vars(monkeypatch: pytest.MonkeyPatch):

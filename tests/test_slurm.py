@@ -1,6 +1,6 @@
 """The Slurm launcher: sbatch commands from the shipped profiles, and real jobs on a local single-node Slurm
-(tests/slurm_cluster.py): a training step end to end over Pipes, a killed job retried and resumed, and how a job's
-end is classified."""
+(tests/slurm_cluster.py, with accounting): a training step end to end over Pipes, a killed job retried and resumed,
+how a job's end is classified, and its GPU-hours from sacct."""
 
 from __future__ import annotations
 
@@ -20,9 +20,16 @@ from slurm_cluster import PARTITION, slurm_cluster  # noqa: F401 (the fixture)
 
 from nemotron_assets.job import command
 from nemotron_assets.launchers import job_paths, launcher_for, slurm
-from nemotron_assets.launchers.slurm import export_names, job_script, log_line, sbatch_command
+from nemotron_assets.launchers.slurm import (
+    accounted_gpu_hours,
+    export_names,
+    gpu_hours_of,
+    job_script,
+    log_line,
+    sbatch_command,
+)
 from nemotron_assets.local_slurm import missing_programs
-from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed
+from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed, Measured
 from resources.profile import HardwareProfile, load_profile
 
 SECRET = "hf_planted_secret_value_123"
@@ -116,6 +123,7 @@ def test_training_step_through_slurm_and_pipes(slurm_profile: Path, fixtures_dir
     metadata = result.asset_materializations_for_node("t__out")[0].metadata
     assert metadata["launcher"].value == "slurm" and metadata["profile"].value == "slurm_test"
     assert metadata["steps"].value == 10
+    assert metadata["usage/gpu_hours_from"].value == "sacct" and metadata["usage/gpu_hours"].value == 0  # 0 GPUs
     streamed = messages(instance, result.run_id)
     assert any(m.startswith("Slurm job ") and "submitted" in m for m in streamed)
     assert any(m.startswith("step 9: loss") for m in streamed)  # reported by the trainer over Pipes
@@ -156,20 +164,21 @@ def test_a_cancelled_training_job_is_retried_and_resumes(slurm_profile: Path, fi
     assert result.asset_materializations_for_node("t__out")[0].metadata["steps"].value == 10
 
 
-def launch_in_asset(command: list[str]) -> Exception | None:
-    """Launch `command` through the slurm_test profile's launcher inside an asset; return what it raised."""
-    raised: list[Exception] = []
+def launch_in_asset(command: list[str]) -> Exception | Measured | None:
+    """Launch `command` through the slurm_test profile's launcher inside an asset; return what it raised, or what
+    the launcher returned."""
+    outcome: list[Exception | Measured | None] = []
 
     @dg.asset
     def probe(context):  # noqa: ANN001 (a string annotation here is refused by Dagster)
         try:
-            launcher_for(context, HardwareProfile(name="slurm_test").load(), 0)(command, {})
+            outcome.append(launcher_for(context, HardwareProfile(name="slurm_test").load(), 0)(command, {}))
         except Exception as e:
-            raised.append(e)
+            outcome.append(e)
         return dg.MaterializeResult()
 
     assert dg.materialize([probe]).success
-    return raised[0] if raised else None
+    return outcome[0]
 
 
 def test_failed_command_is_a_step_failure(slurm_profile: Path):
@@ -209,8 +218,26 @@ def test_a_job_the_controller_lost_is_cancelled_before_a_retry(slurm_profile: Pa
     assert real(lost[0])["JobState"] == "CANCELLED"
 
 
-def test_successful_command_raises_nothing(slurm_profile: Path):
-    assert launch_in_asset([sys.executable, "-c", "print('fine')"]) is None
+def test_a_completed_job_is_measured_from_accounting(slurm_profile: Path):
+    measured = launch_in_asset([sys.executable, "-c", "import time; time.sleep(2); print('fine')"])
+    assert measured == Measured(0.0, "sacct")  # accounted (this cluster's jobs hold no GPUs); no CUDA, no peak
+    rows = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "--name=nemotron-probe", "-o", "JobID,State,ElapsedRaw,AllocTRES"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    job_id, state, elapsed, tres = rows[-1].split("|")
+    assert state == "COMPLETED" and int(elapsed) >= 2 and "gres/gpu" not in tres
+    # where the allocation names no GPUs, the GPUs the job asked for count
+    assert accounted_gpu_hours(job_id, requested_gpus=4) == int(elapsed) * 4 / 3600
+    assert accounted_gpu_hours("999999999", 1, wait=0) is None  # no record: no figure
+
+
+def test_gpu_hours_of_an_accounted_job():
+    tres = "billing=64,cpu=64,gres/gpu=8,gres/gpu:h100=8,mem=1000G,node=1"
+    assert gpu_hours_of(5400, tres, requested_gpus=1) == 12.0  # the allocation's GPUs, not the request
+    assert gpu_hours_of(5400, "billing=1,cpu=1,node=1", requested_gpus=2) == 3.0
 
 
 def test_slurm_up_and_down_from_the_command_line(tmp_path: Path):

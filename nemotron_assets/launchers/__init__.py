@@ -1,7 +1,9 @@
 """Launchers: how a step's external process runs, chosen by the hardware profile's executor.
 
-Steps only see `Launcher` (run this command to completion or raise). `local` runs it as a Dagster Pipes subprocess
-on this machine; each remote executor submits it to its scheduler and streams the Pipes messages back.
+Steps only see `Launcher` (run this command to completion or raise, returning what was `Measured` of the job: the
+peak GPU memory it reported over Pipes, and GPU-hours where the scheduler records them). `local` runs it as a
+Dagster Pipes subprocess on this machine; each remote executor submits it to its scheduler and streams the Pipes
+messages back.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dagster_pipes import encode_param
 
 from nemotron_assets.errors import contract_error
 from nemotron_assets.paths import expand
-from nemotron_assets.steps.launch import Launcher, PathMap, local_env
+from nemotron_assets.steps.launch import Launcher, Measured, PathMap, local_env, measured
 from resources.profile import Profile
 
 LauncherFactory = Callable[[dg.AssetExecutionContext, Profile, int], Launcher]  # (context, profile, GPUs per node)
@@ -91,25 +93,31 @@ def step_kind(context: dg.AssetExecutionContext) -> str:
 
 
 @contextlib.contextmanager
-def storage_pipes(context: dg.AssetExecutionContext, directory: Path, paths: PathMap) -> Iterator[dict[str, str]]:
+def storage_pipes(
+    context: dg.AssetExecutionContext, directory: Path, paths: PathMap
+) -> Iterator[tuple[dict[str, str], dg.PipesSession]]:
     """A Pipes session over files in `directory` on the shared storage; yields the job's bootstrap variables, whose
-    paths are the job's."""
+    paths are the job's, and the session (its custom messages are all read once the block has ended)."""
     with dg.open_pipes_session(
         context=context,
         context_injector=dg.PipesFileContextInjector(str(directory / "pipes_context.json")),
         message_reader=dg.PipesFileMessageReader(str(directory / "pipes_messages.jsonl")),
     ) as session:
-        yield {
-            name: encode_param({k: paths.to_job(v) if k == "path" else v for k, v in params.items()})
-            for name, params in session.get_bootstrap_params().items()
-        }
+        yield (
+            {
+                name: encode_param({k: paths.to_job(v) if k == "path" else v for k, v in params.items()})
+                for name, params in session.get_bootstrap_params().items()
+            },
+            session,
+        )
 
 
 def pipes_subprocess(context: dg.AssetExecutionContext, profile: Profile, gpus: int) -> Launcher:
     """A Pipes subprocess on this machine, in this environment: its logs and messages stream into the run."""
 
-    def launch(command: list[str], env: dict[str, str]) -> None:
-        dg.PipesSubprocessClient().run(context=context, command=command, env=local_env(env))
+    def launch(command: list[str], env: dict[str, str]) -> Measured:
+        invocation = dg.PipesSubprocessClient().run(context=context, command=command, env=local_env(env))
+        return measured(invocation.get_custom_messages())
 
     return launch
 

@@ -19,7 +19,7 @@ import dagster as dg
 import nemo_run as run
 
 from nemotron_assets.launchers import backend_image, env_values, job_paths, step_kind, storage_pipes, storage_source
-from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed
+from nemotron_assets.steps.launch import InfrastructureFailure, Launcher, LaunchFailed, Measured, measured
 from resources.profile import Profile
 
 
@@ -112,13 +112,14 @@ def cloud_launcher(
 ) -> Launcher:
     """Submit each command to Lepton or DGX Cloud (by the profile's executor) and wait for it."""
 
-    def launch(command: list[str], env: dict[str, str]) -> None:
+    def launch(command: list[str], env: dict[str, str]) -> Measured:
         step_image = image or backend_image(profile, step_kind(context))
         title = f"nemotron-{context.run_id[:8]}"
         directory = Path(profile.storage.host_path) / ".nemotron-jobs" / f"{title}-{uuid.uuid4().hex[:8]}"
         directory.mkdir(parents=True)
-        with storage_pipes(context, directory, job_paths(profile)) as pipes_env:
+        with storage_pipes(context, directory, job_paths(profile)) as (pipes_env, session):
             executor = EXECUTORS[profile.executor](profile, step_image, gpus, env | pipes_env)
             submit(executor, command, title=title)
+        return measured(session.get_custom_messages())  # no GPU-hours: nemo-run reports no job times
 
     return launch

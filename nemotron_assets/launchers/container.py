@@ -26,7 +26,7 @@ from nemotron_assets.errors import contract_error
 from nemotron_assets.job import source_digest
 from nemotron_assets.launchers import backend_image, env_values, job_paths, step_kind, storage_pipes
 from nemotron_assets.paths import PACKAGE_DIR, PROJECT_ROOT, expand
-from nemotron_assets.steps.launch import Launcher, PathMap, stream
+from nemotron_assets.steps.launch import Launcher, Measured, PathMap, measured, stream
 from resources.profile import Profile
 
 PREFIX = "/opt/nemotron"  # the job's Python environment inside the root filesystem
@@ -81,13 +81,13 @@ def oci_command(tool: str, image: str, paths: PathMap, command: list[str], env: 
 def container_launcher(context: dg.AssetExecutionContext, profile: Profile, gpus: int) -> Launcher:
     """Run each job in its own container of the profile's runtime, streaming its output and Pipes messages."""
 
-    def launch(command: list[str], env: dict[str, str]) -> None:
+    def launch(command: list[str], env: dict[str, str]) -> Measured:
         paths = job_paths(profile)
         tool = runtime(profile)
         name = "nemotron-" + context.asset_key.to_user_string().replace("/", "-")
         directory = Path(paths.pairs[0][0]) / ".nemotron-jobs" / f"{name}-{uuid.uuid4().hex[:8]}"
         directory.mkdir(parents=True)
-        with storage_pipes(context, directory, paths) as pipes_env:
+        with storage_pipes(context, directory, paths) as (pipes_env, session):
             job_env = job_environment(profile, env | pipes_env)
             if tool == "bwrap":
                 argv = bwrap_command(ensure_rootfs(rootfs_dir(profile)), paths, command)
@@ -96,6 +96,7 @@ def container_launcher(context: dg.AssetExecutionContext, profile: Profile, gpus
                 argv = oci_command(tool, image, paths, command, sorted(job_env), gpus)
                 job_env = os.environ | job_env
             stream(argv, job_env, context.log)
+        return measured(session.get_custom_messages())
 
     return launch
 

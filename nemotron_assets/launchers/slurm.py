@@ -10,6 +10,7 @@ The job's output log is streamed into the run while it waits. Environment variab
 (`--export=NAME,...`: sbatch copies the values from its own environment, nothing is written into the script).
 A job lost to the infrastructure (NODE_FAIL, PREEMPTED, BOOT_FAIL, cancelled outside the run) raises an
 `InfrastructureFailure` (the asset retries it); a job whose command failed raises a `LaunchFailed` (not retried).
+A completed job's GPU-hours come from accounting (sacct: its elapsed time, without the queue wait, x its GPUs).
 """
 
 from __future__ import annotations
@@ -26,10 +27,20 @@ from pathlib import Path
 import dagster as dg
 
 from nemotron_assets.launchers import IMAGE_FIELD, job_paths, step_kind, storage_pipes
-from nemotron_assets.steps.launch import LOCAL, InfrastructureFailure, Launcher, LaunchFailed, PathMap, local_env
+from nemotron_assets.steps.launch import (
+    LOCAL,
+    InfrastructureFailure,
+    Launcher,
+    LaunchFailed,
+    Measured,
+    PathMap,
+    local_env,
+    measured,
+)
 from resources.profile import Profile
 
 POLL_SECONDS = 1.0
+ACCOUNTING_WAIT_SECONDS = 30  # slurmctld hands a finished job to slurmdbd asynchronously
 INFRASTRUCTURE_STATES = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "CANCELLED"})
 STEP_FAILURE_STATES = frozenset({"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "DEADLINE"})
 TERMINAL_STATES = INFRASTRUCTURE_STATES | STEP_FAILURE_STATES | {"COMPLETED"}
@@ -116,10 +127,33 @@ def job_state(job_id: str) -> dict[str, str]:
     return {"JobState": state.split()[0], "ExitCode": exit_code, "Reason": reason}
 
 
+def gpu_hours_of(elapsed_seconds: int, alloc_tres: str, requested_gpus: int) -> float:
+    """GPU-hours of an accounted job: its elapsed time x the GPUs in its AllocTRES (`gres/gpu=N`), or the GPUs it
+    requested where the allocation names none (a cluster whose AccountingStorageTRES leaves out gres/gpu)."""
+    allocated = re.search(r"(?:^|,)gres/gpu=(\d+)(?:,|$)", alloc_tres)
+    return elapsed_seconds * (int(allocated[1]) if allocated else requested_gpus) / 3600
+
+
+def accounted_gpu_hours(job_id: str, requested_gpus: int, wait: float = ACCOUNTING_WAIT_SECONDS) -> float | None:
+    """The ended job's GPU-hours from `sacct` (ElapsedRaw, AllocTRES); None where the cluster keeps no accounting,
+    or its record of the job has not ended within `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        acct = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State,ElapsedRaw,AllocTRES"], **_TEXT)
+        if acct.returncode:
+            return None
+        row = acct.stdout.splitlines()[0].split("|") if acct.stdout.strip() else None
+        if row and row[0].split()[0] in TERMINAL_STATES:
+            return gpu_hours_of(int(row[1]), row[2], requested_gpus)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(POLL_SECONDS)
+
+
 def slurm_launcher(context: dg.AssetExecutionContext, profile: Profile, gpus: int) -> Launcher:
     """Submit each launch as an sbatch job; stream its log and Pipes messages; raise by how it ended."""
 
-    def launch(command: list[str], env: dict[str, str]) -> None:
+    def launch(command: list[str], env: dict[str, str]) -> Measured:
         if profile.slurm.host is not None:
             raise SlurmJobFailed(
                 f"profile {profile.name}: submission over SSH ({profile.slurm.host}) is not supported; "
@@ -131,10 +165,11 @@ def slurm_launcher(context: dg.AssetExecutionContext, profile: Profile, gpus: in
         directory = job_dir / f"{job_name}-{uuid.uuid4().hex[:8]}"
         directory.mkdir(parents=True)
         image = step_image(context, profile)
-        with storage_pipes(context, directory, paths) as pipes_env:
+        with storage_pipes(context, directory, paths) as (pipes_env, session):
             job_env = env | pipes_env | ({} if image else {"PATH": local_env({})["PATH"]})
             script = job_script(command, profile.nodes, image, paths)
-            _run_job(context, profile, gpus, job_name, directory, script, job_env, image)
+            job_id = _run_job(context, profile, gpus, job_name, directory, script, job_env, image)
+        return measured(session.get_custom_messages(), accounted_gpu_hours(job_id, gpus * profile.nodes), "sacct")
 
     return launch
 
@@ -148,7 +183,8 @@ def _run_job(
     script_text: str,
     env: dict[str, str],
     image: str | None,
-) -> None:
+) -> str:
+    """Submit the job and wait for it; its id once it completed, else the named failure."""
     script, log = directory / "job.sh", directory / "job.log"
     script.write_text(script_text)
     submit = sbatch_command(profile, gpus, job_name, script, log, export_names(profile, env, image))
@@ -165,7 +201,7 @@ def _run_job(
         raise
     ended, exit_code, reason = state["JobState"], state.get("ExitCode", "?"), state.get("Reason", "?")
     if ended == "COMPLETED":
-        return
+        return job_id
     detail = f"Slurm job {job_id} ended {ended} (exit {exit_code}, reason {reason}, log {log}); last lines:\n"
     detail += "\n".join(tail)
     if ended in INFRASTRUCTURE_STATES:

@@ -4,7 +4,7 @@ A step calls `StepRun.launch_job(backend, args)`; every path in `args` given as 
 into the spec as the job sees it (`PathMap`), so the job reads and writes only the storage its executor mounts.
 The launcher the profile chose (a Pipes subprocess here, Slurm, Kubernetes, a container, Lepton, DGX Cloud) runs
 `python -m nemotron_assets.job <spec>` in the backend's image. Steps only see `Launcher`: run this command to
-completion or raise.
+completion or raise; a launcher may return what it `Measured` of the job (usage.py records it).
 """
 
 from __future__ import annotations
@@ -13,14 +13,33 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nemotron_assets.errors import contract_error
+from nemotron_assets.job import PEAK_GPU_MEMORY
 
-Launcher = Callable[[list[str], dict[str, str]], None]
+
+@dataclass(frozen=True)
+class Measured:
+    """What a launcher measured of one finished job: GPU-hours from the scheduler's own record (`gpu_hours_from`
+    names it) and the peak GPU memory the job reported over Pipes; None where there is no such figure."""
+
+    gpu_hours: float | None = None
+    gpu_hours_from: str | None = None
+    peak_gpu_memory_gb: float | None = None
+
+
+def measured(messages: Sequence[Any], gpu_hours: float | None = None, gpu_hours_from: str | None = None) -> Measured:
+    """A job's measurement: the scheduler's GPU-hours, and the highest peak GPU memory among the job's Pipes custom
+    messages (job.report_peak_gpu_memory)."""
+    peaks = [m[PEAK_GPU_MEMORY] for m in messages if isinstance(m, dict) and PEAK_GPU_MEMORY in m]
+    return Measured(gpu_hours, gpu_hours_from, max(peaks) if peaks else None)
+
+
+Launcher = Callable[[list[str], dict[str, str]], Measured | None]
 MISSING_PACKAGE = ("No module named 'nemotron_assets'", "No module named nemotron_assets")
 
 

@@ -1,6 +1,6 @@
 """Job backend of the AutoModel steps: NeMo AutoModel's fine-tune recipe on the spec's recipe config, progress over
 Dagster Pipes. One process on CPU; under torchrun (nemotron_assets.job) over a node's GPUs. Rank 0 reports each
-optimizer step to Dagster (outside Dagster, Pipes is a no-op).
+optimizer step to Dagster, and on GPUs the peak GPU memory over the ranks (outside Dagster, Pipes is a no-op).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from nemotron_assets.job import JobError, JobSpec
+from nemotron_assets.job import JobError, JobSpec, report_peak_gpu_memory
 from nemotron_assets.tracking import record_active_mlflow_run
 
 
@@ -54,5 +54,6 @@ def run(spec: JobSpec) -> None:
         recipe = Recipe(parse_args_and_load_config(str(config)))
         recipe.setup()
         recipe.run_train_validation_loop()
+        report_peak_gpu_memory(pipes)  # the max over the ranks: AutoModel's process group is still up
         if main_rank:
             record_active_mlflow_run(spec.work_dir)

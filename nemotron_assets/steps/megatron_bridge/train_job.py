@@ -2,9 +2,9 @@
 run Megatron-Bridge's `finetune` (SFT, LoRA) or `pretrain` with its GPT forward step, under torchrun
 (nemotron_assets.job starts it over the node's GPUs).
 
-Each optimizer step's loss is reported to Dagster over Pipes by the last pipeline rank (outside Dagster Pipes is
-a no-op); that rank writes training_log.json (losses; tokens/s over the steps after the first, counting real tokens of
-the bins) into the work directory.
+Each optimizer step's loss is reported to Dagster over Pipes by the last pipeline rank, and on GPUs the peak GPU
+memory at the end (outside Dagster Pipes is a no-op); that rank writes training_log.json (losses; tokens/s over the
+steps after the first, counting real tokens of the bins) into the work directory.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from nemotron_assets.job import JobError, JobSpec
+from nemotron_assets.job import JobError, JobSpec, report_peak_gpu_memory
 from nemotron_assets.tracking import record_active_mlflow_run
 
 
@@ -48,6 +48,7 @@ def run(job: JobSpec) -> None:
                 raise
             raise named from e
         seconds = time.perf_counter() - started
+        report_peak_gpu_memory(pipes)  # that rank's own once `pretrain` has destroyed the process group it made
         if reporting:
             (Path(job.work_dir) / "training_log.json").write_text(json.dumps(log.summary(seconds)))
             record_active_mlflow_run(job.work_dir)
