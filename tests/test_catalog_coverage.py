@@ -68,19 +68,12 @@ def test_every_contract_error_is_raised_by_the_code_and_by_a_test():
     assert not untested, f"contract errors no test triggers: {untested}"
 
 
-def read_by(name: str, constants: set[str], groups: set[str], typed: set[str]) -> bool:
-    """Read by key (`p["peft.dim"]`), composed (`p[f"train.{k}"]` over a tuple holding "train_iters"), as a group
-    passed through whole (named in a tuple of group names holding "dpo"), or from the typed parameters
-    (`run.p.peft.dim`, or the group `run.p.peft` used whole)."""
+def read_by(name: str, groups: set[str], typed: set[str]) -> bool:
+    """Read from the typed parameters (`run.p.peft.dim`, or the group `run.p.peft` used whole), or as a group passed
+    through whole (named in a tuple of group names holding "dpo")."""
     parts = name.split(".")
-    prefixes = [(".".join(parts[:i]) + ".", ".".join(parts[i:])) for i in range(1, len(parts))]
-    return (
-        name in constants
-        or any(prefix in constants and rest in constants for prefix, rest in prefixes)
-        or any(prefix[:-1] in groups for prefix, _ in prefixes)
-        or name in typed
-        or any(prefix[:-1] in typed for prefix, _ in prefixes)
-    )
+    prefixes = [".".join(parts[:i]) for i in range(1, len(parts))]
+    return name in typed or any(prefix in groups or prefix in typed for prefix in prefixes)
 
 
 def typed_reads(tree: ast.AST) -> set[str]:
@@ -109,8 +102,8 @@ def test_typed_reads_are_whole_chains():
     assert typed_reads(tree) == {"peft.dim", "train", "seed"}
     assert typed_reads(ast.parse("run.p.model_dump()")) == set()  # the whole parameters are no group
     typed = typed_reads(tree)
-    assert read_by("peft.dim", set(), set(), typed) and read_by("train.train_iters", set(), set(), typed)
-    assert not read_by("peft.alpha", set(), set(), typed) and not read_by("alpha", set(), set(), typed)
+    assert read_by("peft.dim", set(), typed) and read_by("train.train_iters", set(), typed)
+    assert not read_by("peft.alpha", set(), typed) and not read_by("alpha", set(), typed)
 
 
 def group_names(paths: list[Path]) -> set[str]:
@@ -128,13 +121,11 @@ def group_names(paths: list[Path]) -> set[str]:
 @pytest.mark.parametrize("step", RUNNABLE, ids=lambda step: step.id)
 def test_every_declared_parameter_is_read_by_its_step(step: StepSpec):
     code = step_code(step)
-    constants, groups = strings(code), group_names(code)
+    groups = group_names(code)
     typed = {name for path in code for name in typed_reads(syntax_tree(path))}
     wiring = strings(WIRING)  # an unversioned parameter may wire the stage into its pipeline instead
     unread = [
-        p.name
-        for p in step.parameters
-        if not read_by(p.name, constants, groups, typed) and (p.versioned or p.name not in wiring)
+        p.name for p in step.parameters if not read_by(p.name, groups, typed) and (p.versioned or p.name not in wiring)
     ]
     assert not unread, f"{step.id} declares parameters its code never reads: {unread}"
 

@@ -28,7 +28,7 @@ class Case:
     intents: dict = field(default_factory=dict)
     steps: list[str] | None = None  # the plan's steps, without eval bookends
     blocked: str | None = None  # the named error the plan is blocked with
-    config: dict = field(default_factory=dict)  # {step: {param: value}} the plan must set
+    config: dict = field(default_factory=dict)  # {step: {param: value}} the stage must get
 
 
 def run(case: Case) -> Plan:
@@ -44,7 +44,7 @@ def check(case: Case) -> None:
     assert result.blocked is None, result.blocked
     assert [s.step for s in result.stages if s.step != "eval/model_eval"] == case.steps
     for step, expected in case.config.items():
-        config = next(s.config for s in result.stages if s.step == step)
+        config = next(s.params() for s in result.stages if s.step == step)
         assert {k: config.get(k) for k in expected} == expected
     PipelineSpec.parse(result.to_pipeline("rules"))
 
@@ -105,13 +105,13 @@ QUANTIZE = [
         ["checkpoint_hf"],
         hardware,
         steps=["optimize/modelopt/quantize"],
-        config={"optimize/modelopt/quantize": {"args.export_quant_cfg": quant}},
+        config={"optimize/modelopt/quantize": {"args.export_quant_cfg": quant} | params},
     )
-    for rule, hardware, quant in (
-        ("quantize-cpu-fake-quant", CPU, "fp8"),
-        ("quantize-native-format", B200x8, "nvfp4"),
-        ("quantize-native-format", H100x8, "fp8"),
-        ("quantize-int8-fallback", A100x8, "int8_sq"),
+    for rule, hardware, quant, params in (
+        ("quantize-cpu-fake-quant", CPU, "fp8", {}),
+        ("quantize-native-format", B200x8, "nvfp4", {"hf_export": True}),
+        ("quantize-native-format", H100x8, "fp8", {"hf_export": True}),
+        ("quantize-int8-fallback", A100x8, "int8_sq", {"hf_export": False}),  # SmoothQuant: no HF export
     )
 ]
 

@@ -106,7 +106,8 @@ def run(run: StepRun) -> StepResult:
     filters = filter_stages(run)
     writer = JsonlWriter(path=str(run.output_dir), mode="ignore")
     groups = [*filters.values(), [writer]]
-    rows = run_pipeline(run, "curate_nemo_curator", [JsonlReader(file_paths=files), *(s for g in groups for s in g)])
+    stages = [JsonlReader(file_paths=files), *(s for g in groups for s in g)]
+    rows = run_pipeline(run, "curate_nemo_curator", stages, run.p.ray.num_cpus)
     received = [rows.get(execution_stages(group)[0].name, 0) for group in groups]
     shards = finish_shards(run.output_dir)
     stats: dict[str, Any] = {

@@ -19,10 +19,10 @@ MIN_CPUS = 2
 READ_EXPANSION = 5  # a JSONL file read whole into a pandas DataFrame takes up to about this many times its size
 
 
-def ray_cpus(run: StepRun) -> int:
-    """CPUs for Ray: `ray.num_cpus` (or $NEMOTRON_CURATOR_RAY_NUM_CPUS), else the profile's; never more than the
-    profile's, never fewer than MIN_CPUS (Ray Data's repartition takes a whole CPU next to the stages)."""
-    wanted = run.params.get("ray.num_cpus") or os.environ.get(CPUS_VARIABLE) or run.cpus or MIN_CPUS
+def ray_cpus(run: StepRun, asked: int | None = None) -> int:
+    """CPUs for Ray: `asked` (curate's `ray.num_cpus`), or $NEMOTRON_CURATOR_RAY_NUM_CPUS, else the profile's; never
+    more than the profile's, never fewer than MIN_CPUS (Ray Data's repartition takes a whole CPU next to the stages)."""
+    wanted = asked or os.environ.get(CPUS_VARIABLE) or run.cpus or MIN_CPUS
     if run.cpus is not None and int(wanted) > run.cpus:
         raise run.error("not_enough_cpu_resources", f"Ray asked for {wanted} CPUs, the profile has {run.cpus}")
     if int(wanted) < MIN_CPUS:
@@ -74,16 +74,16 @@ def execution_stages(stages: Sequence[Any]) -> list[Any]:
     return [s for stage in stages for s in (stage.decompose() if isinstance(stage, CompositeStage) else [stage])]
 
 
-def run_pipeline(run: StepRun, name: str, stages: Sequence[Any]) -> dict[str, int]:
+def run_pipeline(run: StepRun, name: str, stages: Sequence[Any], cpus: int | None = None) -> dict[str, int]:
     """Run `stages` as one Curator Pipeline on RayDataExecutor, on the run's Ray cluster (ray_cluster); return the
-    rows each stage received, by name.
+    rows each stage received, by name. `cpus`: the Ray CPUs asked for (ray_cpus).
 
     Each stage asks for at most an equal share of the step's CPUs (ray_cpus), so an actor stage (a model filter)
     cannot hold every CPU while the stages after it wait for one."""
     from nemo_curator.backends.ray_data import RayDataExecutor
     from nemo_curator.pipeline import Pipeline
 
-    cpus = ray_cpus(run)
+    cpus = ray_cpus(run, cpus)
     flat = execution_stages(stages)
     share = cpus / len(flat)
     shared = [s.with_(resources=replace(s.resources, cpus=min(s.resources.cpus, share))) for s in flat]

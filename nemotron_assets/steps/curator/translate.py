@@ -99,7 +99,7 @@ def translation_stage(run: StepRun) -> Any:
         check_nmt(run)
     elif backend in CLOUD_VARIABLES:
         check_cloud(run, backend)
-    backend_config = {} if backend == "llm" else getattr(run.p, backend)  # the backend's own dict parameter
+    backend_config = {"nmt": run.p.nmt, "google": run.p.google, "aws": run.p.aws}.get(backend, {})
     return TranslationStage(
         source_lang=run.p.source_language,
         target_lang=run.p.target_language,

@@ -15,10 +15,10 @@ INT = ("int8_sq", "int4_awq")
 SUPPORTED = {"blackwell": (*FP8, *INT, "nvfp4"), "hopper": (*FP8, *INT), "ada": (*FP8, *INT)}  # ModelOpt recipes
 
 
-def target_gpu(run: StepRun, parameter: str) -> str | None:
-    """The GPU the result is for: the parameter when set, else the hardware profile's [gpu] model."""
-    if getattr(run.p, parameter):
-        return getattr(run.p, parameter)
+def target_gpu(run: StepRun, asked: str | None) -> str | None:
+    """The GPU the result is for: the one `asked` for, else the hardware profile's [gpu] model."""
+    if asked:
+        return asked
     from resources.profile import HardwareProfile  # a Dagster resource: imported only where the profile is read
 
     gpu = HardwareProfile(name=run.profile).load().gpu

@@ -18,10 +18,9 @@ from nemotron_assets.steps.modelopt.common import run_task, training_texts
 def run(run: StepRun) -> StepResult:
     from transformers import AutoTokenizer
 
-    p = run.params
     if "training_jsonl" not in run.inputs:
         raise run.error("training_data_missing", "no training_jsonl input to distill on")
-    teacher, student = p["args.teacher_hf_path"], run.input("checkpoint_hf").path
+    teacher, student = run.p.args.teacher_hf_path, run.input("checkpoint_hf").path
     try:
         tokenizers = {"teacher": load_tokenizer(teacher), "student": load_tokenizer(str(student))}
     except TokenizerUnavailable as e:
@@ -34,8 +33,10 @@ def run(run: StepRun) -> StepResult:
             f"student {run.input('checkpoint_hf').name} {fingerprints['student'][:12]} "
             f"(vocab {tokenizers['student'].vocab_size})",
         )
-    holdout = p["holdout_size"]
-    texts = training_texts(run, AutoTokenizer.from_pretrained(student), holdout + p["args.gbs"] * p["args.train_iters"])
+    holdout = run.p.holdout_size
+    texts = training_texts(
+        run, AutoTokenizer.from_pretrained(student), holdout + run.p.args.gbs * run.p.args.train_iters
+    )
     if len(texts) <= holdout:
         raise run.error("not_enough_training_rows", f"{len(texts)} rows, all needed for the {holdout} held-out ones")
     job = {
@@ -43,10 +44,10 @@ def run(run: StepRun) -> StepResult:
         "student": student,
         "holdout": texts[:holdout],
         "train": texts[holdout:],
-        "steps": p["args.train_iters"],
-        "batch_size": p["args.gbs"],
-        "lr": p["args.lr"],
-        "max_tokens": p["args.seq_length"],
+        "steps": run.p.args.train_iters,
+        "batch_size": run.p.args.gbs,
+        "lr": run.p.args.lr,
+        "max_tokens": run.p.args.seq_length,
         "output": run.output_dir,
     }
     result = run_task(run, "distill", job)

@@ -14,21 +14,21 @@ import json
 from nemotron_assets.artifacts.checkpoints import validate_checkpoint_hf
 from nemotron_assets.steps import StepResult, StepRun
 
-PASSED = (  # parameters handed to the script under their own flag names
-    "args.pp_size",
-    "args.num_layers_in_first_pipeline_stage",
-    "args.num_layers_in_last_pipeline_stage",
-    "args.calib_dataset_name",
-    "args.calib_num_samples",
-    "args.seq_length",
-    "args.prune_target_params",
-)
+PASSED = {  # the args handed to the script under their own flag names
+    "pp_size",
+    "num_layers_in_first_pipeline_stage",
+    "num_layers_in_last_pipeline_stage",
+    "calib_dataset_name",
+    "calib_num_samples",
+    "seq_length",
+    "prune_target_params",
+}
 
 
 def check(run: StepRun) -> dict[str, int]:
     """The named errors a pruning request can have; returns the source model's layer and parameter counts."""
-    p = run.params
-    target, export = p.get("args.prune_target_params"), p.get("args.prune_export_config")
+    args = run.p.args
+    target, export = args.prune_target_params, args.prune_export_config
     if target is not None and export:
         raise run.error("target_and_export_config_both_set", "args.prune_target_params and export config: both are set")
     if target is None and not export:
@@ -38,7 +38,7 @@ def check(run: StepRun) -> dict[str, int]:
     if target is not None and target >= size:
         raise run.error("target_not_below_model_size", f"target {target:.3g} parameters, the model has {size:.3g}")
     layers = json.loads((source / "config.json").read_text())["num_hidden_layers"]
-    pp, uneven = p["args.pp_size"], p.get("args.num_layers_in_first_pipeline_stage") is not None
+    pp, uneven = args.pp_size, args.num_layers_in_first_pipeline_stage is not None
     if layers % pp and not uneven:
         raise run.error("invalid_parallel_divisibility", f"{layers} layers do not split over pp_size {pp}")
     if run.gpus < pp:
@@ -48,15 +48,15 @@ def check(run: StepRun) -> dict[str, int]:
 
 def prune_arguments(run: StepRun) -> list[str]:
     """prune_minitron.py's flags: the consumed model into the artifact directory, as the job sees them."""
-    p = run.params
+    args = run.p.args
     model, output = (run.paths.to_job(path) for path in (run.input("checkpoint_hf").path, run.output_dir))
     flags = [f"--hf_model_name_or_path={model}", f"--output_hf_path={output}"]
-    flags += [f"--{name.removeprefix('args.')}={p[name]}" for name in PASSED if p.get(name) is not None]
-    if p.get("args.prune_export_config"):
-        flags.append(f"--prune_export_config={json.dumps(p['args.prune_export_config'])}")
-    if p.get("args.hparams_to_skip"):
-        flags += ["--hparams_to_skip", *p["args.hparams_to_skip"]]
-    return [*flags, *p["extra_args"]]
+    flags += [f"--{name}={value}" for name, value in args.model_dump(include=PASSED, exclude_none=True).items()]
+    if args.prune_export_config:
+        flags.append(f"--prune_export_config={json.dumps(args.prune_export_config)}")
+    if args.hparams_to_skip:
+        flags += ["--hparams_to_skip", *args.hparams_to_skip]
+    return [*flags, *run.p.extra_args]
 
 
 def run(run: StepRun) -> StepResult:
@@ -64,7 +64,7 @@ def run(run: StepRun) -> StepResult:
     run.launch_job(
         "modelopt",
         {"task": "prune", "argv": prune_arguments(run)},
-        nproc_per_node=run.params["args.pp_size"],
+        nproc_per_node=run.p.args.pp_size,
         torchrun=True,
     )
     pruned = validate_checkpoint_hf(run.output_dir)

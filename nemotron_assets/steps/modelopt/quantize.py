@@ -32,7 +32,7 @@ PRE_QUANT_SCALED = ("int8_sq", "int4_awq", "w4a8_awq")  # SmoothQuant/AWQ: no un
 
 def recipe_for(run: StepRun) -> tuple[str, str | None]:
     """(ModelOpt recipe, target GPU), or unsupported_quant_recipe."""
-    wanted, gpu = run.p.args.export_quant_cfg, target_gpu(run, "deploy_gpu")
+    wanted, gpu = run.p.args.export_quant_cfg, target_gpu(run, run.p.deploy_gpu)
     if gpu is None:
         if wanted == "auto":
             raise run.error("unsupported_quant_recipe", f"profile {run.profile} has no GPU to pick the format for")
