@@ -57,10 +57,13 @@ def hf_bridge(hf: str | Path, dtype, tp: int = 1, pp: int = 1, trust: bool = Fal
     return AutoBridge.from_hf_pretrained(hf, torch_dtype=dtype, trust_remote_code=trust)
 
 
-def megatron_models(bridge, args: SimpleNamespace, cpu: bool) -> list:
-    """The HF weights as Megatron-Core models (one per virtual pipeline stage), parallel as `args` says."""
+def megatron_models(bridge, args: SimpleNamespace, cpu: bool, settings: dict[str, Any] | None = None) -> list:
+    """The HF weights as Megatron-Core models (one per virtual pipeline stage), parallel as `args` says, with the
+    provider's other `settings` (e.g. uneven pipeline stages)."""
     provider = bridge.to_megatron_provider(load_weights=True)
     _parallelism(provider, args)
+    for name, value in (settings or {}).items():
+        setattr(provider, name, value)
     provider.finalize()
     return provider.provide_distributed_model(wrap_with_ddp=False, use_cpu_initialization=cpu)
 

@@ -9,7 +9,7 @@ makes the few CUDA calls on the conversion path (RoPE device, RNG state, synchro
 selects Megatron-Core's local (non-TE) layers with Megatron-Core's own fusions, and an attention that takes packed
 sequences (PyTorch's varlen flash kernel on GPUs).
 Where TE exists, none of this is used. `modelopt_megatron_export()` gives ModelOpt's Megatron -> HF export on a
-Megatron-Core older than ModelOpt expects.
+Megatron-Core older than ModelOpt expects; `import_minitron()` gives ModelOpt's Minitron pruning mode without TE.
 """
 
 from __future__ import annotations
@@ -46,9 +46,24 @@ class _Absent(types.ModuleType):
         return value
 
 
+class _AbsentModules(_Absent):
+    """A stand-in `transformer_engine` whose classes are (never instantiated) torch modules, for code that
+    registers TE layer classes as module types."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        import torch
+
+        value = _AbsentModules(f"{self.__name__}.{name}") if name[:1].islower() else type(name, (torch.nn.Module,), {})
+        setattr(self, name, value)
+        return value
+
+
 class _AbsentFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def __init__(self, packages: tuple[str, ...]) -> None:
+    def __init__(self, packages: tuple[str, ...], module_type: type[_Absent] = _Absent) -> None:
         self.packages = packages
+        self.module_type = module_type
 
     def find_spec(self, fullname, path=None, target=None):
         if any(fullname == p or fullname.startswith(f"{p}.") for p in self.packages):
@@ -56,7 +71,7 @@ class _AbsentFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def create_module(self, spec):
-        module = _Absent(spec.name)
+        module = self.module_type(spec.name)
         module.__path__ = []
         return module
 
@@ -110,6 +125,41 @@ def modelopt_megatron_export():
         for name in [n for n in sys.modules if finder.find_spec(n)]:
             del sys.modules[name]
     return export.export_mcore_gpt_to_hf
+
+
+def import_minitron() -> types.ModuleType:
+    """ModelOpt's `mcore_minitron` pruning plugin (its mode registered with `modelopt.torch.prune`).
+
+    ModelOpt's Megatron NAS plugin imports `transformer_engine` and registers Megatron-Core's TE layer classes as
+    prunable module types; without TE, Megatron-Core defines those classes over a mock (or as None), ModelOpt's
+    plugin loader swallows the failure and the mode is missing. So the plugin is imported with stand-ins: TE
+    itself, and those layer names as plain torch module classes (a TE-free model holds none of them); both are
+    removed again afterwards. Needs Megatron-Core >= 0.17 (`megatron.core.models.hybrid`)."""
+    import_bridge()
+    plugin = "modelopt.torch.prune.plugins.mcore_minitron"
+    if plugin not in sys.modules and not has_transformer_engine():
+        import torch
+        from megatron.core.extensions import transformer_engine as te_layers
+
+        mocked = {
+            name: value
+            for name, value in vars(te_layers).items()
+            if name.startswith("TE") and not (isinstance(value, type) and issubclass(value, torch.nn.Module))
+            and (value is None or type(value).__module__.startswith("unittest.mock"))
+        }  # fmt: skip
+        for name in mocked:
+            setattr(te_layers, name, type(name, (torch.nn.Module,), {"__module__": te_layers.__name__}))
+        finder = _AbsentFinder(("transformer_engine",), _AbsentModules)
+        sys.meta_path.insert(0, finder)
+        try:
+            importlib.import_module(plugin)
+        finally:
+            sys.meta_path.remove(finder)
+            for name in [n for n in sys.modules if finder.find_spec(n)]:
+                del sys.modules[name]
+            for name, value in mocked.items():
+                setattr(te_layers, name, value)
+    return importlib.import_module(plugin)
 
 
 def _installed(module: str) -> bool:

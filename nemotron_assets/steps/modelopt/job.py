@@ -4,22 +4,22 @@
 calibration texts (`mtq.quantize` with the recipe's config: fake-quant on CPU, real kernels on GPU), measure the
 quantized model's NLL on the same texts, and write the deployable checkpoint with `export_hf_checkpoint`.
 `distill`: train the student on the teacher's logits with `modelopt.torch.distill` (logits KD loss between the two
-lm_heads), then export the plain student and save it. Each writes result.json into the work directory.
+lm_heads), then export the plain student and save it.
+`prune`: Minitron structured pruning of the HF model as Megatron-Core models (ModelOpt's `mcore_minitron` mode, our
+own job on Megatron-Bridge; needs Megatron-Core >= 0.17), exported to HF through the bridge.
+Each writes result.json into the work directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import runpy
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from nemotron_assets.job import JobSpec
 
-PRUNE_SCRIPT = "/opt/Model-Optimizer/examples/megatron_bridge/prune_minitron.py"
 RECIPES = {  # args.export_quant_cfg -> ModelOpt config name
     "fp8": "FP8_DEFAULT_CFG",
     "fp8_blockwise": "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG",
@@ -166,12 +166,208 @@ def distill(job: dict[str, Any]) -> dict[str, Any]:
     return {"device": device, "kd_loss": losses, "student_nll_before": before, "student_nll_after": after}
 
 
+STAGE_LAYERS = ("num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage")
+MINITRON_DIVISORS = {  # ModelOpt's defaults for the NAS search space (GPT models)
+    "hidden_size_divisor": 256,
+    "ffn_hidden_size_divisor": 512,
+    "num_layers_divisor": 2,
+}
+HF_SHAPE = {  # the pruned Megatron config -> the HF config (Llama-style names)
+    "hidden_size": "hidden_size",
+    "ffn_hidden_size": "intermediate_size",
+    "num_attention_heads": "num_attention_heads",
+    "num_query_groups": "num_key_value_heads",
+    "kv_channels": "head_dim",
+    "num_layers": "num_hidden_layers",
+}
+
+
 def prune(job: dict[str, Any]) -> dict[str, Any]:
-    """ModelOpt's own Minitron example (prune_minitron.py in the Megatron-Bridge image) on the job's flags, one rank
-    of the torchrun the job entry point started."""
-    sys.argv = [PRUNE_SCRIPT, *job["argv"]]
-    runpy.run_path(PRUNE_SCRIPT, run_name="__main__")
-    return {"script": PRUNE_SCRIPT}
+    """Minitron structured pruning, one rank of a torchrun over the pipeline stages: the HF model as Megatron-Core
+    models (Megatron-Bridge's AutoBridge), ModelOpt's `mcore_minitron` mode calibrated on the calibration texts
+    (activation-based importance of heads, neurons, hidden channels and layers), pruned to the exact
+    `export_config` or, by its NAS search, to at most `target_params` parameters (the candidates scored by held-out
+    NLL), then exported to HF through a bridge over the pruned shape, the tokenizer beside it. Held-out NLL and
+    parameters are measured before and after."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from nemotron_assets.steps.megatron_bridge import convert_job, no_te
+
+    minitron = no_te.import_minitron()
+    import modelopt.torch.opt as mto
+    import modelopt.torch.prune as mtp
+
+    from nemotron_assets.job import JobError
+    from nemotron_assets.steps.modelopt import local_layers
+
+    local_layers.support_local_layers(minitron)
+
+    cpu = not torch.cuda.is_available()
+    dtype = torch.float32 if cpu else torch.bfloat16
+    bridge = convert_job.hf_bridge(job["model"], dtype, pp=job["pp"])
+    stages = {name: job[name] for name in STAGE_LAYERS if job.get(name) is not None}
+    parallel = SimpleNamespace(tp=1, pp=job["pp"], ep=1, etp=1)
+    models = convert_job.megatron_models(bridge, parallel, cpu, stages | {"pipeline_dtype": dtype})
+    model = models[0].eval()
+    fixed = local_layers.LOCAL_FIXED if local_layers.uses_local_layers(model) else ()
+    local_layers.prepare(model)
+    if fixed and set(fixed) & set(job["export_config"] or {}):
+        detail = f"{list(fixed)} cannot be pruned on Megatron-Core's local layers (no Transformer Engine here)"
+        raise JobError("invalid_prune_config", detail)
+    tokenizer = AutoTokenizer.from_pretrained(job["model"])
+    calibration = list(token_ids(tokenizer, job["calibration"], job["max_tokens"]))
+    holdout = [ids for ids in token_ids(tokenizer, job["holdout"], job["max_tokens"]) if ids.shape[1] > 1]
+
+    def forward_loop(m) -> None:
+        for ids in calibration:
+            stage_forward(m, ids)
+
+    before = {"parameters": model_parameters(model), "nll": pipeline_nll(model, holdout)}
+    if job["export_config"]:
+        # an exact shape: any width is a choice (ModelOpt's search-space divisors only restrict the search)
+        space = minitron.get_mcore_minitron_config(
+            hidden_size_divisor=1, ffn_hidden_size_divisor=1, num_layers_divisor=1
+        )
+        constraints: dict[str, Any] = {"export_config": dict(job["export_config"])}
+        config: dict[str, Any] = {"forward_loop": forward_loop}
+    else:
+        space = minitron.get_mcore_minitron_config(**search_divisors(model.config))
+        constraints = {"params": job["target_params"]}
+        config = {
+            "forward_loop": forward_loop,
+            "score_func": lambda m: -pipeline_nll(m, holdout),
+            "hparams_to_skip": sorted({*job["hparams_to_skip"], *fixed}) or None,
+            "top_k": job["top_k"],
+        }
+    model, search = mtp.prune(model, mode=[("mcore_minitron", space)], constraints=constraints, dummy_input=None,
+                              config=config)  # fmt: skip
+    if mto.ModeloptStateManager.has_state_for_mode_type("prune", model=model):
+        mto.ModeloptStateManager.remove_state(model)  # the pruned model is a plain (homogeneous) one now
+    models[0] = model
+    after = {"parameters": model_parameters(model), "nll": pipeline_nll(model, holdout)}
+    shape = {name: getattr(model.config, name) for name in HF_SHAPE}
+    export_hf(models, job["model"], job["output"], shape, search.get("sorted_layers"))
+    if torch_rank() == 0:
+        tokenizer.save_pretrained(job["output"])
+    torch.distributed.barrier()
+    return {
+        "device": "cpu" if cpu else "cuda",
+        "parameters_before": before["parameters"],
+        "parameters_after": after["parameters"],
+        "nll_before": before["nll"],
+        "nll_after": after["nll"],
+        "pruned_shape": shape,
+        "divisors": space.model_dump().get("megatron.core.models.gpt.GPTModel"),
+        "calibration_samples": len(calibration),
+        "holdout_samples": len(holdout),
+    }
+
+
+def search_divisors(config) -> dict[str, int]:
+    """The NAS search space's granularity: ModelOpt's defaults, finer for a model too small for them (at least
+    16 steps over each width), so the search has candidates under the size limit."""
+
+    def step(width: int, default: int) -> int:
+        return max(1, min(default, 1 << max(0, (width // 16).bit_length() - 1)))
+
+    return {
+        "hidden_size_divisor": step(config.hidden_size, MINITRON_DIVISORS["hidden_size_divisor"]),
+        "ffn_hidden_size_divisor": step(config.ffn_hidden_size, MINITRON_DIVISORS["ffn_hidden_size_divisor"]),
+        "num_layers_divisor": 1 if config.num_layers < 8 else MINITRON_DIVISORS["num_layers_divisor"],
+    }
+
+
+def stage_forward(model, ids):
+    """The logits of one [1, tokens] sample: the model's own forward on one pipeline stage, else through every
+    rank's stage (activations passed between them; CUDA only) with the full logits on every rank."""
+    from megatron.core import parallel_state
+
+    from nemotron_assets.steps.megatron_bridge.convert_job import megatron_forward
+
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return megatron_forward(model, ids)
+    from modelopt.torch.utils.plugins.megatron_generate import megatron_prefill
+
+    return megatron_prefill(model, ids.to(next(model.parameters()).device))
+
+
+def pipeline_nll(model, samples) -> float | None:
+    """Mean next-token NLL over [1, tokens] samples (token-weighted): `megatron_nll` on one pipeline stage, else from
+    the pipeline's logits; None without samples."""
+    import torch
+    from megatron.core import parallel_state
+
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return megatron_nll(model, samples)
+    total, tokens = 0.0, 0
+    for ids in samples:
+        logits = stage_forward(model, ids)[0, :-1].float()
+        labels = ids[0, 1:].to(logits.device)
+        total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        tokens += labels.numel()
+    return total / tokens if tokens else None
+
+
+def model_parameters(model) -> int:
+    """The parameters of the whole model (every pipeline stage's, each counted once)."""
+    import torch
+    from megatron.core import parallel_state
+
+    local = sum(p.numel() for p in model.parameters())
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        tied = getattr(model, "share_embeddings_and_output_weights", False)
+        if tied and model.post_process and not model.pre_process:
+            local -= model.output_layer.weight.numel()  # the last stage's copy of the tied embedding
+        count = torch.tensor([local], device=next(model.parameters()).device)
+        torch.distributed.all_reduce(count, group=parallel_state.get_pipeline_model_parallel_group())
+        local = int(count.item())
+    return local
+
+
+def export_hf(models, source: str, output: str, shape: dict[str, int], sorted_layers: list[int] | None) -> None:
+    """The pruned Megatron models as an HF checkpoint: the source's HF config with the pruned shape, and a bridge
+    over that config (Megatron-Bridge's Megatron -> HF export, as convert/megatron_to_hf) writing the weights."""
+    from megatron.bridge import AutoBridge
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source)
+    for megatron_name, hf_name in HF_SHAPE.items():
+        if hasattr(config, hf_name) or hf_name != "head_dim":
+            setattr(config, hf_name, shape[megatron_name])
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and sorted_layers and len(layer_types) != shape["num_layers"]:
+        kept = set(sorted_layers[: shape["num_layers"]])  # 1-indexed, best first
+        config.layer_types = [kind for i, kind in enumerate(layer_types) if i + 1 in kept]
+    AutoBridge.from_hf_config(config).save_hf_pretrained(models, output, show_progress=False)
+    if getattr(config, "tie_word_embeddings", False) and torch_rank() == 0:
+        drop_tied_head(Path(output))
+
+
+def torch_rank() -> int:
+    import torch
+
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def drop_tied_head(directory: Path, name: str = "lm_head.weight") -> None:
+    """Remove the output layer a bridge built from a bare config writes beside tied embeddings (transformers ties
+    it back on load), so the checkpoint holds each parameter once, like its source."""
+    from safetensors.torch import load_file, save_file
+
+    index = directory / "model.safetensors.index.json"
+    mapping = json.loads(index.read_text())["weight_map"] if index.exists() else {name: "model.safetensors"}
+    if name not in mapping or not (directory / mapping[name]).exists():
+        return
+    shard = directory / mapping[name]
+    tensors = load_file(shard)
+    if tensors.pop(name, None) is None:
+        return
+    save_file(tensors, shard, metadata={"format": "pt"})
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"].pop(name)
+        index.write_text(json.dumps(data, indent=2))
 
 
 def run(spec: JobSpec) -> None:
