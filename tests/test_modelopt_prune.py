@@ -83,7 +83,8 @@ def test_target_search_job(tmp_path: Path, model: Path):
 
 
 def test_pipeline_stages_are_processes(tmp_path: Path, model: Path):
-    params = {"args.pp_size": 2, "args.num_layers_in_first_pipeline_stage": 1, "args.num_layers_in_last_pipeline_stage": 1}
+    stages = {"args.num_layers_in_first_pipeline_stage": 1, "args.num_layers_in_last_pipeline_stage": 1}
+    params = {"args.pp_size": 2} | stages
     job = launched_job(step_run(tmp_path, model, 2, **params))
     assert job.torchrun and job.nproc_per_node == 2 and job.args["pp"] == 2
     assert job.args["num_layers_in_first_pipeline_stage"] == 1 and job.args["num_layers_in_last_pipeline_stage"] == 1
@@ -102,7 +103,7 @@ def test_pipeline_stages_are_processes(tmp_path: Path, model: Path):
         ),
         ({"args.prune_export_config": {"num_heads": 2}}, 1, "invalid_prune_config", "['num_heads'] are not Minitron"),
         ({"args.hparams_to_skip": ["depth"]}, 1, "invalid_prune_config", "['depth'] are not Minitron"),
-        ({"args.prune_export_config": {"ffn_hidden_size": 200}}, 1, "invalid_prune_config", "from 1 to the model's 172"),
+        ({"args.prune_export_config": {"ffn_hidden_size": 200}}, 1, "invalid_prune_config", "to the model's 172"),
         ({"args.prune_export_config": {"num_layers": 0}}, 1, "invalid_prune_config", "num_layers = 0"),
         ({"args.prune_export_config": {"hidden_size": 32.5}}, 1, "invalid_prune_config", "hidden_size = 32.5"),
         ({"args.prune_export_config": {"num_attention_heads": 3}}, 1, "invalid_prune_config", "the 2 KV groups"),

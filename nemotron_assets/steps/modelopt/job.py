@@ -258,7 +258,7 @@ def prune(job: dict[str, Any]) -> dict[str, Any]:
         "nll_before": before["nll"],
         "nll_after": after["nll"],
         "pruned_shape": shape,
-        "divisors": space.model_dump().get("megatron.core.models.gpt.GPTModel"),
+        "divisors": next(iter(space.model_dump().values()), {}),  # the search space's granularity
         "calibration_samples": len(calibration),
         "holdout_samples": len(holdout),
     }
