@@ -179,7 +179,7 @@ def kd_loss(model, output):
     from megatron.bridge.training.post_training.distillation import loss_func_kd
 
     def lm_loss(per_token):
-        return per_token.float().sum(), torch.tensor(per_token.numel()), {}
+        return per_token.float().sum(), torch.tensor(per_token.numel(), device=per_token.device), {}
 
     loss, tokens, _ = loss_func_kd(output, torch.ones_like(output, dtype=torch.float), lm_loss, model)
     return loss / tokens
