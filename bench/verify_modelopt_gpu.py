@@ -1,10 +1,16 @@
-"""optimize/modelopt/quantize for real on a GPU, through its step function (the GPU image has no Dagster), each export
-checked by the checkpoint_hf contract: FP8 for Hopper and NVFP4 for Blackwell, both calibrated on the shipped chat
-data; the record says which weight dtypes the export holds and how the held-out NLL moved. NVFP4 quantizes inputs in
-blocks of 16, which the tiny Llama's intermediate width (172) does not divide (the step refuses it), so NVFP4 runs on
-the same architecture with the width rounded up to 192 and random weights.
+"""optimize/modelopt/quantize and distill for real on a GPU, through their step functions (the GPU image has no
+Dagster), each Megatron checkpoint checked by the checkpoint_megatron contract.
+
+Quantize: FP8 for Hopper and NVFP4 for Blackwell, both calibrated on the shipped chat data; the record says which
+weight dtypes the hf/ export holds and how the held-out NLL moved. NVFP4 quantizes inputs in blocks of 16, which the
+tiny Llama's intermediate width (172) does not divide (the step refuses it), so NVFP4 runs on the same architecture
+with the width rounded up to 192 and random weights.
+Distill (tiny preset): the model teaches its one-layer cut (its first decoder layer only, its tokenizer); the record
+holds the student's held-out NLL before, after and after reloading the saved checkpoint, and the hf/ export's logit
+difference from the Megatron student.
 
     python3 bench/verify_modelopt_gpu.py --model DIR --out DIR     # writes DIR/modelopt_gpu_quantize.json
+    python3 bench/verify_modelopt_gpu.py --model DIR --out DIR --tasks distill    # distill only (runs on CPU too)
 """
 
 from __future__ import annotations
@@ -49,19 +55,42 @@ def block_compatible(model: Path, out: Path, multiple: int = 64) -> Path:
     return out
 
 
+def one_layer_student(model: Path, out: Path) -> Path:
+    """The model's first decoder layer only (a pruned student sharing its tokenizer), saved with the tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    student = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    student.model.layers = student.model.layers[:1]
+    student.config.num_hidden_layers = 1
+    student.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model).save_pretrained(out)
+    return out
+
+
+def distill(model: Path, out: Path, gpus: int) -> dict:
+    """The tiny preset's distillation of the model into its one-layer cut; the NLL figures and the contract."""
+    student = one_layer_student(model, out / "student")
+    inputs = {"checkpoint_hf": student, "training_jsonl": DATA}
+    record = stage("optimize/modelopt/distill", "tiny", {"args.teacher_hf_path": str(model)}, inputs, out, gpus)
+    figures = ("student_nll_before", "student_nll_after", "student_nll_restored", "teacher_nll")
+    return {name: record["stats"].get(name) for name in figures} | record | {"student": str(student)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tasks", nargs="+", choices=[*TARGETS, "distill"], default=[*TARGETS, "distill"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     result: dict = {"device": gpu or "cpu", "torch": torch.__version__, "python": platform.python_version()}
+    recipes = {recipe: target for recipe, target in TARGETS.items() if recipe in args.tasks}
     models = {
         "fp8": args.model.resolve(),
-        "nvfp4": block_compatible(args.model.resolve(), args.out.resolve() / "model"),
+        "nvfp4": block_compatible(args.model.resolve(), args.out.resolve() / "model") if "nvfp4" in recipes else None,
     }
-    for recipe, target in TARGETS.items():
+    for recipe, target in recipes.items():
         inputs = {"checkpoint_hf": models[recipe], "training_jsonl": DATA}
         params = {"deploy_gpu": target, "args.export_quant_cfg": "auto"}
         record = stage(
@@ -71,6 +100,8 @@ def main() -> None:
             "model": str(models[recipe]),
             "weight_dtypes": weight_dtypes(Path(record["path"]) / "hf"),
         }
+    if "distill" in args.tasks:
+        result["distill"] = distill(args.model.resolve(), args.out.resolve() / "distill", int(bool(gpu)))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "modelopt_gpu_quantize.json").write_text(json.dumps(result, indent=2, default=str))
 

@@ -43,12 +43,20 @@ def bins(packed: Path, count: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def model(vocab: int):
+SMALL = {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 8,
+         "num_key_value_heads": 2}  # fmt: skip
+
+
+def model(vocab: int, shape: dict = SMALL):
+    """A Llama-shaped Megatron-Core GPT (`shape` in HF config names), bf16, as the TE-free steps build it."""
     from megatron.bridge.models.gpt_provider import GPTModelProvider
 
+    heads = shape["num_attention_heads"]
     provider = GPTModelProvider(
-        num_layers=4, hidden_size=512, ffn_hidden_size=1408, num_attention_heads=8, num_query_groups=2,
-        kv_channels=64, vocab_size=vocab, seq_length=2048, normalization="RMSNorm", gated_linear_unit=True,
+        num_layers=shape["num_hidden_layers"], hidden_size=shape["hidden_size"],
+        ffn_hidden_size=shape["intermediate_size"], num_attention_heads=heads,
+        num_query_groups=shape["num_key_value_heads"], kv_channels=shape["hidden_size"] // heads,
+        vocab_size=vocab, seq_length=2048, normalization="RMSNorm", gated_linear_unit=True,
         activation_func=torch.nn.functional.silu, position_embedding_type="rope", add_bias_linear=False,
         share_embeddings_and_output_weights=False, hidden_dropout=0.0, attention_dropout=0.0, bf16=True,
         params_dtype=torch.bfloat16, make_vocab_size_divisible_by=128,

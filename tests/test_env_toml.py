@@ -96,14 +96,25 @@ def test_extra_sections_merge_over_generated_ones(tmp_path: Path):
 
 
 def test_k8s_profile_is_refused(tmp_path: Path):
-    with pytest.raises(ValueError, match="k8s"):
+    with pytest.raises(NamedError, match="unsupported_profile: k8s runs on k8s") as e:
         run(step_run(tmp_path, "lepton", profile="k8s"))
+    assert "Dagster launches them directly" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_lepton_mounts_outside_the_lepton_table_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    profile = load_profile("lepton")
+    misplaced = profile.model_copy(update={"mounts": ["/data:/data"]})
+    monkeypatch.setattr("nemotron_assets.steps.env.env_toml.load_profile", lambda name: misplaced)
+    with pytest.raises(NamedError, match="unsupported_profile: lepton: lepton mounts go in"):
+        run(step_run(tmp_path, "lepton"))
 
 
 def test_output_path_outside_the_artifact_is_refused(tmp_path: Path):
     for output_path in (str(tmp_path / "env.lepton.toml"), "../env.lepton.toml"):
-        with pytest.raises(ValueError, match="outside the artifact"):
+        with pytest.raises(NamedError, match="output_path_outside_artifact") as e:
             run(step_run(tmp_path, "lepton", output_path=output_path))
+        assert "relative path" in str(e.value)
     assert not (tmp_path / "env.lepton.toml").exists()
 
 

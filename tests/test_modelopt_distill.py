@@ -1,5 +1,6 @@
-"""optimize/modelopt/distill: real ModelOpt logits distillation on CPU, the original tiny Llama teaching a one-layer
-student cut from it; the tokenizer check and the data check."""
+"""optimize/modelopt/distill: real ModelOpt logits distillation of Megatron-Core models on CPU, the original tiny
+Llama teaching a one-layer student cut from it, saved as a Megatron checkpoint (loaded back and measured again) with
+the student's HF export in its hf/ directory; the tokenizer check and the data check."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import DATA
 from helpers import materialize
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from nemotron_assets.artifacts import validate
 from nemotron_assets.digests import content_digest
 from nemotron_assets.errors import NamedError
 from nemotron_assets.pipelines import PipelineSpec
+from nemotron_assets.steps.modelopt.common import record_text
 from resources.artifact_store import ArtifactStore
 
 
@@ -55,20 +59,54 @@ def teacher(fixtures_dir: Path) -> Path:
     return fixtures_dir / "tiny-llama"
 
 
-def test_student_learns_from_the_teacher(teacher: Path, tmp_path: Path):
-    student = one_layer_student(teacher, tmp_path / "student")
-    result = materialize(distill_pipeline(teacher, student), ArtifactStore(root=str(tmp_path / "store")))
+@pytest.fixture(scope="module")
+def distilled(teacher: Path, tmp_path_factory: pytest.TempPathFactory):
+    student = one_layer_student(teacher, tmp_path_factory.mktemp("student"))
+    store = ArtifactStore(root=str(tmp_path_factory.mktemp("store")))
+    return student, materialize(distill_pipeline(teacher, student), store)
+
+
+def test_student_learns_from_the_teacher(teacher: Path, distilled):
+    student, result = distilled
     stats = result.stats
     assert stats["device"] == "cpu" and stats["kd_loss_last"] < stats["kd_loss_first"]
-    assert stats["train_samples"] == 12 and stats["student_nll_before"] > 0 and stats["student_nll_after"] > 0
-    assert json.loads((result.path / "config.json").read_text())["num_hidden_layers"] == 1
-    distilled = AutoModelForCausalLM.from_pretrained(result.path)
-    original = AutoModelForCausalLM.from_pretrained(student)
-    assert not all(a.equal(b) for a, b in zip(distilled.parameters(), original.parameters(), strict=True))
-    assert result.provenance["distillation"]["teacher"] == {
-        "name_or_path": str(teacher),
-        "fingerprint": content_digest(teacher),
+    assert stats["train_samples"] == 12
+    assert 0 < stats["student_nll_after"] < stats["student_nll_before"]
+    assert stats["student_nll_restored"] == pytest.approx(stats["student_nll_after"], rel=1e-5)
+    contract = result.provenance["contract"]
+    assert contract["iteration_dir"] == "iter_0000000" and contract["has_run_config"]
+    assert not (result.path / "iter_0000000" / "modelopt_state").exists()  # a plain student: no distillation state
+    assert result.provenance["distillation"] == {
+        "teacher": {"name_or_path": str(teacher), "fingerprint": content_digest(teacher)},
+        "data": result.provenance["inputs"][1]["version"],
+        "hf_export": "hf",
     }
+
+
+def test_hf_export_is_the_distilled_student(distilled):
+    """The hf/ export loads in transformers: the Megatron student's logits, and its held-out NLL."""
+    student, result = distilled
+    stats, export = result.stats, result.path / "hf"
+    assert stats["hf_export"] == "hf" and validate(export, "checkpoint_hf")["has_chat_template"]
+    assert stats["export_logit_difference"] <= 1e-5 * stats["largest_logit"]
+    assert json.loads((export / "config.json").read_text())["num_hidden_layers"] == 1
+    distilled_model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
+    original = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+    assert not all(a.equal(b) for a, b in zip(distilled_model.parameters(), original.parameters(), strict=True))
+    assert hf_nll(distilled_model, export, rows=8) == pytest.approx(stats["student_nll_after"], rel=1e-4)
+
+
+def hf_nll(model, tokenizer_dir: Path, rows: int, max_tokens: int = 256) -> float:
+    """The HF model's mean token NLL on the first `rows` chat rows (the tiny preset's held-out rows)."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    lines = (DATA / "tiny_chat.jsonl").read_text().splitlines()[:rows]
+    total, tokens = 0.0, 0
+    for text in (record_text(json.loads(line), tokenizer) for line in lines):
+        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)["input_ids"]
+        with torch.no_grad():
+            total += model(ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+        tokens += ids.shape[1] - 1
+    return total / tokens
 
 
 def test_tokenizer_mismatch(teacher: Path, tmp_path: Path):
@@ -100,3 +138,27 @@ def test_not_enough_training_rows(teacher: Path, tmp_path: Path):
     with pytest.raises(NamedError) as e:
         materialize(distill_pipeline(teacher, student, holdout_size=48), ArtifactStore(root=str(tmp_path / "store")))
     assert e.value.name == "not_enough_training_rows" and "lower holdout_size" in e.value.recovery
+
+
+def test_without_hf_export_only_the_megatron_checkpoint(teacher: Path, tmp_path: Path, monkeypatch):
+    """hf_export = false: the job gets no export directory and the step reports none."""
+    from nemotron_assets.catalog import CATALOG
+    from nemotron_assets.steps import InputArtifact, StepRun
+    from nemotron_assets.steps.modelopt import distill as modelopt_distill
+
+    jobs = []
+
+    def job(run, task, spec):
+        jobs.append(spec)
+        return {"kd_loss": [0.2, 0.1], "student_nll_before": 6.0, "student_nll_after": 5.0}
+
+    monkeypatch.setattr(modelopt_distill, "run_task", job)
+    step = CATALOG.step("optimize/modelopt/distill")
+    inputs = {
+        "checkpoint_hf": InputArtifact("student", "checkpoint_hf", teacher, "v1"),
+        "training_jsonl": InputArtifact("data", "training_jsonl", DATA / "tiny_chat.jsonl", "v2"),
+    }
+    params = step.preset_values("tiny") | {"args.teacher_hf_path": str(teacher), "hf_export": False}
+    result = modelopt_distill.run(StepRun(step, params, inputs, tmp_path / "out", tmp_path / "work"))
+    assert jobs[0]["hf_export"] is None and "hf_export" not in result.stats
+    assert "hf_export" not in result.provenance["distillation"] and result.stats["kd_loss_last"] == 0.1

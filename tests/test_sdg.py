@@ -85,6 +85,9 @@ def test_dpo_preference_follows_the_judge(store: ArtifactStore, tmp_path: Path, 
         ({"columns": {"user_query": {"type": "llm_text", "prompt": "Ask about {{ topic }}."}}},
          "projection_schema_mismatch", "user and assistant columns"),
         ({"providers": {"local": {"endpoint": "http://127.0.0.1:9/v1"}}}, "generation_failed", "provider endpoint"),
+        ({"columns": {"user_query": {"type": "llm_txt", "prompt": "Ask."}}}, "invalid_column", "llm_text prompt"),
+        ({"columns": {"user_query": {"type": "llm_text"}}}, "invalid_column", "llm_text prompt"),
+        ({"columns": {"user_query": {"type": "category", "values": "rivers"}}}, "invalid_column", "category values"),
     ],
 )  # fmt: skip
 def test_errors(store: ArtifactStore, tmp_path: Path, server: ServiceServer, config: dict, error: str, recovery: str):

@@ -53,8 +53,27 @@ def providers(run: StepRun) -> list[Any]:
     return result
 
 
-def column(name: str, spec: dict[str, Any]) -> Any:
-    """One declared column as its Data Designer config."""
+COLUMN_TYPES = ("category", "llm_text", "llm_structured", "llm_judge")
+
+
+def column(run: StepRun, name: str, spec: dict[str, Any]) -> Any:
+    """One declared column as its Data Designer config (invalid_column: an unknown type, a missing key, or settings
+    Data Designer's own models refuse)."""
+    from pydantic import ValidationError
+
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind not in COLUMN_TYPES:
+        raise run.error("invalid_column", f"column {name}: type {kind!r}, not one of {COLUMN_TYPES}")
+    try:
+        return column_config(name, spec)
+    except KeyError as e:
+        raise run.error("invalid_column", f"column {name} ({kind}) has no {e.args[0]!r}") from None
+    except ValidationError as e:
+        raise run.error("invalid_column", f"column {name} ({kind}): {e}") from None
+
+
+def column_config(name: str, spec: dict[str, Any]) -> Any:
+    """A column of a known type as Data Designer's config model."""
     import data_designer.config as dd
 
     kind = spec["type"]
@@ -69,12 +88,8 @@ def column(name: str, spec: dict[str, Any]) -> Any:
         return dd.LLMStructuredColumnConfig(
             name=name, prompt=spec["prompt"], output_format=spec["output_format"], model_alias=MODEL_ALIAS
         )
-    if kind == "llm_judge":
-        scores = [
-            dd.Score(name=k, description=v["description"], options=v["options"]) for k, v in spec["scores"].items()
-        ]
-        return dd.LLMJudgeColumnConfig(name=name, prompt=spec["prompt"], scores=scores, model_alias=MODEL_ALIAS)
-    raise ValueError(f"column {name}: unknown type {kind!r} (category, llm_text, llm_structured, llm_judge)")
+    scores = [dd.Score(name=k, description=v["description"], options=v["options"]) for k, v in spec["scores"].items()]
+    return dd.LLMJudgeColumnConfig(name=name, prompt=spec["prompt"], scores=scores, model_alias=MODEL_ALIAS)
 
 
 def seed_file(run: StepRun) -> Path | None:
@@ -99,7 +114,7 @@ def builder(run: StepRun, seeds: Path | None) -> Any:
         strategy = dd.SamplingStrategy[(run.p.seed_dataset.strategy or "ordered").upper()]
         config.with_seed_dataset(dd.LocalFileSeedSource(path=str(seeds)), sampling_strategy=strategy)
     for name, spec in (run.p.columns or {}).items():
-        config.add_column(column(name, spec))
+        config.add_column(column(run, name, spec))
     return config
 
 

@@ -56,10 +56,11 @@ def env_ref(name: str) -> str:
     return f"${{oc.env:{name}}}"
 
 
-def _executor_fields(profile: Profile) -> dict[str, Any]:
+def _executor_fields(run: StepRun, profile: Profile) -> dict[str, Any]:
     """The executor's own keys, as nemo-run's Lepton/Slurm/DGX Cloud executors read them."""
     if profile.executor != "slurm" and profile.mounts:
-        raise ValueError(f"{profile.executor} mounts go in [{profile.executor}] (mounts / pvcs), not in mounts")
+        detail = f"{profile.name}: {profile.executor} mounts go in [{profile.executor}] (mounts / pvcs), not in mounts"
+        raise run.error("unsupported_profile", detail)
     if profile.executor == "lepton":
         return profile.lepton.model_dump() | {"mounts": [dict(m) for m in profile.lepton.mounts]}
     if profile.executor == "dgxcloud":
@@ -76,10 +77,10 @@ def _executor_fields(profile: Profile) -> dict[str, Any]:
     return slurm | {"remote_job_dir": profile.slurm.job_dir, "mounts": list(profile.mounts)}
 
 
-def profile_sections(profile: Profile) -> dict[str, dict[str, Any]]:
+def profile_sections(run: StepRun, profile: Profile) -> dict[str, dict[str, Any]]:
     """`<prefix>_base` with the whole profile, then one table per role extending it."""
     if profile.executor not in PREFIXES:
-        raise ValueError(f"env_toml writes {PREFIXES} profiles; {profile.name} runs on {profile.executor}")
+        raise run.error("unsupported_profile", f"{profile.name} runs on {profile.executor}, not on one of {PREFIXES}")
     prefix = profile.executor
     images = profile.images.model_dump(exclude_none=True)
     base = {
@@ -96,7 +97,7 @@ def profile_sections(profile: Profile) -> dict[str, dict[str, Any]]:
         "images": images,
         "storage": profile.storage.model_dump(exclude_none=True) if profile.storage else None,
         "container_image": images.get("megatron_bridge") or next(iter(images.values()), None),
-        **_executor_fields(profile),
+        **_executor_fields(run, profile),
         "env_vars": {name: env_ref(name) for name in profile.env_vars},
     }
     sections = {f"{prefix}_base": base}
@@ -210,7 +211,7 @@ def _nodes(sections: dict[str, dict[str, Any]], name: str) -> int:
 
 def run(run: StepRun) -> StepResult:
     profile = load_profile(run.p.profile)
-    sections = profile_sections(profile)
+    sections = profile_sections(run, profile)
     for name, table in (run.p.sections or {}).items():
         sections[name] = sections.get(name, {}) | table
     sections["wandb"] = {"project": "${oc.env:WANDB_PROJECT,nemotron}", "entity": "${oc.env:WANDB_ENTITY,nvidia}"}
@@ -221,7 +222,7 @@ def run(run: StepRun) -> StepResult:
     tomllib.loads(text)  # the file must parse as written
     path = run.output_dir / run.p.output_path
     if not path.resolve().is_relative_to(run.output_dir.resolve()):
-        raise ValueError(f"output_path {run.p.output_path!r} is outside the artifact; give a relative path")
+        raise run.error("output_path_outside_artifact", f"output_path {run.p.output_path!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     profiles = [name for name in sections if name not in RESERVED]

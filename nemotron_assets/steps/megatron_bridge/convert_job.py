@@ -94,18 +94,20 @@ def import_checkpoint(bridge, args: SimpleNamespace, dtype, cpu: bool) -> dict[s
 
 def export_checkpoint(bridge, args: SimpleNamespace, cpu: bool) -> dict[str, Any]:
     """The iter_* checkpoint -> HF directory; its logits must be the Megatron model's."""
-    from transformers import AutoModelForCausalLM
-
     models = load_checkpoint(Path(args.megatron), cpu)
     bridge.save_hf_pretrained(models, args.out, show_progress=args.progress, strict=args.strict)
+    return export_difference(bridge, models, args.out) | {"parameters": sum(p.numel() for p in models[0].parameters())}
+
+
+def export_difference(bridge, models, exported: str | Path) -> dict[str, float]:
+    """The Megatron model's largest logit and the largest difference between its logits and those of its HF export
+    (loaded with transformers), on the probe."""
+    from transformers import AutoModelForCausalLM
+
     probe = _probe(bridge.hf_pretrained.config.vocab_size)
     megatron = _megatron_logits(models, probe)
-    exported = _hf_logits(AutoModelForCausalLM.from_pretrained(args.out, dtype=megatron.dtype), probe)
-    return {
-        "largest_logit": megatron.abs().max().item(),
-        "export_logit_difference": (exported - megatron).abs().max().item(),
-        "parameters": sum(p.numel() for p in models[0].parameters()),
-    }
+    hf = _hf_logits(AutoModelForCausalLM.from_pretrained(exported, dtype=megatron.dtype), probe)
+    return {"largest_logit": megatron.abs().max().item(), "export_logit_difference": (hf - megatron).abs().max().item()}
 
 
 def load_checkpoint(iteration_dir: Path, cpu: bool) -> list:
@@ -160,14 +162,14 @@ def _megatron_logits(models, probe):
     return megatron_forward(model, probe).float().cpu()
 
 
-def megatron_forward(model, tokens, labels=None):
+def megatron_forward(model, tokens, labels=None, grad: bool = False):
     """A GPT model's forward on [batch, tokens] ids (explicit causal mask: the default one is built on CUDA): the
-    logits, or with `labels` the per-token loss."""
+    logits, or with `labels` the per-token loss; without gradients unless `grad` (training)."""
     import torch
 
     device = next(model.parameters()).device
     tokens = tokens.to(device)
     positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0)
     mask = torch.triu(torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool, device=device), 1)[None, None]
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         return model(tokens, positions, mask, labels=None if labels is None else labels.to(device))

@@ -185,7 +185,8 @@ def init_distributed(tp: int = 1, pp: int = 1) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
-    parallel_state.initialize_model_parallel(tp, pp)
+    if not parallel_state.model_parallel_is_initialized():  # a second bridge in the same process (distill)
+        parallel_state.initialize_model_parallel(tp, pp)
     if cuda:
         tensor_parallel.model_parallel_cuda_manual_seed(0)
         return

@@ -12,6 +12,7 @@ from nemotron_assets.steps import StepRun
 
 FP8 = ("fp8", "fp8_blockwise", "w4a8_awq")
 INT = ("int8_sq", "int4_awq")
+HF_EXPORT = "hf"  # the optional HF export's directory inside a Megatron artifact (quantize, distill)
 SUPPORTED = {"blackwell": (*FP8, *INT, "nvfp4"), "hopper": (*FP8, *INT), "ada": (*FP8, *INT)}  # ModelOpt recipes
 
 

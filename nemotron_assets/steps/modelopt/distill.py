@@ -1,9 +1,13 @@
-"""optimize/modelopt/distill: knowledge distillation of an HF student from its teacher (usually the original
-checkpoint the student was pruned or quantized from) with ModelOpt's `modelopt.torch.distill`, on training data.
+"""optimize/modelopt/distill: knowledge distillation of a student from its teacher (usually the original checkpoint
+the student was pruned or quantized from) with ModelOpt on Megatron-Core, on training data.
 
 Teacher and student must share one tokenizer (same content fingerprint), or the logits they are compared on do not
-mean the same tokens. The first `holdout_size` rows measure the student's mean token NLL before and after; the
-rest train it for `args.train_iters` steps of `args.gbs` samples. The distilled student is a plain HF checkpoint.
+mean the same tokens. Both HF models are imported into Megatron-Core through Megatron-Bridge's AutoBridge (the
+teacher frozen) and ModelOpt's Megatron distillation plugin trains the student on the teacher's logits (logits KL).
+The first `holdout_size` rows measure the student's mean token NLL before and after; the rest train it for
+`args.train_iters` steps of `args.gbs` samples. The student's Megatron run directory is the published
+checkpoint_megatron (loaded back and measured again); with `hf_export`, the bridge's HF export of the distilled
+student lies in its `hf/` directory (a stage publishes one artifact, its primary product).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.automodel.train import base_model_record
 from nemotron_assets.steps.data_prep.tokenizer import TokenizerUnavailable, load_tokenizer
 from nemotron_assets.steps.launch import as_path
-from nemotron_assets.steps.modelopt.common import run_task, training_texts
+from nemotron_assets.steps.modelopt.common import HF_EXPORT, run_task, training_texts
 
 
 def run(run: StepRun) -> StepResult:
@@ -49,9 +53,12 @@ def run(run: StepRun) -> StepResult:
         "lr": run.p.args.lr,
         "max_tokens": run.p.args.seq_length,
         "output": run.output_dir,
+        "hf_export": run.output_dir / HF_EXPORT if run.p.hf_export else None,
     }
     result = run_task(run, "distill", job)
     losses = result.pop("kd_loss")
     stats = result | {"kd_loss_first": losses[0], "kd_loss_last": losses[-1], "train_samples": len(job["train"])}
-    provenance = {"distillation": {"teacher": base_model_record(teacher), "data": run.input("training_jsonl").version}}
-    return StepResult(stats, provenance)
+    record = {"teacher": base_model_record(teacher), "data": run.input("training_jsonl").version}
+    if run.p.hf_export:
+        stats["hf_export"] = record["hf_export"] = HF_EXPORT
+    return StepResult(stats, {"distillation": record})

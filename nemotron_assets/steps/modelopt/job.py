@@ -1,10 +1,12 @@
 """Job backend of the ModelOpt steps: the torch work, launched through the profile's executor.
 
-`quantize`: load the HF model, measure its mean token NLL on held-out texts, calibrate ModelOpt's quantizers on the
-calibration texts (`mtq.quantize` with the recipe's config: fake-quant on CPU, real kernels on GPU), measure the
-quantized model's NLL on the same texts, and write the deployable checkpoint with `export_hf_checkpoint`.
-`distill`: train the student on the teacher's logits with `modelopt.torch.distill` (logits KD loss between the two
-lm_heads), then export the plain student and save it.
+Quantize and distill import HF models as Megatron-Core models through Megatron-Bridge's AutoBridge, save a Megatron
+checkpoint (`bridge.save_megatron_model`), load it back and measure it again, and write an optional HF export.
+`quantize`: measure the model's mean token NLL on held-out texts, calibrate ModelOpt's quantizers on the calibration
+texts (`mtq.quantize` with the recipe's config: fake-quant on CPU, real kernels on GPU), measure the quantized model
+on the same texts; the HF export is ModelOpt's unified (deployable) one.
+`distill`: train the student on the teacher's logits with ModelOpt's Megatron distillation plugin (logits KL
+between the two output layers), measuring the student before and after; the HF export is the bridge's own.
 `prune`: Minitron structured pruning of the HF model as Megatron-Core models (ModelOpt's `mcore_minitron` mode, our
 own job on Megatron-Bridge; needs Megatron-Core >= 0.17), exported to HF through the bridge.
 Each writes result.json into the work directory.
@@ -49,26 +51,6 @@ def block_size(recipe: str) -> int:
     """The recipe's block along a weight's input dimension (1: not block-quantized), from ModelOpt's config."""
     blocks = [(cfg.block_sizes or {}).get(-1) for cfg in enabled_quantizers(recipe) if hasattr(cfg, "block_sizes")]
     return max((b for b in blocks if b), default=1)
-
-
-def batches(tokenizer, texts: list[str], max_tokens: int, device: str):
-    for text in texts:
-        yield tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens).to(device)
-
-
-def mean_nll(model, tokenizer, texts: list[str], max_tokens: int, device: str) -> float | None:
-    """Mean next-token negative log-likelihood over the texts (token-weighted); None without texts."""
-    import torch
-
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for batch in batches(tokenizer, texts, max_tokens, device):
-            n = batch["input_ids"].shape[1] - 1
-            if n < 1:
-                continue
-            total += model(**batch, labels=batch["input_ids"]).loss.item() * n
-            tokens += n
-    return total / tokens if tokens else None
 
 
 def quantize(job: dict[str, Any]) -> dict[str, Any]:
@@ -134,36 +116,95 @@ def megatron_nll(model, samples) -> float | None:
 
 
 def distill(job: dict[str, Any]) -> dict[str, Any]:
+    """Distil the student on the teacher's logits, both imported as Megatron-Core models (Megatron-Bridge's
+    AutoBridge), through ModelOpt's Megatron distillation plugin (logits KL, the student's own LM loss skipped) and
+    Megatron-Bridge's KD loss function; save the student as a Megatron checkpoint, load it back and measure it again,
+    and with `hf_export` write its HF export (the bridge's Megatron -> HF) there."""
     import modelopt.torch.distill as mtd
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from nemotron_assets.artifacts.checkpoints import megatron_iteration_dir
+    from nemotron_assets.steps.megatron_bridge import convert_job
+
+    cpu = not torch.cuda.is_available()
+    parallel = SimpleNamespace(tp=1, pp=1, ep=1, etp=1)
+    bridge = convert_job.hf_bridge(job["student"], torch.float32)  # the trained weights are AdamW's master copy
+    student = convert_job.megatron_models(bridge, parallel, cpu)[0]
+    teacher_bridge = convert_job.hf_bridge(job["teacher"], torch.float32 if cpu else torch.bfloat16)
+    teacher = convert_job.megatron_models(teacher_bridge, parallel, cpu)[0].eval()
     tokenizer = AutoTokenizer.from_pretrained(job["student"])
-    teacher = AutoModelForCausalLM.from_pretrained(job["teacher"]).to(device).eval()
-    student = AutoModelForCausalLM.from_pretrained(job["student"]).to(device)
-    before = mean_nll(student, tokenizer, job["holdout"], job["max_tokens"], device)
-    criterion = {("lm_head", "lm_head"): mtd.LogitsDistillationLoss()}
-    model = mtd.convert(student, mode=[("kd_loss", {"teacher_model": teacher, "criterion": criterion})])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=job["lr"])
-    texts, size, losses = job["train"], job["batch_size"], []
+    holdout = [ids for ids in token_ids(tokenizer, job["holdout"], job["max_tokens"]) if ids.shape[1] > 1]
+    train = [ids for ids in token_ids(tokenizer, job["train"], job["max_tokens"]) if ids.shape[1] > 1]
+    before, teacher_nll = megatron_nll(student.eval(), holdout), megatron_nll(teacher, holdout)
+    # imported once hf_bridge has imported Megatron-Bridge (with its stand-ins where Transformer Engine is absent)
+    import modelopt.torch.distill.plugins.megatron as mtd_mcore
+    from megatron.bridge.training.post_training.distillation import ModelOptDistillConfig
+
+    config = mtd_mcore.setup_distillation_config(ModelOptDistillConfig(), student.config, teacher.config)
+    kd = {"teacher_model": teacher, "criterion": config.criterion, "loss_balancer": config.loss_balancer}
+    model = mtd.convert(student, mode=[("kd_loss", kd)])
+    mtd_mcore.adjust_distillation_model_for_mcore(model, config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=job["lr"])
+    size, losses = job["batch_size"], []
     model.train()
     for step in range(job["steps"]):
         total = 0.0
-        for text in (texts[(step * size + i) % len(texts)] for i in range(size)):
-            batch = tokenizer(text, return_tensors="pt", truncation=True, max_length=job["max_tokens"]).to(device)
-            model(**batch)  # the teacher runs inside, without gradients
-            loss = model.compute_kd_loss() / size
+        for ids in (train[(step * size + i) % len(train)] for i in range(size)):
+            output = convert_job.megatron_forward(model, ids[:, :-1], ids[:, 1:], grad=True)  # teacher inside
+            loss = kd_loss(model, output) / size
             loss.backward()
             total += loss.item()
         losses.append(total)
         optimizer.step()
         optimizer.zero_grad()
-    student = mtd.export(model).eval()
-    after = mean_nll(student, tokenizer, job["holdout"], job["max_tokens"], device)
-    student.save_pretrained(job["output"])
-    tokenizer.save_pretrained(job["output"])
-    return {"device": device, "kd_loss": losses, "student_nll_before": before, "student_nll_after": after}
+    student = plain_student(mtd.export(model)).eval()
+    after = megatron_nll(student, holdout)
+    bridge.save_megatron_model([student], job["output"], hf_tokenizer_path=job["student"])
+    result = {"device": "cpu" if cpu else "cuda", "kd_loss": losses, "teacher_nll": teacher_nll}
+    if job["hf_export"]:
+        bridge.save_hf_pretrained([student], job["hf_export"], show_progress=False)
+        result |= convert_job.export_difference(bridge, [student], job["hf_export"])
+    del student, model, teacher
+    restored = convert_job.load_checkpoint(megatron_iteration_dir(Path(job["output"])), cpu)[0].eval()
+    restored_nll = megatron_nll(restored, holdout)
+    return result | {"student_nll_before": before, "student_nll_after": after, "student_nll_restored": restored_nll}
+
+
+def kd_loss(model, output):
+    """The mean per-token KD loss of one sample, through Megatron-Bridge's distillation loss function (the loss
+    its training step uses: the ModelOpt criterion's per-token losses, masked and tensor-parallel reduced)."""
+    import torch
+    from megatron.bridge.training.post_training.distillation import loss_func_kd
+
+    def lm_loss(per_token):
+        return per_token.float().sum(), torch.tensor(per_token.numel(), device=per_token.device), {}
+
+    loss, tokens, _ = loss_func_kd(output, torch.ones_like(output, dtype=torch.float), lm_loss, model)
+    return loss / tokens
+
+
+# what ModelOpt's adjust_distillation_model_for_mcore sets on the student instance
+MCORE_DISTILL_OVERRIDES = (
+    "forward",
+    "compute_language_model_loss",
+    "sharded_state_dict",
+    "set_input_tensor",
+    "set_student_input_tensor_shape",
+)
+
+
+def plain_student(student):
+    """The student `mtd.export` returns, without the per-instance methods the Megatron plugin set on it (the
+    teacher forward, the skipped LM loss, the teacher-hiding state dict) and without the ModelOpt state the
+    distillation modes left (the student came from HF without any): a plain GPT model, saved without modelopt_state."""
+    import modelopt.torch.opt as mto
+
+    for name in MCORE_DISTILL_OVERRIDES:
+        vars(student).pop(name, None)
+    if mto.ModeloptStateManager.is_converted(student):
+        mto.ModeloptStateManager.remove_state(student)
+    return student
 
 
 STAGE_LAYERS = ("num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage")

@@ -22,11 +22,10 @@ import json
 
 from nemotron_assets.hardware import QUANT_FORMATS, architecture
 from nemotron_assets.steps import StepResult, StepRun
-from nemotron_assets.steps.modelopt.common import SUPPORTED, target_gpu, training_texts
+from nemotron_assets.steps.modelopt.common import HF_EXPORT, SUPPORTED, target_gpu, training_texts
 from nemotron_assets.steps.modelopt.job import block_size, enabled_quantizers
 
 HEADS = ("num_attention_heads", "num_key_value_heads")
-HF_EXPORT = "hf"  # the unified HF export's directory inside the Megatron artifact
 PRE_QUANT_SCALED = ("int8_sq", "int4_awq", "w4a8_awq")  # SmoothQuant/AWQ: no unified HF export from Megatron
 
 
