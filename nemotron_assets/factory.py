@@ -20,6 +20,7 @@ from nemotron_assets.errors import NamedError
 from nemotron_assets.guardrails import check_hardware, gpu_pool, gpus_for
 from nemotron_assets.paths import expand
 from nemotron_assets.pipelines import PipelineSpec, Source, Stage
+from nemotron_assets.pipelines.bookends import scored_artifact
 from nemotron_assets.steps.launch import InfrastructureFailure, LaunchFailed, Measured
 from nemotron_assets.usage import metered
 from nemotron_assets.versions import step_code_version
@@ -195,11 +196,13 @@ def source_spec(pipeline: PipelineSpec, source: Source) -> dg.AssetSpec:
 
 
 def gating_deps(pipeline: PipelineSpec) -> dict[str, list[dg.AssetKey]]:
-    """stage -> the after-evaluations gating the checkpoints it consumes."""
+    """stage -> the after-evaluations gating the checkpoints it consumes: the gated stage's, and the HF export the
+    evaluation scores when that stage made a Megatron checkpoint (the export itself is what is scored, not gated)."""
     deps: dict[str, list[dg.AssetKey]] = {}
     for target, _, after in pipeline.bookends():
+        scored = scored_artifact(target, pipeline.stages)  # the target, or its HF export
         for stage in pipeline.stages:
-            if stage.name != after.name and target.name in stage.consumes.values():
+            if stage.name not in (after.name, scored) and {target.name, scored} & set(stage.consumes.values()):
                 deps.setdefault(stage.name, []).append(dg.AssetKey([pipeline.name, after.name]))
     return deps
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,8 +58,11 @@ def compare(before: Path, after: Path, category: str, tolerance: float) -> tuple
 
 
 def scored_version(after: Path, name: str) -> str:
-    """The version of checkpoint `name` the evaluation at `after` scored."""
-    return next(i["version"] for i in read_provenance(after)["inputs"] if i["name"] == name)
+    """The version of checkpoint `name` the evaluation at `after` scored: one of its inputs, or an input of the
+    export it scored (a Megatron checkpoint is scored through its HF export)."""
+    inputs = read_provenance(after)["inputs"]
+    exported = [(read_provenance(Path(i["path"])) or {}).get("inputs", []) for i in inputs if "path" in i]
+    return next(i["version"] for i in chain(inputs, *exported) if i["name"] == name)
 
 
 def comparison_table(rows: Sequence[Comparison]) -> str:

@@ -741,7 +741,7 @@ class Planner:
     def evaluation(self) -> Evaluation | None:
         """The `evaluation:` section whose bookends (pipelines/bookends.py) surround the quality-changing stages;
         None when the plan has none. Its data is the user's to give: the plan has no held-out eval data."""
-        if not any(bookended(s) for s in self.stages):
+        if not any(bookended(s, self.stages) for s in self.stages):
             return None
         self.warn("give the evaluation section data to score (evaluation.data: mcq_benchmark_parquet and/or held-out "
                   "training_jsonl) before running its evaluations (no_eval_data otherwise)")  # fmt: skip

@@ -147,3 +147,42 @@ def test_consumers_of_a_gated_checkpoint_depend_on_its_gate():
     assert merged_deps == {"lora", "base", "eval_lora"}
     eval_deps = {k.path[-1] for k in assets["eval_lora"].asset_deps[assets["eval_lora"].key]}
     assert "eval_lora" not in eval_deps and "lora" in eval_deps
+
+
+def test_a_megatron_checkpoint_is_gated_through_its_export(tmp_path: Path):
+    """The evaluation scores the HF export; its gate decides on the Megatron stage's version (the export's input),
+    and blocks the export's consumers, not the export."""
+    from nemotron_assets.gates import scored_version
+
+    export, evaluation = tmp_path / "distilled_hf", tmp_path / "eval"
+    for path, inputs in (
+        (export, [{"name": "distilled", "version": "D", "path": str(tmp_path / "distilled")}]),
+        (evaluation, [{"name": "distilled_hf", "version": "H", "path": str(export)}]),
+    ):
+        path.mkdir()
+        write_provenance(path, {"type": "eval_results", "version": path.name, "inputs": inputs})
+    assert scored_version(evaluation, "distilled") == "D" and scored_version(evaluation, "distilled_hf") == "H"
+
+    sources = [
+        {"name": "chat", "type": "training_jsonl", "path": str(DATA / "tiny_chat.jsonl")},
+        {"name": "mcq", "type": "mcq_benchmark_parquet", "path": str(DATA / "tiny_mcq.parquet")},
+        {"name": "base", "type": "checkpoint_hf", "path": "/models/base"},
+    ]
+    stages = [
+        {"name": "mcore", "step": "convert/hf_to_megatron", "consumes": {"checkpoint_hf": "base"}},
+        {"name": "back", "step": "convert/megatron_to_hf", "consumes": {"checkpoint_megatron": "mcore"}},
+        {
+            "name": "small",
+            "step": "optimize/modelopt/prune",
+            "consumes": {"checkpoint_hf": "back", "training_jsonl": "chat"},
+        },
+    ]
+    evaluation_section = {"data": {"mcq_benchmark_parquet": "mcq", "training_jsonl": "chat"}, "preset": "tiny"}
+    spec = PipelineSpec.parse(
+        {"name": "m", "description": "d", "sources": sources, "stages": stages, "evaluation": evaluation_section}
+    )
+    assets = {a.key.path[-1]: a for a in pipeline_assets(spec) if type(a) is dg.AssetsDefinition}
+    deps = {name: {k.path[-1] for k in a.asset_deps[a.key]} for name, a in assets.items()}
+    assert deps["back"] == {"mcore"}  # the scored export waits on no gate
+    assert deps["eval_back"] == {"back", "mcq", "chat"}
+    assert "eval_back" in deps["small"]  # the export's consumer waits on the Megatron stage's gate

@@ -44,7 +44,7 @@ def round_trip(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     store = ArtifactStore(root=str(tmp_path_factory.mktemp("store")))
     imported = materialize(stage("convert/hf_to_megatron", model), store)
     exported = materialize(
-        stage("convert/megatron_to_hf", imported.path, hf_model_id=str(model)),
+        stage("convert/megatron_to_hf", imported.path, hf_model_id=""),  # the HF model hf_to_megatron recorded
         ArtifactStore(root=str(tmp_path_factory.mktemp("store2"))),
     )
     return {"model": model, "imported": imported, "exported": exported}
@@ -66,6 +66,11 @@ def test_megatron_to_hf_loads_in_transformers_with_the_source_logits(round_trip)
     exported = round_trip["exported"]
     assert exported.provenance["exported_from"]["iteration"] == 0
     assert exported.provenance["exported_from"]["megatron"].endswith("iter_0000000")  # resolved via the tracker
+    assert (
+        exported.provenance["exported_from"]["hf"]
+        == round_trip["imported"].provenance["hf_config"]
+        == str(round_trip["model"])
+    )
     assert validate(exported.path, "checkpoint_hf")["parameters"] > 0
     probe = torch.arange(1, 40).unsqueeze(0)
     with torch.no_grad():
@@ -148,6 +153,15 @@ def test_incomplete_checkpoint(round_trip, store, tmp_path: Path):
 
 def test_export_needs_the_hf_config_and_tokenizer(round_trip, store):
     expect("missing_hf_config_or_tokenizer", "convert/megatron_to_hf", round_trip["imported"].path, store)
+
+
+def test_export_of_a_checkpoint_that_records_no_hf_model(round_trip, store, tmp_path: Path):
+    checkpoint = shutil.copytree(round_trip["imported"].path, tmp_path / "checkpoint")
+    provenance = json.loads((checkpoint / "provenance.json").read_text())
+    del provenance["hf_config"]
+    (checkpoint / "provenance.json").write_text(json.dumps(provenance))
+    error = expect("missing_hf_config_or_tokenizer", "convert/megatron_to_hf", checkpoint, store, hf_model_id="")
+    assert "records no HF model" in error.detail
 
 
 def test_export_mismatch_publishes_nothing(round_trip, store, monkeypatch):

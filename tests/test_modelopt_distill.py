@@ -81,6 +81,7 @@ def test_student_learns_from_the_teacher(teacher: Path, distilled):
         "data": result.provenance["inputs"][1]["version"],
         "hf_export": "hf",
     }
+    assert result.provenance["hf_config"] == str(student)  # what convert/megatron_to_hf exports it with
 
 
 def test_hf_export_is_the_distilled_student(distilled):

@@ -30,6 +30,21 @@ def test_shipped_pipelines_load():
     assert tiny.params(tiny.stage("packed_parquet"))["algorithm"] == "first_fit_decreasing"  # pipeline config
 
 
+def test_minitron_scores_the_distilled_megatron_checkpoint_through_its_export():
+    minitron = next(p for p in load_pipelines() if p.name == "minitron")
+    assert gates(minitron) == {
+        "pruned": ("eval_base", "eval_pruned"),
+        "distilled": ("eval_pruned", "eval_distilled_hf"),
+    }
+    names = [s.name for s in minitron.stages]
+    assert names.index("eval_distilled_hf") > names.index("distilled_hf")  # scored after the export exists
+    assert minitron.stage("eval_distilled_hf").consumes["checkpoint_hf"] == "distilled_hf"
+    assert not any(
+        minitron.params(s).get("target") == "distilled_hf" for s in minitron.stages
+    )  # no bookends of its own
+    assert minitron.params(minitron.stage("eval_pruned"))["gate_tolerance"] == 1.0
+
+
 def test_ill_typed_edge_names_both_types_and_the_fix():
     stages = [
         {"name": "packed", "step": "data_prep/sft_packing", "consumes": {"training_jsonl": "chat"}},
@@ -225,8 +240,9 @@ def test_expansion_is_idempotent():
     assert PipelineSpec.parse(pipeline.model_dump()) == pipeline
 
 
-def test_checkpoints_eval_cannot_score_get_no_gate():
-    # A Megatron checkpoint is scored after its conversion to HF; pretraining from scratch has no model before it.
+def test_megatron_checkpoint_is_gated_through_its_export_and_scratch_has_no_gate():
+    # A Megatron checkpoint is scored through its conversion to HF: the import is gated on the round trip's scores
+    # (the conversion gets no bookends of its own); pretraining from scratch has no model before it.
     stages = [
         {"name": "mcore", "step": "convert/hf_to_megatron", "consumes": {"checkpoint_hf": "base"}},
         {"name": "back", "step": "convert/megatron_to_hf", "consumes": {"checkpoint_megatron": "mcore"}},
@@ -234,8 +250,13 @@ def test_checkpoints_eval_cannot_score_get_no_gate():
     scratch = {"name": "bins", "type": "binidx", "path": "/bins"}
     pretrain = {"name": "fresh", "step": "pretrain/automodel", "consumes": {"binidx": "bins"}}
     pipeline = evaluated([*stages, pretrain | {"config": {"load_weights": False}}], sources=[*MODEL_SOURCES, scratch])
-    assert evals(pipeline) == {"eval_back": ("after", "back"), "eval_fresh": ("after", "fresh")}
-    assert gates(pipeline) == {}
+    assert evals(pipeline) == {
+        "eval_base": ("before", "mcore"),
+        "eval_back": ("after", "mcore"),
+        "eval_fresh": ("after", "fresh"),
+    }
+    assert gates(pipeline) == {"mcore": ("eval_base", "eval_back")}
+    assert [s.name for s in pipeline.stages].index("eval_back") > [s.name for s in pipeline.stages].index("back")
 
 
 def test_bookend_names_must_not_collide():

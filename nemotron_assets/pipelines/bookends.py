@@ -4,7 +4,9 @@ A stage's `after` is the eval with role after and that target. Its `before` is t
 target, or the one naming it `also_before`, or else any before/after eval scoring the checkpoint the stage starts
 from: one evaluation of a model serves every stage that starts from it. The evaluation section inserts, for each
 quality-changing stage whose checkpoint eval/model_eval can score, the evaluations still missing: `eval_<artifact>`
-(or `evaluation.names[artifact]`), all with the section's data, preset and config.
+(or `evaluation.names[artifact]`), all with the section's data, preset and config. A stage that makes a Megatron
+checkpoint is scored through the convert/megatron_to_hf stage that exports it (its after-evaluation scores that
+export; the conversion gets no bookends of its own).
 """
 
 from __future__ import annotations
@@ -104,9 +106,11 @@ def expand(spec: PipelineSpec) -> tuple[Stage, ...]:
         placed.append((max(index[target.name] - 0.5, inputs + 0.5), evaluation))
         stages.append(evaluation)
 
+    scored = {stage.name: scored_artifact(stage, spec.stages) for stage in spec.stages}
+    conversions = {artifact for name, artifact in scored.items() if artifact not in (None, name)}
     for stage in spec.stages:
-        if not bookended(stage):
-            continue
+        if stage.name in conversions or not bookended(stage, spec.stages):
+            continue  # a conversion that scores a Megatron stage's output is bookended as that stage
         if before_eval(spec, stages, stage) is None:
             start, path = starting_point(spec, stage), model_path(stage)
             if start is None and path:
@@ -118,7 +122,7 @@ def expand(spec: PipelineSpec) -> tuple[Stage, ...]:
             if start is not None and scorable_port(spec.artifact_type(start)):
                 add(start, "before", stage, {})
         if after_eval(spec, stages, stage.name) is None:
-            add(stage.name, "after", stage, _tolerance(spec, stage))
+            add(scored[stage.name], "after", stage, _tolerance(spec, stage))
     return tuple(stage for _, stage in sorted(placed, key=lambda pair: pair[0]))
 
 
@@ -135,10 +139,20 @@ def _scored(evaluation: Stage) -> set[str]:
     return {evaluation.consumes[port] for port in SCORABLE if port in evaluation.consumes}
 
 
-def bookended(stage: Stage) -> bool:
-    """Whether the evaluation section bookends this stage: it changes model quality and its output is scorable."""
-    step = CATALOG.step(stage.step)
-    return stage.evaluate and step.category in QUALITY_CATEGORIES and scorable_port(step.primary_output) is not None
+def scored_artifact(stage: Stage, stages: Sequence[Stage] = ()) -> str | None:
+    """The artifact that holds what a stage made in a form eval/model_eval scores: its own output, or the HF export
+    of its Megatron checkpoint by a stage among `stages` (convert/megatron_to_hf); None when there is neither."""
+    if scorable_port(CATALOG.step(stage.step).primary_output):
+        return stage.name
+    converts = (s for s in stages if s.consumes.get("checkpoint_megatron") == stage.name)
+    return next((s.name for s in converts if scorable_port(CATALOG.step(s.step).primary_output)), None)
+
+
+def bookended(stage: Stage, stages: Sequence[Stage] = ()) -> bool:
+    """Whether the evaluation section bookends this stage: it changes model quality and what it made can be scored
+    (scored_artifact, among `stages`)."""
+    quality = stage.evaluate and CATALOG.step(stage.step).category in QUALITY_CATEGORIES
+    return quality and scored_artifact(stage, stages) is not None
 
 
 def _tolerance(spec: PipelineSpec, stage: Stage) -> dict[str, float]:

@@ -17,10 +17,11 @@ from typing import Any
 
 from nemotron_assets.artifacts import validate
 from nemotron_assets.artifacts.checkpoints import MEGATRON_ITERATION, megatron_iteration_dir
-from nemotron_assets.artifacts.files import overlaps
+from nemotron_assets.artifacts.files import overlaps, read_provenance
 from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import StepResult, StepRun
 
+HF_CONFIG = "hf_config"  # provenance: the HF model whose config and tokenizer a Megatron checkpoint has
 # Files that mark a directory as a training run, optimizer state or adapter, not a clean HF model.
 NOT_CLEAN = ("adapter_config.json", "optimizer.pt", "trainer_state.json", "latest_checkpointed_iteration.txt")
 
@@ -49,7 +50,7 @@ def hf_to_megatron(run: StepRun) -> StepResult:
         "megatron_tolerance",
     )
     stats = report | {"relative_round_trip_difference": relative, "relative_megatron_difference": megatron}
-    return StepResult(stats, {"converted_from": {"hf": str(source)}})
+    return StepResult(stats, {"converted_from": {"hf": str(source)}, HF_CONFIG: str(source)})
 
 
 def megatron_to_hf(run: StepRun) -> StepResult:
@@ -91,8 +92,14 @@ def hf_source(run: StepRun) -> Path:
 
 
 def hf_config_source(run: StepRun) -> Path:
-    """The HF directory whose config and tokenizer match the checkpoint (hf_model_id)."""
-    hf = Path(run.p.hf_model_id)
+    """The HF directory whose config and tokenizer match the checkpoint: hf_model_id, or when that is empty the one
+    the step that made the checkpoint recorded (HF_CONFIG in its provenance: hf_to_megatron's source, distill's
+    student)."""
+    artifact = run.inputs.get("checkpoint_megatron")
+    recorded = artifact and (read_provenance(artifact.path) or {}).get(HF_CONFIG)
+    if not (run.p.hf_model_id or recorded):
+        raise run.error("missing_hf_config_or_tokenizer", "hf_model_id is empty and the checkpoint records no HF model")
+    hf = Path(run.p.hf_model_id or recorded)
     try:
         validate(hf, "checkpoint_hf")
     except NamedError as e:

@@ -16,6 +16,7 @@ from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.automodel.train import base_model_record
 from nemotron_assets.steps.data_prep.tokenizer import TokenizerUnavailable, load_tokenizer
 from nemotron_assets.steps.launch import as_path
+from nemotron_assets.steps.megatron_bridge.convert import HF_CONFIG
 from nemotron_assets.steps.modelopt.common import HF_EXPORT, run_task, training_texts
 
 
@@ -59,6 +60,7 @@ def run(run: StepRun) -> StepResult:
     losses = result.pop("kd_loss")
     stats = result | {"kd_loss_first": losses[0], "kd_loss_last": losses[-1], "train_samples": len(job["train"])}
     record = {"teacher": base_model_record(teacher), "data": run.input("training_jsonl").version}
+    provenance = {"distillation": record, HF_CONFIG: str(student)}  # the export's config and tokenizer
     if run.p.hf_export:
         stats["hf_export"] = record["hf_export"] = HF_EXPORT
-    return StepResult(stats, {"distillation": record})
+    return StepResult(stats, provenance)

@@ -132,7 +132,10 @@ def distill(job: dict[str, Any]) -> dict[str, Any]:
     bridge = convert_job.hf_bridge(job["student"], torch.float32)  # the trained weights are AdamW's master copy
     student = convert_job.megatron_models(bridge, parallel, cpu)[0]
     teacher_bridge = convert_job.hf_bridge(job["teacher"], torch.float32 if cpu else torch.bfloat16)
-    teacher = convert_job.megatron_models(teacher_bridge, parallel, cpu)[0].eval()
+    from megatron.core.utils import unwrap_model  # after hf_bridge: Megatron-Bridge's stand-ins come first
+
+    # ModelOpt looks the teacher's layers up by name: without the Float16Module a bf16 model is wrapped in
+    teacher = unwrap_model(convert_job.megatron_models(teacher_bridge, parallel, cpu)[0]).eval()
     tokenizer = AutoTokenizer.from_pretrained(job["student"])
     holdout = [ids for ids in token_ids(tokenizer, job["holdout"], job["max_tokens"]) if ids.shape[1] > 1]
     train = [ids for ids in token_ids(tokenizer, job["train"], job["max_tokens"]) if ids.shape[1] > 1]
