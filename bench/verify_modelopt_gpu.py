@@ -86,6 +86,11 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     result: dict = {"device": gpu or "cpu", "torch": torch.__version__, "python": platform.python_version()}
     recipes = {recipe: target for recipe, target in TARGETS.items() if recipe in args.tasks}
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every task: a call cut short keeps what finished
+        (args.out / "modelopt_gpu_quantize.json").write_text(json.dumps(result, indent=2, default=str))
+
     models = {
         "fp8": args.model.resolve(),
         "nvfp4": block_compatible(args.model.resolve(), args.out.resolve() / "model") if "nvfp4" in recipes else None,
@@ -100,10 +105,10 @@ def main() -> None:
             "model": str(models[recipe]),
             "weight_dtypes": weight_dtypes(Path(record["path"]) / "hf"),
         }
+        save()
     if "distill" in args.tasks:
         result["distill"] = distill(args.model.resolve(), args.out.resolve() / "distill", int(bool(gpu)))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "modelopt_gpu_quantize.json").write_text(json.dumps(result, indent=2, default=str))
+        save()
 
 
 if __name__ == "__main__":

@@ -57,6 +57,15 @@ def test_tracker_naming_a_missing_iteration(tmp_path: Path):
     expect("incomplete_megatron_checkpoint", megatron_run(tmp_path / "run", latest=20))
 
 
+def test_common_state_inside_the_shards(tmp_path: Path):
+    """Megatron-Core >= 0.17 keeps the common state as a "common_state" object in the shards, named in .metadata,
+    and writes no common.pt."""
+    step = megatron_run(tmp_path / "run", iterations=(10,)) / "iter_0000010"
+    (step / "common.pt").unlink()
+    (step / ".metadata").write_bytes(b"\x80\x04...\x8c\x17common_state/shard_0_1...")
+    assert validate(step, "checkpoint_megatron")["iteration"] == 10
+
+
 @pytest.mark.parametrize("lost", ["metadata.json", ".metadata", "common.pt", "__0_0.distcp"])
 def test_incomplete_save(tmp_path: Path, lost: str):
     run = megatron_run(tmp_path / "run", iterations=(10,))

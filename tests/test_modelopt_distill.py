@@ -163,3 +163,11 @@ def test_without_hf_export_only_the_megatron_checkpoint(teacher: Path, tmp_path:
     result = modelopt_distill.run(StepRun(step, params, inputs, tmp_path / "out", tmp_path / "work"))
     assert jobs[0]["hf_export"] is None and "hf_export" not in result.stats
     assert "hf_export" not in result.provenance["distillation"] and result.stats["kd_loss_last"] == 0.1
+
+
+def test_a_batch_pads_each_row_on_the_right_and_masks_the_padding():
+    from nemotron_assets.steps.modelopt.job import padded
+
+    tokens, labels, mask = padded([torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9, 10]])])
+    assert tokens.tolist() == [[5, 6, 7], [9, 10, 0]] and labels.tolist() == [[6, 7, 8], [10, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]

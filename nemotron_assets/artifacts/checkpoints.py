@@ -90,7 +90,10 @@ def validate_checkpoint_lora(path: Path) -> dict[str, Any]:
 
 MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
 MEGATRON_ITERATION = re.compile(r"iter_(\d{7})")
-DIST_CKPT_FILES = ("metadata.json", ".metadata", "common.pt")
+DIST_CKPT_FILES = ("metadata.json", ".metadata")
+# the non-sharded state: a common.pt file (Megatron-Core <= 0.16), or a "common_state" object in the shards, named
+# in .metadata (later releases)
+COMMON_STATE_FILE, COMMON_STATE_KEY = "common.pt", b"common_state"
 
 
 def megatron_iteration_dir(path: Path) -> Path:
@@ -110,13 +113,21 @@ def megatron_iteration_dir(path: Path) -> Path:
     return path / f"iter_{int(text):07d}"
 
 
+def _has_common_state(iteration_dir: Path) -> bool:
+    """Whether the checkpoint holds its common state, in either layout (the .metadata pickle is searched as bytes,
+    never unpickled)."""
+    return (iteration_dir / COMMON_STATE_FILE).exists() or COMMON_STATE_KEY in (iteration_dir / ".metadata").read_bytes()
+
+
 def validate_checkpoint_megatron(path: Path) -> dict[str, Any]:
     """A complete Megatron distributed checkpoint (torch_dist): one iter_NNNNNNN directory with metadata.json,
-    .metadata, common.pt and its .distcp shards, given directly or through its run directory's tracker."""
+    .metadata, its common state and its .distcp shards, given directly or through its run directory's tracker."""
     iteration_dir = megatron_iteration_dir(path)
     if not iteration_dir.is_dir():
         raise contract_error("incomplete_megatron_checkpoint", f"{iteration_dir}: named by the tracker, missing")
     missing = [name for name in DIST_CKPT_FILES if not (iteration_dir / name).exists()]
+    if not missing and not _has_common_state(iteration_dir):
+        missing.append(f"{COMMON_STATE_FILE} or common state")
     shards = sorted(iteration_dir.glob("*.distcp"))
     if missing or not shards:
         lacking = ", ".join([*missing, *([] if shards else ["*.distcp shards"])])

@@ -103,7 +103,16 @@ def import_bridge() -> types.ModuleType:
         sys.meta_path.remove(finder)
         for name in [n for n in sys.modules if finder.find_spec(n)]:
             del sys.modules[name]
+    allow_own_targets()
     return bridge
+
+
+def allow_own_targets() -> None:
+    """Let Megatron-Bridge (>= 0.6: an allowlist of `_target_` prefixes) instantiate the run configs this package
+    saves, which name `local_packed_layer_spec` as the layer spec; older releases instantiate any target."""
+    instantiate = importlib.import_module("megatron.bridge.utils.instantiate_utils")
+    if hasattr(instantiate, "register_allowed_target_prefix"):
+        instantiate.register_allowed_target_prefix(__name__)
 
 
 def modelopt_megatron_export():

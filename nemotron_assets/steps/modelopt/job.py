@@ -82,8 +82,10 @@ def quantize(job: dict[str, Any]) -> dict[str, Any]:
     quantizers = [m for name, m in model.named_modules() if name.endswith("_quantizer") and m.is_enabled]
     bridge.save_megatron_model(models, job["output"], hf_tokenizer_path=job["model"])
     if job["hf_export"]:
-        export = no_te.modelopt_megatron_export()
-        export(model, job["model"], dtype=dtype, export_dir=str(Path(job["hf_export"])))
+        from megatron.core.utils import unwrap_model  # after hf_bridge: Megatron-Bridge's stand-ins come first
+
+        export = no_te.modelopt_megatron_export()  # the GPT model itself, not its bf16 Float16Module wrapper
+        export(unwrap_model(model), job["model"], dtype=dtype, export_dir=str(Path(job["hf_export"])))
     del models, model
     restored = convert_job.load_checkpoint(megatron_iteration_dir(Path(job["output"])), cpu)[0].eval()
     return {
@@ -152,13 +154,11 @@ def distill(job: dict[str, Any]) -> dict[str, Any]:
     size, losses = job["batch_size"], []
     model.train()
     for step in range(job["steps"]):
-        total = 0.0
-        for ids in (train[(step * size + i) % len(train)] for i in range(size)):
-            output = convert_job.megatron_forward(model, ids[:, :-1], ids[:, 1:], grad=True)  # teacher inside
-            loss = kd_loss(model, output) / size
-            loss.backward()
-            total += loss.item()
-        losses.append(total)
+        tokens, labels, mask = padded([train[(step * size + i) % len(train)] for i in range(size)])
+        output = convert_job.megatron_forward(model, tokens, labels, grad=True)  # the teacher's forward inside
+        loss = kd_loss(model, output, mask.to(output.device))
+        loss.backward()
+        losses.append(loss.item())
         optimizer.step()
         optimizer.zero_grad()
     student = plain_student(mtd.export(model)).eval()
@@ -174,16 +174,28 @@ def distill(job: dict[str, Any]) -> dict[str, Any]:
     return result | {"student_nll_before": before, "student_nll_after": after, "student_nll_restored": restored_nll}
 
 
-def kd_loss(model, output):
-    """The mean per-token KD loss of one sample, through Megatron-Bridge's distillation loss function (the loss
-    its training step uses: the ModelOpt criterion's per-token losses, masked and tensor-parallel reduced)."""
+def padded(samples):
+    """[1, n] samples as one right-padded batch: inputs and labels [batch, longest - 1] and the labels' mask (under
+    the causal mask no real position sees the padding)."""
     import torch
+
+    width = max(ids.shape[1] for ids in samples)
+    tokens, mask = torch.zeros(len(samples), width, dtype=torch.long), torch.zeros(len(samples), width - 1)
+    for row, ids in enumerate(samples):
+        tokens[row, : ids.shape[1]] = ids[0]
+        mask[row, : ids.shape[1] - 1] = 1
+    return tokens[:, :-1], tokens[:, 1:], mask
+
+
+def kd_loss(model, output, mask):
+    """The mean KD loss over the batch's real tokens, through Megatron-Bridge's distillation loss function (the
+    loss its training step uses: the ModelOpt criterion's per-token losses, masked and tensor-parallel reduced)."""
     from megatron.bridge.training.post_training.distillation import loss_func_kd
 
     def lm_loss(per_token):
-        return per_token.float().sum(), torch.tensor(per_token.numel(), device=per_token.device), {}
+        return (per_token.float() * mask).sum(), mask.sum(), {}
 
-    loss, tokens, _ = loss_func_kd(output, torch.ones_like(output, dtype=torch.float), lm_loss, model)
+    loss, tokens, _ = loss_func_kd(output, mask, lm_loss, model)
     return loss / tokens
 
 
