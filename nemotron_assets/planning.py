@@ -22,7 +22,7 @@ from nemotron_assets.catalog import CATALOG, CatalogError
 from nemotron_assets.catalog.models import FactValue, IntentRule, Route
 from nemotron_assets.hardware import QUANT_FORMATS, architecture, memory_gib
 from nemotron_assets.pipelines import PipelineSpec
-from nemotron_assets.pipelines.bookends import bookended, model_path
+from nemotron_assets.pipelines.bookends import CHECKPOINTS, EVAL, bookended, model_path
 from nemotron_assets.pipelines.models import Evaluation, Source, Stage
 
 GPUS = ("h100", "h200", "a100-40gb", "a100-80gb", "b200", "cpu")  # the GPUs of the parallelism table below
@@ -44,9 +44,7 @@ PARALLELISM: dict[tuple[str, str], tuple[int, int, int, int, str | None]] = {
     ("super3", "h200"): (8, 2, 2, 1, None),
 }
 RULES = CATALOG.rules
-EVAL = "eval/model_eval"
 NOT_APPLICABLE = "intent_not_applicable"  # the named error of an intent no stage of the plan can honour
-CHECKPOINTS = ("checkpoint_megatron", "checkpoint_hf", "checkpoint_lora")
 INPUT_ROLES = ("base_model", "reward_model")
 JSONL_FAMILY = ("training_jsonl", "raw_jsonl", "filtered_jsonl", "translated_jsonl", "synthetic_jsonl")
 
@@ -357,19 +355,26 @@ class Planner:
         if rule not in self.fired:
             self.fired.append(rule)
 
+    def values(self, task: str) -> dict[str, Any]:
+        """What a rule's reason or warning may name."""
+        m = self.memory
+        return {"model": self.model.name, "family": self.model.family, "min_gpus": self.model.min_gpus,
+                "gpus": self.hw.gpus, "gpu": self.hw.gpu, "task": task.upper() if task == "sft" else task,
+                "full_gib": m.full_gib, "lora_gib": m.lora_gib, "gpu_gib": m.gpu_gib}  # fmt: skip
+
+    def blocked(self, rule: Route, task: str) -> None:
+        """Raise the block the rule names, if it names one."""
+        if rule.block:
+            raise Blocked(f"{rule.block}: {rule.reason.format(**self.values(task))}")
+
     def route(self, task: str) -> str:
         """The stage the first rule of `task` that holds picks (or the block it names)."""
         facts = self.facts()
         rule = next(r for r in RULES.routes(task) if r.holds(facts))
         self.fire(rule)
-        m = self.memory
-        values = {"model": self.model.name, "family": self.model.family, "min_gpus": self.model.min_gpus,
-                  "gpus": self.hw.gpus, "gpu": self.hw.gpu, "task": task.upper() if task == "sft" else task,
-                  "full_gib": m.full_gib, "lora_gib": m.lora_gib, "gpu_gib": m.gpu_gib}  # fmt: skip
-        if rule.block:
-            raise Blocked(f"{rule.block}: {rule.reason.format(**values)}")
+        self.blocked(rule, task)
         if rule.warn:
-            self.warn(rule.warn.format(**values))
+            self.warn(rule.warn.format(**self.values(task)))
         if rule.use not in CATALOG.steps:
             return self.route(rule.use)
         return self.build(rule.use, task, rule)
@@ -386,6 +391,8 @@ class Planner:
             "translate/nemo_curator": self.translate_goal,
             "byob/mcq": self.translate_benchmark if task == "translate" else self.benchmark,
             "optimize/modelopt/quantize": lambda: self.quantize(rule.quant_format if rule else "native"),
+            "optimize/modelopt/prune": lambda: self.optimize("prune"),
+            "optimize/modelopt/distill": lambda: self.optimize("distill"),
             "sdg/data_designer": self.sdg,
             EVAL: self.evaluate,
         }
@@ -655,14 +662,21 @@ class Planner:
     def optimize(self, kind: str) -> str:
         if kind == "quantize":
             return self.route("quantize")
-        return self.add(f"optimize/modelopt/{kind}", kind, {"checkpoint_hf": self.need("checkpoint_hf", "base_model")})
+        return self.add(f"optimize/modelopt/{kind}", kind, self.modelopt_inputs())
+
+    def modelopt_inputs(self) -> dict[str, str]:
+        """A ModelOpt stage's model and the rows it calibrates on (quantize, prune) or trains on (distill): the
+        SFT data, so the data intents act on it too."""
+        return {
+            "checkpoint_hf": self.need("checkpoint_hf", "base_model"),
+            "training_jsonl": self.need("training_jsonl", "sft_data"),
+        }
 
     def quantize(self, quant_format: str) -> str:
         step = "optimize/modelopt/quantize"
-        source = self.need("checkpoint_hf", "base_model")
         quant = QUANT_FORMATS[self.hw.arch] if quant_format == "native" else quant_format
         preset = "tiny" if self.cpu else quant if quant in CATALOG.step(step).presets else "default"
-        return self.add(step, "quantize", {"checkpoint_hf": source}, preset=preset, **{"args.export_quant_cfg": quant})
+        return self.add(step, "quantize", self.modelopt_inputs(), preset=preset, **{"args.export_quant_cfg": quant})
 
     def conversion(self, goal: str | None) -> str | None:
         """The first convert rule whose source is at hand: for --goal convert (goal None) any; for an artifact goal,
@@ -688,6 +702,11 @@ class Planner:
         minimum = max([step.min_gpus] + [m.min_gpus for m in step.models if m.name.endswith(self.model.name)])
         if self.hw.gpus < minimum:
             raise Blocked(f"insufficient_hardware: {step_id} needs >= {minimum} GPUs, the profile has {self.hw.gpus}")
+        facts = self.facts()
+        for rule in RULES.routes(step.category):  # an intent contradicting the step's task (--peft none) blocks it
+            if rule.block == NOT_APPLICABLE and rule.holds(facts):
+                self.fire(rule)
+                self.blocked(rule, step.category)
         if step_id == "translate/nemo_curator":
             return self.route("translate")  # the MCQ hard guard overrides an explicit step too
         if step_id == "optimize/modelopt/quantize":

@@ -1,4 +1,5 @@
-"""curate/nemo_curator: the real NeMo Curator pipeline on Ray, checked against the records it should keep."""
+"""curate/nemo_curator: the real NeMo Curator pipeline, on Ray and in process, checked against the records it should
+keep; which executor a run gets."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 import re
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import psutil
 import pytest
 from helpers import materialize, one_stage_pipeline, published
+from nemo_curator.stages.resources import Resources
 
 from nemotron_assets.errors import NamedError
 from nemotron_assets.steps import ray_cluster
@@ -81,17 +84,33 @@ def local_ray_stopped():
     ray_cluster.stop_local()
 
 
-def test_language_and_word_filters_keep_whole_records(store: ArtifactStore, tmp_path: Path, langid_model: Path):
-    records = corpus(tmp_path / "raw")
-    pipeline = one_stage_pipeline(
-        "curate/nemo_curator",
-        tmp_path / "raw",
-        language_codes=["EN"],
-        models={"fasttext_langid": str(langid_model)},
-        quality_filters={"min_langid_score": 0.5, "min_words": 5, "max_words": 12},
-        **{"ray.num_cpus": 2},
-    )
-    result = materialize(pipeline, store)
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory: pytest.TempPathFactory, langid_model: Path):
+    """The same pipeline run by each executor: its records and, for Ray, whether the local head outlived the step."""
+
+    def curate(executor: str):
+        root = tmp_path_factory.mktemp(executor)
+        records = corpus(root / "raw")
+        pipeline = one_stage_pipeline(
+            "curate/nemo_curator",
+            root / "raw",
+            language_codes=["EN"],
+            models={"fasttext_langid": str(langid_model)},
+            quality_filters={"min_langid_score": 0.5, "min_words": 5, "max_words": 12},
+            executor=executor,
+            **{"ray.num_cpus": 2},
+        )
+        result = materialize(pipeline, ArtifactStore(root=str(root / "store")))
+        head_kept = ray_cluster._local.get("cpus") == 2 and bool(ray_children())
+        ray_cluster.stop_local()
+        return records, result, head_kept
+
+    return {executor: curate(executor) for executor in ("ray", "in_process")}
+
+
+@pytest.mark.parametrize("executor", ["ray", "in_process"])
+def test_language_and_word_filters_keep_whole_records(curated, executor: str):
+    records, result, _ = curated[executor]
     kept = output_records(result.path)
     expected = [r for r in records if r["text"] in ENGLISH]  # English and at most 12 words: the single copies
     assert sorted(r["id"] for r in kept) == sorted(r["id"] for r in expected)
@@ -100,14 +119,51 @@ def test_language_and_word_filters_keep_whole_records(store: ArtifactStore, tmp_
         assert {k: by_id[record["id"]][k] for k in record} == record
         assert json.loads(by_id[record["id"]]["language"].replace("'", '"'))[1] == "EN"
     assert result.stats == {
-        "files": 2, "shards": 1, "input_records": 12, "kept_records": 3,
+        "files": 2, "executor": executor, "shards": 1, "input_records": 12, "kept_records": 3,
         "language_kept": 6, "language_dropped": 6, "word_count_kept": 3, "word_count_dropped": 3,
     }  # fmt: skip
     assert result.provenance["contract"]["records"] == 3
-    assert ray_cluster._local["cpus"] == 2 and ray_children()  # the head outlives the step, for the next Ray step
-    ray_cluster.stop_local()
+
+
+def test_both_executors_write_the_same_artifact_under_one_version(curated):
+    (_, on_ray, _), (_, in_process, _) = curated["ray"], curated["in_process"]
+    assert {f.name: f.read_bytes() for f in on_ray.path.glob("*.jsonl")} == {
+        f.name: f.read_bytes() for f in in_process.path.glob("*.jsonl")
+    }
+    assert on_ray.version == in_process.version  # the executor is not part of the data version
+
+
+def test_the_local_ray_head_outlives_a_step_and_stops_cleanly(curated):
+    assert curated["ray"][2]  # the head the Ray step started was still up after it, for the next Ray step
     psutil.wait_procs(psutil.Process().children(recursive=True), timeout=30)
-    assert ray_children() == []  # and stops cleanly
+    assert ray_children() == []  # and stop_local stopped it
+
+
+def stage(gpus: float = 0) -> SimpleNamespace:
+    return SimpleNamespace(resources=Resources(gpus=gpus))
+
+
+@pytest.mark.parametrize(
+    ("asked", "cpus", "address", "gpus", "size", "chosen"),
+    [
+        ("auto", 2, None, 0, 10, "in_process"),
+        ("auto", None, None, 0, 10, "in_process"),
+        ("auto", 2, None, 0, 10**6, "in_process"),  # two CPUs: Ray Data keeps one for itself
+        ("auto", 16, None, 0, 10**6, "ray"),  # more CPUs and an input over IN_PROCESS_BYTES
+        ("auto", 16, None, 0, 10, "in_process"),
+        ("auto", 2, "ray://head:10001", 0, 10, "ray"),  # the profile's cluster
+        ("auto", 2, None, 1, 10, "ray"),  # a GPU stage
+        ("ray", 2, None, 0, 10, "ray"),
+        ("in_process", 16, "ray://head:10001", 0, 10**6, "in_process"),
+    ],
+)
+def test_executor_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, asked, cpus, address, gpus, size, chosen):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(runtime, "IN_PROCESS_BYTES", 1000)
+    data = tmp_path / "a.jsonl"
+    data.write_bytes(b"x" * size)
+    run = SimpleNamespace(cpus=cpus, ray_address=address)
+    assert runtime.choose_executor(run, [stage(), stage(gpus)], [data], asked) == chosen
 
 
 def test_nothing_kept_is_a_named_error_and_publishes_nothing(store: ArtifactStore, tmp_path: Path):
@@ -129,8 +185,8 @@ def test_nothing_kept_is_a_named_error_and_publishes_nothing(store: ArtifactStor
         ({"input_glob": "*.parquet"}, "input_glob_no_matches", "give a pattern that resolves"),
         ({"text_field": "body"}, "missing_text_field", "set text_field to the column"),
         ({"domains": ["Sports"], "models": {"hf_cache_dir": "/nonexistent"}}, "missing_domain_model", "domains = []"),
-        ({"ray.num_cpus": 64}, "not_enough_cpu_resources", "set ray.num_cpus between 2"),
-        ({"ray.num_cpus": 1}, "not_enough_cpu_resources", "run on a profile with more CPU cores"),
+        ({"ray.num_cpus": 64, "executor": "ray"}, "not_enough_cpu_resources", "set ray.num_cpus between 2"),
+        ({"ray.num_cpus": 1, "executor": "ray"}, "not_enough_cpu_resources", "run on a profile with more CPU"),
     ],
 )
 def test_configuration_errors(store: ArtifactStore, tmp_path: Path, config: dict, error: str, recovery: str):

@@ -142,6 +142,14 @@ def test_global_batch_not_divisible_by_data_parallel(fixtures_dir: Path, packed:
     assert "data parallel 4" in expect("bad_parallel_batch_shape", run).detail
 
 
+@pytest.mark.parametrize("step", ["sft/megatron_bridge", "peft/megatron_bridge", "pretrain/megatron_bridge"])
+def test_fewer_gpus_than_one_model_replica(step: str, fixtures_dir: Path, packed: Path, tmp_path):
+    inputs = {"packed_parquet": packed} if step != "pretrain/megatron_bridge" else {}
+    layout = {"model.tensor_model_parallel_size": 4, "model.pipeline_model_parallel_size": 2}
+    run = step_run(step, tmp_path, inputs, 4, hf_model_path=str(fixtures_dir / "tiny-llama"), **layout)
+    assert "needs 8 GPUs; 4 here" in expect("insufficient_hardware", run).detail
+
+
 def test_fewer_bins_than_a_global_batch(fixtures_dir: Path, packed: Path, tmp_path):
     model = str(fixtures_dir / "tiny-llama")
     run = step_run(

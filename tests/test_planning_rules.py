@@ -118,7 +118,8 @@ QUANTIZE = [
 INTENTS = [  # every intent is honoured on every goal: data intents on training goals too
     Case("curate-intent", "sft", ["training_jsonl"], H100x8, {"curate": True},
          steps=["curate/nemo_curator", "data_prep/sft_packing", "sft/megatron_bridge"]),
-    Case("curate-intent", "quantize", ["checkpoint_hf"], H100x8, {"curate": True}, blocked="intent_not_applicable"),
+    Case("curate-intent", "quantize", ["checkpoint_hf", "raw_jsonl"], H100x8, {"curate": True},
+         steps=["curate/nemo_curator", "optimize/modelopt/quantize"]),  # the calibration rows are curated
     Case("translate-intent", "sft", ["training_jsonl"], H100x8, {"translate": ("en", "th"), "curate": True},
          steps=["curate/nemo_curator", "translate/nemo_curator", "data_prep/sft_packing", "sft/megatron_bridge"]),
     Case("translate-intent", "cpt", ["raw_jsonl"], H100x8, {"translate": ("en", "th")},
@@ -131,6 +132,10 @@ INTENTS = [  # every intent is honoured on every goal: data intents on training 
     Case("lora-intent", "rl", ["training_jsonl"], H100x8, {"peft": "lora", "rl": "dpo"},
          steps=["peft/automodel", "convert/merge_lora", "convert/hf_to_megatron", "rl/nemo_rl/dpo"]),
     Case("lora-intent", "eval", [], CPU, {"peft": "lora"}, blocked="intent_not_applicable"),
+    Case("peft-none-contradicts-peft", "peft/automodel", ["training_jsonl"], H100x8, {"peft": "none"},
+         blocked="intent_not_applicable"),  # a step goal too
+    Case("peft-none-contradicts-peft", "peft/megatron_bridge", ["training_jsonl"], H100x8, {"peft": "none"},
+         blocked="intent_not_applicable"),
     Case("dpo-intent", "sdg", [], CPU, {"rl": "dpo"}, steps=["sdg/data_designer"]),
     Case("rlvr-intent", "rl", ["training_jsonl", "checkpoint_megatron"], H100x8, {"rl": "rlvr"},
          steps=["rl/nemo_rl/rlvr"]),
@@ -159,6 +164,15 @@ TABLE = [pytest.param(c, id=f"{family}-{c.rule}-{c.goal}") for family, cases in 
 @pytest.mark.parametrize("case", TABLE)
 def test_rule(case: Case):
     check(case)
+
+
+@pytest.mark.parametrize("goal", ["quantize", "prune", "distill", "optimize/modelopt/prune"])
+def test_modelopt_stages_get_the_rows_they_calibrate_or_train_on(goal: str):
+    result = plan(goal, [Have.parse("checkpoint_hf"), Have.parse("training_jsonl")], H100x8, Intents())
+    assert result.blocked is None, result.blocked
+    stage = next(s for s in result.stages if s.step.startswith("optimize/modelopt/"))
+    assert stage.consumes == {"checkpoint_hf": "checkpoint_hf", "training_jsonl": "training_jsonl"}
+    PipelineSpec.parse(result.to_pipeline("modelopt"))
 
 
 def test_every_rule_has_a_case():

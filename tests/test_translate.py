@@ -71,7 +71,9 @@ def test_chat_messages_through_the_llm_with_faith(
     ]
     assert [s["Accuracy"] for s in row["faith_segment_scores"]] == [5.0, 5.0]
     assert row["faith_avg"] == 5.0
-    assert result.stats == {"input_records": 2, "output_records": 1, "faith_dropped": 1, "faith_mean": 5.0}
+    assert result.stats == {
+        "input_records": 2, "output_records": 1, "faith_dropped": 1, "faith_mean": 5.0, "executor": "in_process"
+    }  # fmt: skip
     assert server.requests["/v1/chat/completions"] >= 8  # 4 turns translated + 4 judged (+ the endpoint check)
     stored = "".join(p.read_text() for p in result.path.rglob("*") if p.is_file())
     assert SECRET not in stored and KEY_VARIABLE in stored  # the variable is named, its value never written
@@ -87,12 +89,14 @@ def test_plain_text_through_nmt_replaced(store: ArtifactStore, tmp_path: Path, s
         "nmt": {"server_url": server.url, "batch_size": 8, "timeout": 30, "max_concurrent_requests": 2},
         "faith_eval.enabled": False,
         "output_mode": "replaced",
+        "executor": "ray",  # the in-process executor runs the LLM test above
     }
     result = materialize(one_stage_pipeline("translate/nemo_curator", data, **config), store, cpus=2)
     rows = output(result.path)
     assert [r["text"] for r in rows] == [translate(t, "en", "fr") for t in TEXTS]
     assert rows[0]["text"] == "Le vieux roi et le reine."
     assert server.requests["/translate"] >= 1 and result.stats["faith_dropped"] == 0
+    assert result.stats["executor"] == "ray"
 
 
 def test_backend_errors_are_a_named_error(store: ArtifactStore, tmp_path: Path, server: ServiceServer):

@@ -116,7 +116,8 @@ def megatron_iteration_dir(path: Path) -> Path:
 def _has_common_state(iteration_dir: Path) -> bool:
     """Whether the checkpoint holds its common state, in either layout (the .metadata pickle is searched as bytes,
     never unpickled)."""
-    return (iteration_dir / COMMON_STATE_FILE).exists() or COMMON_STATE_KEY in (iteration_dir / ".metadata").read_bytes()
+    legacy = (iteration_dir / COMMON_STATE_FILE).exists()
+    return legacy or COMMON_STATE_KEY in (iteration_dir / ".metadata").read_bytes()
 
 
 def validate_checkpoint_megatron(path: Path) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """curate/nemo_curator: raw JSONL -> filtered JSONL through a NeMo Curator pipeline.
 
 JsonlReader -> [fastText language id + language filter] -> [word-count filter] -> [multilingual domain classifier]
--> JsonlWriter, on Ray Data. Records are read whole, so every field (chat `messages` included) survives; the
-language filter adds its `language` score column. Kept/dropped counts per filter come from the stages' own row counts.
+-> JsonlWriter, on Ray Data or in process (runtime.choose_executor). Records are read whole, so every field (chat
+`messages` included) survives; the language filter adds its `language` score column. Kept/dropped counts per
+filter come from the stages' own row counts.
 """
 
 from __future__ import annotations
@@ -107,11 +108,12 @@ def run(run: StepRun) -> StepResult:
     writer = JsonlWriter(path=str(run.output_dir), mode="ignore")
     groups = [*filters.values(), [writer]]
     stages = [JsonlReader(file_paths=files), *(s for g in groups for s in g)]
-    rows = run_pipeline(run, "curate_nemo_curator", stages, run.p.ray.num_cpus)
+    rows, executor = run_pipeline(run, "curate_nemo_curator", stages, files, run.p.ray.num_cpus, run.p.executor)
     received = [rows.get(execution_stages(group)[0].name, 0) for group in groups]
     shards = finish_shards(run.output_dir)
     stats: dict[str, Any] = {
         "files": len(files),
+        "executor": executor,
         "shards": shards,
         "input_records": received[0],
         "kept_records": received[-1],

@@ -194,10 +194,10 @@ def run(run: StepRun) -> StepResult:
         column_stage("json_columns", [root, *JSON_COLUMNS], decoded, drop=WALL_CLOCK_COLUMNS),
         writer,
     ]
-    rows = run_pipeline(run, "nemotron_translate", stages)
+    rows, executor = run_pipeline(run, "nemotron_translate", stages, files, executor=run.p.executor)
     finish_shards(run.output_dir)
     kept = rows.get(writer.name, 0)
-    stats = {"input_records": records, "output_records": kept, "faith_dropped": records - kept}
+    stats = {"input_records": records, "output_records": kept, "faith_dropped": records - kept, "executor": executor}
     return StepResult(
         stats | output_stats(run),
         {

@@ -121,8 +121,9 @@ def translated_rows(run: StepRun, source: list[dict[str, Any]], scratch: Path) -
 
     server, key = run.p.server, api_key(run)
     check_llm(run, key)
-    (scratch / "in").mkdir(parents=True)
-    (scratch / "in" / "questions.jsonl").write_text(
+    questions = scratch / "in" / "questions.jsonl"
+    questions.parent.mkdir(parents=True)
+    questions.write_text(
         "".join(json.dumps({k: row[k] for k in ("question_id", "question", "options")}) + "\n" for row in source)
     )
     stage = TranslationStage(
@@ -139,8 +140,8 @@ def translated_rows(run: StepRun, source: list[dict[str, Any]], scratch: Path) -
         output_mode="replaced",
     )
     out = scratch / "out"
-    reader = JsonlReader(file_paths=[str(scratch / "in" / "questions.jsonl")], read_kwargs={"engine": "pandas"})
-    run_pipeline(run, "byob_translate", [reader, stage, JsonlWriter(path=str(out), mode="ignore")])
+    reader = JsonlReader(file_paths=[str(questions)], read_kwargs={"engine": "pandas"})
+    run_pipeline(run, "byob_translate", [reader, stage, JsonlWriter(path=str(out), mode="ignore")], [questions])
     translated = {
         row["question_id"]: row for f in out.glob("*.jsonl") for row in map(json.loads, f.read_text().splitlines())
     }

@@ -59,11 +59,14 @@ def world_size(run: StepRun) -> int:
 
 
 def check_batch_shape(run: StepRun, world: int) -> None:
-    """bad_parallel_batch_shape: the global batch must split into data-parallel ranks x micro batches; packed
+    """insufficient_hardware: the run has fewer GPUs than one model replica's TP x PP x CP; bad_parallel_batch_shape:
+    the GPUs must divide into replicas, the global batch into data-parallel ranks x micro batches, and packed
     sequences need micro batch 1."""
     model = run.p.model
     tp, pp, cp = model.tensor_model_parallel_size, model.pipeline_model_parallel_size, model.context_parallel_size
     model_parallel = tp * pp * cp
+    if world < model_parallel:
+        raise run.error("insufficient_hardware", f"TP{tp} x PP{pp} x CP{cp} needs {model_parallel} GPUs; {world} here")
     if world % model_parallel:
         raise run.error("bad_parallel_batch_shape", f"{world} GPUs do not divide into TP{tp} x PP{pp} x CP{cp}")
     data_parallel, micro, batch = world // model_parallel, run.p.train.micro_batch_size, run.p.train.global_batch_size
