@@ -70,10 +70,16 @@ def _metadata(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def tracking_metadata(record: dict[str, Any] | None) -> dict[str, dg.MetadataValue]:
-    """The tracker run a materialization logged to: its id, and a link to it (an offline W&B run: its directory)."""
+    """The tracker run a materialization logged to: its id, and a link to it (an offline W&B run: its directory; an
+    MLflow store that is no web server: its tracking URI)."""
     if record is None:
         return {}
-    link = dg.MetadataValue.url(record["url"]) if "url" in record else dg.MetadataValue.path(record["directory"])
+    if "url" in record:
+        link = dg.MetadataValue.url(record["url"])
+    elif "directory" in record:
+        link = dg.MetadataValue.path(record["directory"])
+    else:
+        link = dg.MetadataValue.text(record["tracking_uri"])
     return {"tracking/run_id": dg.MetadataValue.text(record["run_id"]), "tracking/run": link}
 
 

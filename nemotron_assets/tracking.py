@@ -104,11 +104,16 @@ class TrackedRun:
         t = self.tracker
         return {"project": t.project, "entity": t.entity, "name": self.name, "dir": directory or self.directory}
 
-    def log_evaluation(self, work_dir: Path, settings: dict[str, Any], scores: dict[str, float]) -> None:
-        """MLflow: a run with the evaluation's settings as parameters and its scores as metrics, through MLflow's
-        own client (lm-eval logs only to W&B, which `lm_eval_args` configures)."""
+    def log_evaluation(
+        self, work_dir: Path, settings: dict[str, Any], scores: dict[str, float], wandb_logged: bool = False
+    ) -> None:
+        """A run with the evaluation's settings as parameters (config) and its scores as metrics, through the
+        tracker's own client: MLflow's always (lm-eval has no MLflow logger), W&B's unless the harness logged there
+        itself (`wandb_logged`: lm-eval's W&B logger, which `lm_eval_args` configures)."""
         t = self.tracker
-        if not isinstance(t, MlflowTracker):
+        if isinstance(t, WandbTracker):
+            if not wandb_logged:
+                self.log_wandb(settings, scores)
             return
         from mlflow import MlflowClient
 
@@ -124,15 +129,26 @@ class TrackedRun:
         client.set_terminated(run.info.run_id)
         record_mlflow_run(work_dir, run.info.run_id, experiment_id)
 
+    def log_wandb(self, settings: dict[str, Any], scores: dict[str, float]) -> None:
+        import wandb
+
+        os.environ.update(self.env())  # the key, mode and base URL where W&B's own code reads them
+        self.directory.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(**self._wandb(), id=self.version, resume="allow", config=settings, mode=self.tracker.mode)
+        run.log(scores)
+        run.finish()
+
     def record(self, work_dir: Path) -> dict[str, Any]:
-        """Provenance of the run: tracker, run id and its link (a local W&B offline run: its directory)."""
+        """Provenance of the run: tracker, run id and its link (a local W&B offline run: its directory; an MLflow
+        store that is no web server: its tracking URI)."""
         t = self.tracker
         if isinstance(t, MlflowTracker):
             logged = json.loads((work_dir / RUN_FILE).read_text())
             run_id, experiment = logged["run_id"], logged["experiment_id"]
             url = f"{t.tracking_uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-            web = t.tracking_uri.startswith(("http://", "https://"))
-            return {"tracker": "mlflow", "run_id": run_id, "experiment": t.experiment} | ({"url": url} if web else {})
+            web = t.tracking_uri.startswith(("http://", "https://"))  # else a store: sqlite:, file:, databricks
+            where = {"url": url} if web else {"tracking_uri": t.tracking_uri}
+            return {"tracker": "mlflow", "run_id": run_id, "experiment": t.experiment} | where
         record = {"tracker": "wandb", "run_id": self.version, "project": t.project, "entity": t.entity}
         if t.mode == "offline":
             return record | {"mode": "offline", "directory": str(self.directory / "wandb")}

@@ -3,6 +3,7 @@ torchrun command, the ConfigContainer built and validated by Megatron-Bridge its
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -23,6 +24,7 @@ from nemotron_assets.job import JobSpec, command
 from nemotron_assets.planning import Hardware, Have, Intents, plan
 from nemotron_assets.steps import InputArtifact, StepRun
 from nemotron_assets.steps.megatron_bridge import train as megatron_bridge
+from nemotron_assets.tracking import TrackedRun, WandbTracker
 from resources.artifact_store import ArtifactStore, write_provenance
 from resources.profile import load_profile
 
@@ -58,6 +60,7 @@ class Launches:
 
     def __call__(self, command: list[str], env: dict[str, str]) -> None:
         self.commands.append(command)
+        self.env = env
         self.job = job_spec(command)
         self.spec = self.job.args
         if self.outcome:
@@ -140,6 +143,21 @@ def test_global_batch_not_divisible_by_data_parallel(fixtures_dir: Path, packed:
     inputs = {"packed_parquet": packed}
     run = step_run("sft/megatron_bridge", tmp_path, inputs, 4, hf_model_path=model, **{"train.global_batch_size": 6})
     assert "data parallel 4" in expect("bad_parallel_batch_shape", run).detail
+
+
+def test_a_named_tracker_reaches_bridges_logger_and_the_provenance(fixtures_dir: Path, packed: Path, tmp_path):
+    """The job gets Megatron-Bridge's logger fields (test_megatron_bridge_config.py sets them on its LoggerConfig)
+    and the tracker's environment; the result names the run."""
+    launches = Launches(trained)
+    run = step_run("sft/megatron_bridge", tmp_path, {"packed_parquet": packed}, 1, launches,
+                   hf_model_path=str(fixtures_dir / "tiny-llama"))  # fmt: skip
+    tracker = WandbTracker(kind="wandb", project="p", entity="e", mode="offline")
+    run = dataclasses.replace(run, tracking=TrackedRun(tracker, "g/sft", {}, "v1", tmp_path / "runs"))
+    result = megatron_bridge.run(run)
+    assert launches.spec["tracking"] == json.loads(json.dumps(run.tracking.bridge(), default=str))  # as read
+    assert launches.spec["tracking"]["wandb_project"] == "p"
+    assert launches.env["WANDB_MODE"] == "offline" and launches.env["WANDB_RUN_ID"] == "v1"
+    assert result.provenance["tracking"] == run.tracking.record(run.work_dir)
 
 
 @pytest.mark.parametrize("step", ["sft/megatron_bridge", "peft/megatron_bridge", "pretrain/megatron_bridge"])

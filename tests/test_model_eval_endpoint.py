@@ -22,12 +22,14 @@ import yaml
 from conftest import DATA
 from helpers import published
 from openai_server import ServedModel, serve
+from test_tracking import items, offline_records
 
 from nemotron_assets.errors import NamedError
 from nemotron_assets.execution import Materialization, run_stage
 from nemotron_assets.pipelines import PipelineSpec
 from nemotron_assets.steps.evaluation import nemo_evaluator
 from nemotron_assets.steps.launch import Launcher, LaunchFailed, subprocess_launcher
+from nemotron_assets.tracking import MlflowTracker, WandbTracker
 from resources.artifact_store import ArtifactStore
 
 EVALUATOR_BIN = Path(__file__).resolve().parents[1] / ".venv-evaluator" / "bin"
@@ -48,7 +50,9 @@ STUB_SCORES = {"mmlu_instruct": {"accuracy": {"accuracy": 0.75}, "exact_match": 
 PARSED_SCORES = {"mmlu_instruct": {"accuracy": 0.75, "exact_match_strict": 0.5, "exact_match_flexible": 0.625}}
 
 
-def evaluate(store: ArtifactStore, consumes: dict, preset: str = "tiny", launcher: Launcher | None = None, **config):
+def evaluate(
+    store: ArtifactStore, consumes: dict, preset: str = "tiny", launcher: Launcher | None = None, tracker=None, **config
+):
     """Run one eval/model_eval stage `t/out` on the shipped data, the tiny Llama (`base`) or `lora`."""
     sources = [
         {"name": "chat", "type": "training_jsonl", "path": str(DATA / "tiny_chat.jsonl")},
@@ -59,7 +63,7 @@ def evaluate(store: ArtifactStore, consumes: dict, preset: str = "tiny", launche
     stage = {"name": "out", "step": "eval/model_eval", "preset": preset, "consumes": consumes, "config": config}
     pipeline = PipelineSpec.parse({"name": "t", "description": "eval", "sources": sources, "stages": [stage]})
     spec = pipeline.stage("out")
-    return run_stage(pipeline, spec, pipeline.params(spec), store, "local_cpu", launcher=launcher)
+    return run_stage(pipeline, spec, pipeline.params(spec), store, "local_cpu", launcher=launcher, tracker=tracker)
 
 
 def endpoint(url: str, kind: str, **config) -> dict:
@@ -386,6 +390,35 @@ def test_a_local_checkpoint_is_served_by_the_launchers_vllm(
     assert mmlu_instruct_container in launcher.output
     assert json.loads((result.path / "checkpoint.json").read_text())["name"] == "base"
     assert result.stats["mmlu_instruct/accuracy"] == 0.75
+
+
+@needs_launcher
+@pytest.mark.parametrize("kind", ["mlflow", "wandb"])
+def test_launcher_scores_reach_the_named_tracker(
+    kind: str, results_yml: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """NeMo Evaluator's scores are logged through the tracker's own client (MLflow on a SQLite store; W&B offline)."""
+    monkeypatch.setenv(nemo_evaluator.LAUNCHER_ENV, str(LAUNCHER))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = (
+        MlflowTracker(kind="mlflow", tracking_uri=uri)
+        if kind == "mlflow"
+        else WandbTracker(kind="wandb", project="p", entity="e", mode="offline", dir=str(tmp_path / "wandb"))
+    )
+    launcher = DryRunLauncher(results_yml, tmp_path / "home")
+    store = ArtifactStore(root=str(tmp_path / "store"))
+    result = evaluate(store, {"checkpoint_hf": "base"}, "tiny", launcher, tracker, **LAUNCHER_MODE)
+    record = result.provenance["tracking"]
+    if kind == "mlflow":
+        from mlflow import MlflowClient
+
+        logged = MlflowClient(uri).get_run(record["run_id"]).data
+        assert logged.metrics == result.stats and logged.params["harness"] == "nemo-evaluator-launcher"
+    else:
+        run_dir = next(Path(record["directory"]).glob(f"offline-run-*-{record['run_id']}"))
+        records = offline_records(run_dir)
+        history = {k: v for r in records if r.HasField("history") for k, v in items(r.history.item).items()}
+        assert {k: history[k] for k in result.stats} == pytest.approx(result.stats)
 
 
 @needs_launcher

@@ -24,8 +24,9 @@ from helpers import materialize_in_dagster
 
 from nemotron_assets.artifacts.files import read_provenance
 from nemotron_assets.errors import NamedError
+from nemotron_assets.factory import tracking_metadata
 from nemotron_assets.pipelines import PipelineSpec
-from nemotron_assets.tracking import TrackedRun, WandbTracker
+from nemotron_assets.tracking import MlflowTracker, TrackedRun, WandbTracker
 from resources.artifact_store import ArtifactStore
 
 HELD_OUT = {"mcq_benchmark_parquet": "mcq", "training_jsonl": "split"}  # the split's held-out rows
@@ -185,3 +186,18 @@ def test_a_credential_is_named_never_written(monkeypatch: pytest.MonkeyPatch, tm
     assert run.record(tmp_path)["url"] == "https://wandb.ai/e/p/runs/v1"
     with pytest.raises(ValueError, match="pattern"):
         WandbTracker(kind="wandb", project="p", entity="e", api_key_env="s3cret-value")
+
+
+def test_an_mlflow_store_without_a_web_server_is_named_by_its_uri(tmp_path: Path):
+    """A sqlite: (or file:, databricks) tracking URI has no run page to link: the metadata names the store."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = TrackedRun(MlflowTracker(kind="mlflow", tracking_uri=uri), "p/eval", {}, "v1", tmp_path)
+    run.log_evaluation(tmp_path, {"tasks": ["mcq"]}, {"mcq/acc": 0.5})
+    record = run.record(tmp_path)
+    assert record["tracking_uri"] == uri and "url" not in record
+    assert MlflowClient(uri).get_run(record["run_id"]).data.metrics == {"mcq/acc": 0.5}
+    metadata = tracking_metadata(record)
+    assert metadata["tracking/run"] == dg.MetadataValue.text(uri)
+    assert metadata["tracking/run_id"] == dg.MetadataValue.text(record["run_id"])

@@ -19,7 +19,7 @@ from nemotron_assets.pipelines import PipelineSpec
 from nemotron_assets.steps.launch import Measured
 from nemotron_assets.usage import metered, usage
 from resources.artifact_store import ArtifactStore
-from resources.profile import load_profile
+from resources.profile import PROFILE_DIR, load_profile
 
 PACKED = {
     "name": "use",
@@ -118,16 +118,21 @@ def test_usage_in_metadata_provenance_and_summary(fixtures_dir: Path, tmp_path: 
     monkeypatch.setenv("NEMOTRON_PIPELINE_DIRS", str(tmp_path / "pipelines"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
+    priced = tmp_path / "profiles"  # local_cpu with a price per GPU-hour
+    priced.mkdir()
+    (priced / "priced_cpu.toml").write_text("gpu_hour_price = 2.5\n" + (PROFILE_DIR / "local_cpu.toml").read_text())
+    monkeypatch.setenv("NEMOTRON_PROFILE_DIR", str(priced))
     with dg.DagsterInstance.get() as instance:
-        result = materialize_in_dagster(PipelineSpec.parse(PACKED), tmp_path / "store", instance=instance)
+        result = materialize_in_dagster(PipelineSpec.parse(PACKED), tmp_path / "store", "priced_cpu", instance)
     assert result.success
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
     tokens = metadata["tokens"].value
     assert metadata["usage/tokens"].value == tokens > 0 and metadata["usage/gpu_hours"].value == 0
+    assert metadata["usage/cost"].value == 0  # 2.5 a GPU-hour x no GPU
     assert metadata["usage/gpu_hours_from"].value == "wall_time" and "usage/peak_gpu_memory_gb" not in metadata
     provenance = ArtifactStore(root=str(tmp_path / "store")).current(("use", "packed"))[1] / "provenance.json"
     recorded = yaml.safe_load(provenance.read_text())["usage"]
     assert recorded["tokens"] == tokens and recorded["wall_seconds"] == metadata["usage/wall_seconds"].value
     usage_lines = summary("use").splitlines()[-5:-3]
-    assert f"{tokens:,} tokens" in usage_lines[0] and "peak GPU memory" not in usage_lines[0]  # none on CPU
+    assert f"{tokens:,} tokens, 0.0 cost" in usage_lines[0] and "peak GPU memory" not in usage_lines[0]  # none on CPU
     assert usage_lines[1].strip() == "over 1 materializations that did the work"

@@ -161,17 +161,17 @@ def read_scores(output: Path) -> tuple[dict[str, Any], Path]:
 
 
 def publish(
-    run: StepRun, results: dict[str, Any], settings: dict[str, Any], evaluated: dict[str, Any], tracked: bool = False
+    run: StepRun, results: dict[str, Any], settings: dict[str, Any], evaluated: dict[str, Any], wandb_logged: bool
 ) -> StepResult:
-    """results.json, settings.json and checkpoint.json into the artifact; the scores as stats; `tracked`: logged
-    to the named tracker (lm-eval runs)."""
+    """results.json, settings.json and checkpoint.json into the artifact; the scores as stats, logged to the named
+    tracker (`wandb_logged`: lm-eval logged them to W&B itself)."""
     for name, document in ((RESULTS, results), (SETTINGS, settings), (CHECKPOINT, evaluated)):
         (run.output_dir / name).write_text(json.dumps(document, indent=1, sort_keys=True))
     scores = results["scores"]
     stats = {f"{task}/{metric}": value for task, metrics in scores.items() for metric, value in metrics.items()}
-    if tracked and run.tracking:
-        run.tracking.log_evaluation(run.work_dir, settings, stats)
-    provenance = {"evaluated": evaluated, "eval_settings": settings} | (run.tracking_provenance() if tracked else {})
+    if run.tracking:
+        run.tracking.log_evaluation(run.work_dir, settings, stats, wandb_logged)
+    provenance = {"evaluated": evaluated, "eval_settings": settings} | run.tracking_provenance()
     return StepResult(stats, provenance)
 
 
@@ -198,7 +198,7 @@ def evaluate_with_lm_eval(run: StepRun) -> StepResult:
     }
     shutil.copy2(results_file, run.output_dir / "lm_eval_results.json")
     shutil.copytree(run.work_dir / "tasks", run.output_dir / "tasks")
-    return publish(run, results, settings, evaluated, tracked=True)
+    return publish(run, results, settings, evaluated, wandb_logged=True)
 
 
 def evaluate_with_launcher(run: StepRun) -> StepResult:
@@ -216,7 +216,7 @@ def evaluate_with_launcher(run: StepRun) -> StepResult:
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     results = nemo_evaluator.run_launcher(run, config_file, output)
     settings = nemo_evaluator.settings(config) | {"harness": "nemo-evaluator-launcher", "backend": "nemo_evaluator"}
-    return publish(run, results, settings, evaluated)
+    return publish(run, results, settings, evaluated, wandb_logged=False)
 
 
 def run(run: StepRun) -> StepResult:
