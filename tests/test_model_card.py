@@ -48,7 +48,7 @@ def test_published_card_is_a_hub_card_from_provenance(store: ArtifactStore, fixt
 def test_merged_card_names_what_its_adapter_learned(store: ArtifactStore):
     _, merged = store.current(("g", "merged"))
     data = card(merged / CARD).data.to_dict()
-    assert data["library_name"] == "transformers"
+    assert data["library_name"] == "transformers" and data["base_model"] == "tiny-llama"
     assert data["datasets"] == [f"g/chat_split@{store.current(('g', 'chat_split'))[0]}"]
     assert validate(merged, "checkpoint_hf")["parameters"] > 0
 
