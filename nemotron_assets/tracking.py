@@ -132,11 +132,16 @@ class TrackedRun:
     def log_wandb(self, settings: dict[str, Any], scores: dict[str, float]) -> None:
         import wandb
 
-        os.environ.update(self.env())  # the key, mode and base URL where W&B's own code reads them
+        t = self.tracker  # passed to this run only: the Dagster process's environment stays as it was
+        key = {"api_key": _secret(t.api_key_env)} if t.mode == "online" else {}
         self.directory.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(**self._wandb(), id=self.version, resume="allow", config=settings, mode=self.tracker.mode)
+        run = wandb.init(
+            **self._wandb(), id=self.version, resume="allow", config=settings, mode=t.mode,
+            settings=wandb.Settings(base_url=t.base_url, **key),
+        )  # fmt: skip
         run.log(scores)
         run.finish()
+        wandb.teardown()  # stop W&B's service: the jobs this process launches later start their own
 
     def record(self, work_dir: Path) -> dict[str, Any]:
         """Provenance of the run: tracker, run id and its link (a local W&B offline run: its directory; an MLflow
