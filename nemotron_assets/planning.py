@@ -19,38 +19,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nemotron_assets.catalog import CATALOG, CatalogError
-from nemotron_assets.catalog.models import FactValue, IntentRule, Route
+from nemotron_assets.catalog.models import FactValue, IntentRule, Parallelism, Route
 from nemotron_assets.hardware import QUANT_FORMATS, architecture, memory_gib
 from nemotron_assets.pipelines import PipelineSpec
 from nemotron_assets.pipelines.bookends import CHECKPOINTS, EVAL, bookended, model_path
 from nemotron_assets.pipelines.models import Evaluation, Source, Stage
 
-GPUS = ("h100", "h200", "a100-40gb", "a100-80gb", "b200", "cpu")  # the GPUs of the parallelism table below
+RULES = CATALOG.rules
+GPUS = (*dict.fromkeys(row.gpu for row in RULES.parallelism), "b200", "cpu")  # B200 takes H200's layout
 EXECUTORS = ("local", "slurm", "k8s", "lepton", "dgxcloud")
 TASKS = ("sft", "peft", "pretrain", "cpt", "rl", "translate", "curate", "sdg", "benchmark", "eval")
 TASKS += ("quantize", "prune", "distill", "convert")
-MODEL_ALIASES = {
-    "nano3": "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16",
-    "super3": "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-BF16",
-}
-# Megatron-Bridge parallelism per model family and GPU: (tensor, pipeline, context, micro batch, recompute).
-PARALLELISM: dict[tuple[str, str], tuple[int, int, int, int, str | None]] = {
-    ("nano3", "a100-40gb"): (4, 2, 1, 1, "full"),
-    ("nano3", "a100-80gb"): (4, 1, 2, 1, None),
-    ("nano3", "h100"): (4, 1, 2, 2, None),
-    ("nano3", "h200"): (4, 1, 2, 4, None),
-    ("super3", "a100-80gb"): (8, 4, 1, 1, None),
-    ("super3", "h100"): (8, 4, 1, 1, None),
-    ("super3", "h200"): (8, 2, 2, 1, None),
-}
-RULES = CATALOG.rules
 NOT_APPLICABLE = "intent_not_applicable"  # the named error of an intent no stage of the plan can honour
 INPUT_ROLES = ("base_model", "reward_model")
-JSONL_FAMILY = ("training_jsonl", "raw_jsonl", "filtered_jsonl", "translated_jsonl", "synthetic_jsonl")
+DECLARED = set(CATALOG.contract_errors) | {e.name for step in CATALOG.steps.values() for e in step.errors}
 
 
 class Blocked(Exception):
-    """The request cannot be served; the message says why and what would unblock it."""
+    """The request cannot be served: a named error (errors.toml or a step's), why, and what would unblock it."""
+
+    def __init__(self, error: str, detail: str):
+        if error not in DECLARED:
+            raise CatalogError(f"the planner blocks with {error!r}, which no step or errors.toml declares")
+        super().__init__(f"{error}: {detail}")
 
 
 @dataclass(frozen=True)
@@ -159,7 +150,9 @@ class Plan:
     stages: list[Stage]
     warnings: list[str]
     blocked: str | None = None
-    fired: list[Route | IntentRule] = field(default_factory=list)  # the selection rules that shaped the plan
+    fired: list[Route | IntentRule | Parallelism] = field(
+        default_factory=list
+    )  # the selection rules that shaped the plan
     memory: MemoryEstimate | None = None
     evaluation: Evaluation | None = None
 
@@ -217,13 +210,13 @@ class Plan:
 @dataclass(frozen=True)
 class Model:
     name: str
-    family: str | None  # "nano3" / "super3": a Megatron-Bridge recipe exists; None: HF-native
+    family: str | None  # a family of rules.toml [families]: a Megatron-Bridge recipe exists; None: HF-native
     min_gpus: int  # for Megatron-Bridge training
 
     @classmethod
     def resolve(cls, text: str) -> Model:
-        name = MODEL_ALIASES.get(text.lower(), text)
-        family = next((alias for alias, hf in MODEL_ALIASES.items() if hf == name), None)
+        name = RULES.families.get(text.lower(), text)
+        family = next((alias for alias, hf in RULES.families.items() if hf == name), None)
         minimum = next((m.min_gpus for m in CATALOG.step("sft/megatron_bridge").models if m.name.endswith(name)), 1)
         return cls(name, family, minimum)
 
@@ -238,7 +231,7 @@ class Planner:
         self.roles: dict[str, str] = {}  # artifact -> the role it was first used for
         self.data: dict[str, str] = {}  # data role -> the artifact its data intents made
         self.warnings: list[str] = []
-        self.fired: list[Route | IntentRule] = []
+        self.fired: list[Route | IntentRule | Parallelism] = []
         self.cpu = hardware.gpus == 0
         self.memory = MemoryEstimate(_parameters_b(self.model.name), hardware.gpus, memory_gib(hardware.gpu))
 
@@ -267,7 +260,9 @@ class Planner:
         Base and reward models are inputs: they come from what the user has (never an adapter), not from this
         plan's training. Data whose role an intent acts on (--curate, --translate, --rl-prep) passes its steps.
         """
-        if type_name in JSONL_FAMILY and any(role in rule.roles for rule in self.intent_rules() if rule.step):
+        if CATALOG.is_a(type_name, "training_jsonl") and any(
+            role in rule.roles for rule in self.intent_rules() if rule.step
+        ):
             return self._claim(self.prepared(role), role)
         candidates = self.available()
         if role in INPUT_ROLES:
@@ -351,7 +346,7 @@ class Planner:
             "data_kind": self.intents.data_kind or "unset",
         }
 
-    def fire(self, rule: Route | IntentRule) -> None:
+    def fire(self, rule: Route | IntentRule | Parallelism) -> None:
         if rule not in self.fired:
             self.fired.append(rule)
 
@@ -365,7 +360,7 @@ class Planner:
     def blocked(self, rule: Route, task: str) -> None:
         """Raise the block the rule names, if it names one."""
         if rule.block:
-            raise Blocked(f"{rule.block}: {rule.reason.format(**self.values(task))}")
+            raise Blocked(rule.block, rule.reason.format(**self.values(task)))
 
     def route(self, task: str) -> str:
         """The stage the first rule of `task` that holds picks (or the block it names)."""
@@ -418,8 +413,7 @@ class Planner:
             if not steps & set(rule.steps):
                 flag = "--" + rule.intent.replace("_", "-") + (f" {rule.value}" if rule.value else "")
                 raise Blocked(
-                    f"{NOT_APPLICABLE}: {flag} needs a stage of {' or '.join(rule.steps)}, "
-                    f"and a plan for {goal} has none"
+                    NOT_APPLICABLE, f"{flag} needs a stage of {' or '.join(rule.steps)}, and a plan for {goal} has none"
                 )
 
     # ---- data and its intents ----------------------------------------------------------------------------------
@@ -434,8 +428,8 @@ class Planner:
             if rule.step == "translate/nemo_curator" and self.benchmark_guard():
                 self.fire(next(r for r in RULES.route if r.use == "byob/mcq"))
                 raise Blocked(
-                    f"{NOT_APPLICABLE}: MCQ / benchmark data is translated with byob/mcq (--goal translate), "
-                    "never translate/nemo_curator"
+                    NOT_APPLICABLE,
+                    "MCQ / benchmark data is translated with byob/mcq (--goal translate), never translate/nemo_curator",
                 )
             data = self.intent_stage(rule.step, data)
         self.data[role] = data
@@ -450,7 +444,9 @@ class Planner:
         )
         if output is not None:
             return self._claim(output, role)
-        corpus = next((s for s in self.sources if s.type in JSONL_FAMILY and self._free(s.name, role)), None)
+        corpus = next(
+            (s for s in self.sources if CATALOG.is_a(s.type, "training_jsonl") and self._free(s.name, role)), None
+        )
         if corpus is None:
             return self.source(role, type_name, f"the {role.replace('_', ' ')} ({type_name})")
         if not CATALOG.is_a(corpus.type, type_name):
@@ -506,11 +502,11 @@ class Planner:
 
     def automodel(self, step: str, label: str) -> str:
         types = {t for _, t in self.available()}
-        if "packed_parquet" in types and not any(t in types for t in JSONL_FAMILY):
+        if "packed_parquet" in types and not any(CATALOG.is_a(t, "training_jsonl") for t in types):
             error = next(
                 e for e in CATALOG.step("sft/automodel").errors if e.name == "packed_parquet_used_with_automodel"
             )
-            raise Blocked(f"{error.name}: {error.recovery}")
+            raise Blocked(error.name, error.recovery)
         return self.add(step, label, {"training_jsonl": self.need("training_jsonl", "sft_data")})
 
     def megatron(self, step: str, label: str, base: bool = False, **config: Any) -> str:
@@ -525,25 +521,28 @@ class Planner:
         return self.add(step, label, consumes, **config)
 
     def parallelism(self, step: str, packed: bool) -> dict[str, Any]:
-        """TP/PP/CP and micro batch from the hardware table; global batch a multiple of data parallel x micro batch."""
+        """TP/PP/CP and micro batch from the hardware table (rules.toml [[parallelism]]); global batch a multiple of
+        data parallel x micro batch."""
         family, gpu = self.model.family, self.hw.gpu
         if family is None:
-            raise Blocked(
-                f"no Megatron-Bridge recipe for {self.model.name}: train this HF model with AutoModel (--goal sft)"
-            )
-        if gpu == "b200" and (family, gpu) not in PARALLELISM:
+            raise Blocked("no_recipe_for_model", f"no Megatron-Bridge recipe for {self.model.name}: train this HF "
+                          "model with AutoModel (--goal sft)")  # fmt: skip
+        if gpu == "b200" and RULES.layout(family, gpu) is None:
             self.warn("no B200 row in the hardware table: using the H200 layout")
             gpu = "h200"
-        if (family, gpu) not in PARALLELISM:
+        row = RULES.layout(family, gpu)
+        if row is None:
             raise Blocked(
-                f"insufficient_hardware: {family} on {self.hw.gpu} is not recommended; use A100 80GB or newer"
+                "insufficient_hardware", f"{family} on {self.hw.gpu} is not recommended; use A100 80GB or newer"
             )
-        tp, pp, cp, mbs, recompute = PARALLELISM[(family, gpu)]
+        self.fire(row)
+        layout = row.layout
+        tp, pp, cp, mbs = layout.tensor, layout.pipeline, layout.context, layout.micro_batch
         if tp > self.hw.gpus_per_node:
             self.warn(f"tensor parallel {tp} exceeds {self.hw.gpus_per_node} GPUs per node: kept within one node")
             tp = self.hw.gpus_per_node
         if self.hw.gpus % (tp * pp * cp):
-            raise Blocked(f"insufficient_hardware: {self.hw.gpus} GPUs do not divide into TP{tp} x PP{pp} x CP{cp}")
+            raise Blocked("insufficient_hardware", f"{self.hw.gpus} GPUs do not divide into TP{tp} x PP{pp} x CP{cp}")
         if packed and mbs != 1:
             self.warn(f"packed sequences need micro batch 1 (the table's {mbs} applies to unpacked data)")
             mbs = 1
@@ -558,7 +557,7 @@ class Planner:
             "model.tensor_model_parallel_size": tp,
             "model.pipeline_model_parallel_size": pp,
             "model.context_parallel_size": cp,
-            "model.recompute_granularity": recompute,
+            "model.recompute_granularity": layout.recompute,
             "train.micro_batch_size": mbs,
             "train.global_batch_size": batch,
         }
@@ -578,7 +577,7 @@ class Planner:
 
     def require_gpus(self, what: str) -> None:
         if self.cpu:
-            raise Blocked(f"insufficient_hardware: {what} needs GPUs; pick a GPU profile (--gpu, --gpus-per-node)")
+            raise Blocked("insufficient_hardware", f"{what} needs GPUs; pick a GPU profile (--gpu, --gpus-per-node)")
 
     def rl(self) -> str:
         kind = self.intents.rl
@@ -613,7 +612,9 @@ class Planner:
 
     def languages(self) -> tuple[str, str]:
         if self.intents.translate is None:
-            raise Blocked("translation needs explicit languages: --translate SRC:TGT (e.g. en:th)")
+            raise Blocked(
+                "missing_language_codes", "translation needs explicit languages: --translate SRC:TGT (e.g. en:th)"
+            )
         return self.intents.translate
 
     def translate_goal(self) -> str:
@@ -693,7 +694,10 @@ class Planner:
     def convert_goal(self) -> str:
         converted = self.conversion(None)
         if converted is None:
-            raise Blocked("convert needs a checkpoint: --have checkpoint_megatron | checkpoint_hf | checkpoint_lora")
+            raise Blocked(
+                "artifact_missing",
+                "convert needs a checkpoint: --have checkpoint_megatron | checkpoint_hf | checkpoint_lora",
+            )
         return converted
 
     def explicit_step(self, step_id: str) -> str:
@@ -701,7 +705,7 @@ class Planner:
         step = CATALOG.step(step_id)
         minimum = max([step.min_gpus] + [m.min_gpus for m in step.models if m.name.endswith(self.model.name)])
         if self.hw.gpus < minimum:
-            raise Blocked(f"insufficient_hardware: {step_id} needs >= {minimum} GPUs, the profile has {self.hw.gpus}")
+            raise Blocked("insufficient_hardware", f"{step_id} needs >= {minimum} GPUs, the profile has {self.hw.gpus}")
         facts = self.facts()
         for rule in RULES.routes(step.category):  # an intent contradicting the step's task (--peft none) blocks it
             if rule.block == NOT_APPLICABLE and rule.holds(facts):
@@ -746,9 +750,14 @@ class Planner:
             if goal == "translated_jsonl":
                 return self.route("translate")
             if goal in ("raw_jsonl", "training_jsonl", "benchmark_source_corpus"):
-                raise Blocked(f"{goal} is an input: pass it with --have {goal}=PATH (or generate data with --goal sdg)")
+                raise Blocked(
+                    "artifact_missing",
+                    f"{goal} is an input: pass it with --have {goal}=PATH (or generate data with --goal sdg)",
+                )
             return self.need(goal)
-        raise Blocked(f"unknown goal {goal!r}: a step id, an artifact type, or one of {', '.join(TASKS)}")
+        raise Blocked(
+            "unknown_goal", f"unknown goal {goal!r}: a step id, an artifact type, or one of {', '.join(TASKS)}"
+        )
 
     def finish(self) -> None:
         """Number the stages in order (NN_label) and point every consumed artifact at the new names."""

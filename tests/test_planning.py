@@ -134,7 +134,7 @@ CASES = [
     Case("artifact-goal-packed-parquet", "packed_parquet", ["training_jsonl"], CPU, steps=["data_prep/sft_packing"]),
     Case("artifact-goal-already-at-hand", "packed_parquet", ["packed_parquet"], CPU, steps=[], warning="already"),
     Case("plain-data-is-not-sft", "sft", ["training_jsonl"], H100x8, {"data_kind": "plain"}, blocked="cpt"),
-    Case("unknown-goal", "make_it_better", [], CPU, blocked="unknown goal"),
+    Case("unknown-goal", "make_it_better", [], CPU, blocked="unknown_goal: unknown goal"),
 ]  # fmt: skip
 
 
@@ -294,7 +294,7 @@ def test_cli_surface():
     assert cli("--goal", "sft", "--format", "mermaid", "--gpus-per-node", "8").stdout.startswith("graph LR")
     assert cli("--goal", "sft", "--have", "nonsense").returncode == 2
     explained = json.loads(cli("--goal", "sft", "--have", "training_jsonl", *hardware, "--explain").stdout)["explain"]
-    assert [r["rule"] for r in explained["rules"]] == ["sft-megatron-recipe"]
+    assert [r["rule"] for r in explained["rules"]] == ["sft-megatron-recipe", "layout-nano3+lightning35-h100"]
     assert explained["memory"]["full_sft_fits"] == "yes" and explained["memory"]["parameters_b"] == 30
     commented = cli("--goal", "sft", "--have", "training_jsonl", *hardware, "--format", "yaml", "--explain").stdout
     assert commented.startswith("# rule sft-megatron-recipe: Use Megatron-Bridge") and "# memory: {" in commented

@@ -146,6 +146,12 @@ def _validate_rules(catalog: Catalog) -> None:
     unknown = set(rules.bookends.categories) - {step.category for step in steps.values()}
     if unknown:
         raise CatalogError(f"bookends: unknown categories {sorted(unknown)}")
+    recipes = {model.name for model in steps["sft/megatron_bridge"].models}
+    if unknown := {family for family, hf in rules.families.items() if hf not in recipes}:
+        raise CatalogError(f"families {sorted(unknown)}: not among sft/megatron_bridge's models")
+    for row in rules.parallelism:
+        if unknown := set(row.families) - set(rules.families):
+            raise CatalogError(f"parallelism {row.gpu}: unknown families {sorted(unknown)}")
 
 
 CATALOG = load_catalog()

@@ -356,12 +356,40 @@ class Memory(StrictModel):
     cite: str
 
 
+class Layout(StrictModel):
+    """Megatron-Bridge's parallel layout: tensor, pipeline and context parallel sizes, micro batch, recompute."""
+
+    tensor: int = Field(ge=1)
+    pipeline: int = Field(ge=1)
+    context: int = Field(ge=1)
+    micro_batch: int = Field(ge=1)
+    recompute: Literal["full", "selective"] | None = None
+
+
+class Parallelism(StrictModel):
+    """A row of upstream's hardware table: the layout of these model families on one GPU model."""
+
+    families: tuple[str, ...]
+    gpu: str
+    layout: Layout
+    cite: str = Field(description="The row of upstream's hardware table, quoted.")
+
+    @property
+    def id(self) -> str:
+        return f"layout-{'+'.join(self.families)}-{self.gpu}"
+
+
 class Rules(StrictModel):
     route: tuple[Route, ...]
     intent: tuple[IntentRule, ...]
     convert: tuple[ConvertRule, ...]
     bookends: Bookends
     memory: Memory
+    families: dict[str, str] = Field(description="Model family -> HF id: the models with a Megatron-Bridge recipe.")
+    parallelism: tuple[Parallelism, ...]
 
     def routes(self, task: str) -> list[Route]:
         return [r for r in self.route if task in r.tasks]
+
+    def layout(self, family: str, gpu: str) -> Parallelism | None:
+        return next((row for row in self.parallelism if family in row.families and row.gpu == gpu), None)
