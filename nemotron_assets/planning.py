@@ -666,10 +666,10 @@ class Planner:
         return self.add(f"optimize/modelopt/{kind}", kind, self.modelopt_inputs())
 
     def modelopt_inputs(self) -> dict[str, str]:
-        """A ModelOpt stage's model and the rows it calibrates on (quantize, prune) or trains on (distill): the
-        SFT data, so the data intents act on it too."""
+        """A ModelOpt stage's model (an adapter at hand is merged into its base first) and the rows it calibrates on
+        (quantize, prune) or trains on (distill): the SFT data, so the data intents act on it too."""
         return {
-            "checkpoint_hf": self.need("checkpoint_hf", "base_model"),
+            "checkpoint_hf": self.conversion("checkpoint_hf") or self.need("checkpoint_hf", "base_model"),
             "training_jsonl": self.need("training_jsonl", "sft_data"),
         }
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
+import shutil
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -102,3 +104,12 @@ def import_closure(paths: Iterable[Path], within: str) -> list[Path]:
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(within):
                 todo.append(module_file(node.module))
     return sorted(seen)
+
+
+def another_tokenizer(tiny_bpe: Path, target: Path) -> Path:
+    """A copy of the tiny BPE tokenizer less its last merge: the same vocabulary, another tokenizer."""
+    other = Path(shutil.copytree(tiny_bpe, target))
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    tokenizer["model"]["merges"] = tokenizer["model"]["merges"][:-1]
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return other

@@ -8,13 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import DATA
-from helpers import materialize
+from helpers import another_tokenizer, materialize, one_stage_pipeline
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nemotron_assets.artifacts import validate
+from nemotron_assets.artifacts.binidx import BLEND_FILE, document_lengths, read_blend, read_index, window_count, windows
 from nemotron_assets.digests import content_digest
 from nemotron_assets.errors import NamedError
 from nemotron_assets.pipelines import PipelineSpec
@@ -22,20 +24,23 @@ from nemotron_assets.steps.modelopt.common import record_text
 from resources.artifact_store import ArtifactStore
 
 
-def distill_pipeline(teacher: Path, student: Path, **config: Any) -> PipelineSpec:
+def distill_pipeline(
+    teacher: Path, student: Path, data: tuple[str, Path] = ("training_jsonl", DATA / "tiny_chat.jsonl"), **config: Any
+) -> PipelineSpec:
+    """The student distilled on `data` (its type, its path)."""
     return PipelineSpec.parse(
         {
             "name": "t",
             "description": "distill",
             "sources": [
                 {"name": "student", "type": "checkpoint_hf", "path": str(student)},
-                {"name": "data", "type": "training_jsonl", "path": str(DATA / "tiny_chat.jsonl")},
+                {"name": "data", "type": data[0], "path": str(data[1])},
             ],
             "stages": [
                 {
                     "name": "out",
                     "step": "optimize/modelopt/distill",
-                    "consumes": {"checkpoint_hf": "student", "training_jsonl": "data"},
+                    "consumes": {"checkpoint_hf": "student", data[0]: "data"},
                     "preset": "tiny",
                     "config": {"args.teacher_hf_path": str(teacher)} | config,
                 }
@@ -171,3 +176,47 @@ def test_a_batch_pads_each_row_on_the_right_and_masks_the_padding():
     tokens, labels, mask = padded([torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9, 10]])])
     assert tokens.tolist() == [[5, 6, 7], [9, 10, 0]] and labels.tolist() == [[6, 7, 8], [10, 0, 0]]
     assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+@pytest.fixture(scope="module")
+def bins(teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny corpus as pretraining tokens, made with the teacher's (and so the student's) tokenizer."""
+    store = ArtifactStore(root=str(tmp_path_factory.mktemp("bins")))
+    pipeline = one_stage_pipeline("data_prep/pretrain_prep", DATA / "tiny_corpus.jsonl", tokenizer=str(teacher))
+    return materialize(pipeline, store).path
+
+
+def test_token_windows_cover_every_document(bins: Path):
+    prefixes = [prefix for _, prefix in read_blend(bins / BLEND_FILE)["train"]]
+    index = read_index(prefixes[0])
+    got = list(windows(prefixes[:1], 16))
+    assert len(got) == window_count(prefixes[:1], 16) and all(2 <= len(w) <= 16 for w in got)
+    tokens = np.fromfile(f"{prefixes[0]}.bin", dtype=index.dtype)
+    dropped = int((document_lengths(index) % 16 == 1).sum())  # a last window of one token predicts nothing
+    assert sum(len(w) for w in got) == len(tokens) - dropped and np.array_equal(got[0], tokens[: len(got[0])])
+
+
+def test_distillation_on_pretraining_tokens(teacher: Path, bins: Path, tmp_path: Path):
+    """The seed's input: binidx from pretrain_prep, in windows of seq_length tokens, the first ones held out."""
+    student = one_layer_student(teacher, tmp_path / "student")
+    pipeline = distill_pipeline(teacher, student, ("binidx", bins), **{"args.seq_length": 64})
+    result = materialize(pipeline, ArtifactStore(root=str(tmp_path / "store")))
+    stats = result.stats
+    assert stats["train_samples"] == 12 and stats["kd_loss_last"] < stats["kd_loss_first"]
+    assert 0 < stats["student_nll_after"] < stats["student_nll_before"]
+    (bins_input,) = [i for i in result.provenance["inputs"] if i["type"] == "binidx"]
+    assert result.provenance["distillation"]["data"] == bins_input["version"]
+
+
+def test_pretraining_tokens_of_another_tokenizer(teacher: Path, fixtures_dir: Path, tmp_path: Path):
+    store = ArtifactStore(root=str(tmp_path / "store"))
+    other = one_stage_pipeline(
+        "data_prep/pretrain_prep",
+        DATA / "tiny_corpus.jsonl",
+        tokenizer=str(another_tokenizer(fixtures_dir / "tiny-bpe", tmp_path / "other")),
+    )
+    bins = materialize(other, store).path
+    pipeline = distill_pipeline(teacher, one_layer_student(teacher, tmp_path / "student"), ("binidx", bins))
+    with pytest.raises(NamedError) as e:
+        materialize(pipeline, store)
+    assert e.value.name == "teacher_student_or_tokenizer_mismatch" and "was tokenized with" in e.value.detail

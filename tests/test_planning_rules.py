@@ -149,6 +149,10 @@ CONVERT = [  # conversion only at format boundaries; an adapter and its base wit
     Case("merge-adapter", "checkpoint_megatron", ["checkpoint_lora", "checkpoint_hf"], CPU,
          steps=["convert/merge_lora", "convert/hf_to_megatron"]),
     Case("merge-adapter", "convert", ["checkpoint_lora"], CPU, steps=["convert/merge_lora"]),
+    Case("merge-adapter", "quantize", ["checkpoint_lora", "checkpoint_hf", "training_jsonl"], H100x8,
+         steps=["convert/merge_lora", "optimize/modelopt/quantize"]),  # the adapted model, not its bare base
+    Case("merge-adapter", "distill", ["checkpoint_lora", "checkpoint_hf", "training_jsonl"], CPU,
+         steps=["convert/merge_lora", "optimize/modelopt/distill"]),
     Case("megatron-to-hf", "convert", ["checkpoint_megatron"], CPU, steps=["convert/megatron_to_hf"]),
     Case("hf-to-megatron", "convert", ["checkpoint_hf"], CPU, steps=["convert/hf_to_megatron"]),
 ]  # fmt: skip

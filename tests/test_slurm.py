@@ -218,16 +218,25 @@ def test_a_job_the_controller_lost_is_cancelled_before_a_retry(slurm_profile: Pa
     assert real(lost[0])["JobState"] == "CANCELLED"
 
 
-def test_a_completed_job_is_measured_from_accounting(slurm_profile: Path):
+def test_a_completed_job_is_measured_from_accounting(slurm_profile: Path, monkeypatch: pytest.MonkeyPatch):
+    measured_ids: list[str] = []
+    real = slurm.accounted_gpu_hours
+
+    def recorded(job_id: str, requested_gpus: int) -> float | None:
+        measured_ids.append(job_id)
+        return real(job_id, requested_gpus)
+
+    monkeypatch.setattr(slurm, "accounted_gpu_hours", recorded)
     measured = launch_in_asset([sys.executable, "-c", "import time; time.sleep(2); print('fine')"])
     assert measured == Measured(0.0, "sacct")  # accounted (this cluster's jobs hold no GPUs); no CUDA, no peak
-    rows = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "--name=nemotron-probe", "-o", "JobID,State,ElapsedRaw,AllocTRES"],
+    (job_id,) = measured_ids  # the job the launcher measured (not "the last one named so": accounting lags)
+    row = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State,ElapsedRaw,AllocTRES"],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.splitlines()
-    job_id, state, elapsed, tres = rows[-1].split("|")
+    ).stdout.splitlines()[0]
+    state, elapsed, tres = row.split("|")
     assert state == "COMPLETED" and int(elapsed) >= 2 and "gres/gpu" not in tres
     # where the allocation names no GPUs, the GPUs the job asked for count
     assert accounted_gpu_hours(job_id, requested_gpus=4) == int(elapsed) * 4 / 3600

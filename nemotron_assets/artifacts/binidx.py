@@ -7,6 +7,7 @@ document counts, int32 sequence lengths, int64 byte pointers, int64 document ind
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -94,6 +95,32 @@ def read_index(prefix: Path) -> Index:
     if n_doc == 0 or documents[0] != 0 or documents[-1] != n_seq or np.any(np.diff(documents) < 0):
         raise contract_error("corrupt_binidx", f"{idx}: document indices are not a [0 .. {n_seq}] ramp")
     return Index(dtype, lengths, pointers, documents)
+
+
+def document_lengths(index: Index) -> np.ndarray:
+    """Tokens per document (a document spans the sequences between two document indices)."""
+    ends = np.concatenate([[0], np.cumsum(index.lengths, dtype=np.int64)])
+    return ends[index.document_indices[1:]] - ends[index.document_indices[:-1]]
+
+
+def window_count(prefixes: list[Path], length: int) -> int:
+    """How many windows `windows` yields, from the indexes alone."""
+    lengths = np.concatenate([document_lengths(read_index(prefix)) for prefix in prefixes])
+    return int((lengths // length).sum() + (lengths % length >= 2).sum())
+
+
+def windows(prefixes: list[Path], length: int) -> Iterator[np.ndarray]:
+    """Each document's tokens in windows of `length` (a last window of one token, nothing to predict, dropped),
+    shard by shard, read through a memory map."""
+    for prefix in prefixes:
+        index = read_index(prefix)
+        tokens = np.memmap(f"{prefix}.bin", dtype=index.dtype, mode="r")
+        start = 0
+        for size in document_lengths(index):
+            for offset in range(0, int(size), length):
+                if min(length, size - offset) >= 2:
+                    yield np.array(tokens[start + offset : start + min(offset + length, size)], dtype=np.int64)
+            start += int(size)
 
 
 def read_blend(path: Path) -> dict[str, list[tuple[float, Path]]]:

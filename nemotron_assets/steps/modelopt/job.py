@@ -14,6 +14,7 @@ Each writes result.json into the work directory.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -138,9 +139,9 @@ def distill(job: dict[str, Any]) -> dict[str, Any]:
 
     # ModelOpt looks the teacher's layers up by name: without the Float16Module a bf16 model is wrapped in
     teacher = unwrap_model(convert_job.megatron_models(teacher_bridge, parallel, cpu)[0]).eval()
-    tokenizer = AutoTokenizer.from_pretrained(job["student"])
-    holdout = [ids for ids in token_ids(tokenizer, job["holdout"], job["max_tokens"]) if ids.shape[1] > 1]
-    train = [ids for ids in token_ids(tokenizer, job["train"], job["max_tokens"]) if ids.shape[1] > 1]
+    samples = training_samples(job["data"], AutoTokenizer.from_pretrained(job["student"]), job["max_tokens"])
+    holdout = list(itertools.islice(samples, job["holdout"]))
+    train = list(itertools.islice(samples, job["batch_size"] * job["steps"]))  # cycled if fewer
     before, teacher_nll = megatron_nll(student.eval(), holdout), megatron_nll(teacher, holdout)
     # imported once hf_bridge has imported Megatron-Bridge (with its stand-ins where Transformer Engine is absent)
     import modelopt.torch.distill.plugins.megatron as mtd_mcore
@@ -172,6 +173,19 @@ def distill(job: dict[str, Any]) -> dict[str, Any]:
     restored = convert_job.load_checkpoint(megatron_iteration_dir(Path(job["output"])), cpu)[0].eval()
     restored_nll = megatron_nll(restored, holdout)
     return result | {"student_nll_before": before, "student_nll_after": after, "student_nll_restored": restored_nll}
+
+
+def training_samples(data: dict[str, Any], tokenizer, max_tokens: int):
+    """[1, tokens] samples of two tokens or more: the texts tokenized, or the binidx shards' token windows."""
+    import torch
+
+    from nemotron_assets.artifacts.binidx import windows
+
+    if "binidx" in data:
+        samples = (torch.from_numpy(w)[None] for w in windows([Path(p) for p in data["binidx"]], max_tokens))
+    else:
+        samples = token_ids(tokenizer, data["texts"], max_tokens)
+    return (ids for ids in samples if ids.shape[1] > 1)
 
 
 def padded(samples):
