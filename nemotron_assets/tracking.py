@@ -8,8 +8,10 @@ job's environment, under the name the library reads, and is never written anywhe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -117,16 +119,16 @@ class TrackedRun:
             return
         from mlflow import MlflowClient
 
-        os.environ.update(self.env())  # the client reads the token where MLflow's own code does
-        client = MlflowClient(t.tracking_uri)
-        experiment = client.get_experiment_by_name(t.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(t.experiment)
-        run = client.create_run(experiment_id, run_name=self.name, tags=self.tags)
-        for key, value in settings.items():
-            client.log_param(run.info.run_id, key, json.dumps(value) if isinstance(value, list | dict) else value)
-        for key, value in scores.items():
-            client.log_metric(run.info.run_id, key, float(value))
-        client.set_terminated(run.info.run_id)
+        with scoped_environ(self.env()):  # the client reads the token at each request, where MLflow's code does
+            client = MlflowClient(t.tracking_uri)
+            experiment = client.get_experiment_by_name(t.experiment)
+            experiment_id = experiment.experiment_id if experiment else client.create_experiment(t.experiment)
+            run = client.create_run(experiment_id, run_name=self.name, tags=self.tags)
+            for key, value in settings.items():
+                client.log_param(run.info.run_id, key, json.dumps(value) if isinstance(value, list | dict) else value)
+            for key, value in scores.items():
+                client.log_metric(run.info.run_id, key, float(value))
+            client.set_terminated(run.info.run_id)
         record_mlflow_run(work_dir, run.info.run_id, experiment_id)
 
     def log_wandb(self, settings: dict[str, Any], scores: dict[str, float]) -> None:
@@ -159,6 +161,21 @@ class TrackedRun:
             return record | {"mode": "offline", "directory": str(self.directory / "wandb")}
         app = t.base_url.replace("://api.", "://", 1)  # https://api.wandb.ai -> https://wandb.ai
         return record | {"url": f"{app}/{t.entity}/{t.project}/runs/{self.version}"}
+
+
+@contextlib.contextmanager
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ for the block only: the Dagster process's environment is left as it was."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _secret(name: str) -> str:

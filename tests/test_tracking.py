@@ -188,13 +188,18 @@ def test_a_credential_is_named_never_written(monkeypatch: pytest.MonkeyPatch, tm
         WandbTracker(kind="wandb", project="p", entity="e", api_key_env="s3cret-value")
 
 
-def test_an_mlflow_store_without_a_web_server_is_named_by_its_uri(tmp_path: Path):
-    """A sqlite: (or file:, databricks) tracking URI has no run page to link: the metadata names the store."""
+def test_an_mlflow_store_without_a_web_server_is_named_by_its_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A sqlite: (or file:, databricks) tracking URI has no run page to link: the metadata names the store. The
+    token reaches MLflow's client for the logging only, never the Dagster process's environment."""
     from mlflow import MlflowClient
 
+    monkeypatch.setenv("MY_MLFLOW_TOKEN", "s3cret")
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = TrackedRun(MlflowTracker(kind="mlflow", tracking_uri=uri), "p/eval", {}, "v1", tmp_path)
+    tracker = MlflowTracker(kind="mlflow", tracking_uri=uri, token_env="MY_MLFLOW_TOKEN")
+    run = TrackedRun(tracker, "p/eval", {}, "v1", tmp_path)
     run.log_evaluation(tmp_path, {"tasks": ["mcq"]}, {"mcq/acc": 0.5})
+    assert "MLFLOW_TRACKING_TOKEN" not in os.environ
     record = run.record(tmp_path)
     assert record["tracking_uri"] == uri and "url" not in record
     assert MlflowClient(uri).get_run(record["run_id"]).data.metrics == {"mcq/acc": 0.5}
