@@ -3,6 +3,7 @@ provenance; the gate's verdict lands in a card beside the sealed artifact; an ex
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from test_gates import gated
 from nemotron_assets import cli
 from nemotron_assets.artifacts import validate
 from nemotron_assets.errors import NamedError
-from nemotron_assets.model_card import CARD, export, sidecar
+from nemotron_assets.gates import Comparison
+from nemotron_assets.model_card import CARD, export, sidecar, write_verdict
 from resources.artifact_store import ArtifactStore, verify
 
 
@@ -80,3 +82,17 @@ def test_export_cli(store: ArtifactStore, tmp_path: Path, capsys: pytest.Capture
     assert card(tmp_path / "merged" / CARD).data.to_dict()["library_name"] == "transformers"
     assert cli.main(args) == 1
     assert "export_destination_exists" in capsys.readouterr().out
+
+
+def test_a_failed_verdict_on_a_checkpoint_hf(store: ArtifactStore, tmp_path: Path):
+    """The gate's verdict card of a full checkpoint (what SFT, merges and exports publish): its scores, FAILED, and
+    the transformers card header, beside a copy of the merged version."""
+    version, merged = store.current(("g", "merged"))
+    copy = Path(shutil.copytree(merged, tmp_path / "merged" / version))
+    rows = [Comparison("mcq/acc", 0.5, 0.25, -0.25, False), Comparison("chat/nll_per_byte", 1.2, 1.1, 0.1, True)]
+    verdict = {"before": "eval_base", "after": "eval_merged", "tolerance": 0.05, "passed": False, "reason": "mcq/acc"}
+    written = card(write_verdict(copy, verdict, rows))
+    assert written.data.to_dict()["library_name"] == "transformers"
+    assert "Quality gate: **FAILED** (tolerance 0.05): mcq/acc." in written.text
+    assert "| mcq/acc | 0.5 | 0.25 |" in written.text and "`eval_merged` (after)" in written.text
+    verify(copy, full=True)  # the verdict lies beside the version, never in it

@@ -32,8 +32,8 @@ from resources.artifact_store import ArtifactStore
 HELD_OUT = {"mcq_benchmark_parquet": "mcq", "training_jsonl": "split"}  # the split's held-out rows
 
 
-def tracked_pipeline(name: str, tracking: dict[str, Any]) -> PipelineSpec:
-    """chat -> split -> LoRA (AutoModel, tiny) -> lm-eval of the LoRA, logging to `tracking`."""
+def tracked_pipeline(name: str, tracking: dict[str, Any] | None) -> PipelineSpec:
+    """chat -> split -> LoRA (AutoModel, tiny) -> lm-eval of the LoRA, logging to `tracking` (None: the profile's)."""
     sources = [
         {"name": "chat", "type": "training_jsonl", "path": str(DATA / "tiny_chat.jsonl")},
         {"name": "mcq", "type": "mcq_benchmark_parquet", "path": str(DATA / "tiny_mcq.parquet")},
@@ -44,9 +44,8 @@ def tracked_pipeline(name: str, tracking: dict[str, Any]) -> PipelineSpec:
         {"name": "lora_eval", "step": "eval/model_eval", "consumes": {"checkpoint_lora": "lora"} | HELD_OUT},
     ]
     stages = [s | {"preset": "tiny"} for s in stages]
-    return PipelineSpec.parse(
-        {"name": name, "description": "tracked", "sources": sources, "stages": stages, "tracking": tracking}
-    )
+    spec = {"name": name, "description": "tracked", "sources": sources, "stages": stages}
+    return PipelineSpec.parse(spec | ({"tracking": tracking} if tracking else {}))
 
 
 def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
@@ -172,6 +171,25 @@ def test_automodel_and_lm_eval_log_to_wandb_offline(fixtures_dir: Path, tmp_path
             summary = items(item for r in records if r.HasField("summary") for item in r.summary.update)
             logged = {**{k: v for h in history for k, v in h.items()}, **summary}
             assert {k: logged[k] for k in provenance["stats"]} == pytest.approx(provenance["stats"])
+
+
+def test_a_profile_names_the_tracker_of_every_pipeline_run_on_it(
+    fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A profile's [tracking] applies to pipelines that name none: the LoRA run lands in the profile's W&B project."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    local = (Path(__file__).parents[1] / "env_profiles" / "local_cpu.toml").read_text()
+    tracking = '\n[tracking]\nkind = "wandb"\nproject = "team"\nentity = "lab"\nmode = "offline"\n'
+    (profiles / "tracked_cpu.toml").write_text(local + tracking)
+    monkeypatch.setenv("NEMOTRON_PROFILE_DIR", str(profiles))
+    pipeline = tracked_pipeline("pt", None)
+    metadata = materializations(materialize_in_dagster(pipeline, tmp_path / "store", profile="tracked_cpu"))
+    record = provenance_of(ArtifactStore(root=str(tmp_path / "store")), ("pt", "lora"))["tracking"]
+    assert metadata["lora"]["tracking/run"] == dg.MetadataValue.path(record["directory"])
+    run_dir = next(Path(record["directory"]).glob(f"offline-run-*-{record['run_id']}"))
+    run = next(r.run for r in offline_records(run_dir) if r.HasField("run"))
+    assert (run.project, run.entity, run.display_name) == ("team", "lab", "pt/lora")
 
 
 def test_a_credential_is_named_never_written(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
