@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 from pathlib import Path
 
@@ -119,3 +120,36 @@ def test_loader_rejects_inconsistent_catalogs(catalog_copy: Path, file: str, old
     _edit(catalog_copy / file, old, new)
     with pytest.raises((CatalogError, ValueError), match=message):
         load_catalog(catalog_copy)
+
+
+SEED_CATALOG = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "step-catalog.md"
+# docs/decisions.md "The catalog says what the code does": byob's translate stage reads only a benchmark_parquet
+LOOSENED = {("byob/mcq", "benchmark_source_corpus")}
+
+
+def seed_ports(cell: str) -> tuple[set[str], set[str]]:
+    """(required, optional) types of a seed table cell such as "`packed_parquet`; optional `checkpoint_megatron`"."""
+    required: set[str] = set()
+    optional: set[str] = set()
+    for part in cell.split(";"):
+        (optional if part.strip().startswith("optional") else required).update(re.findall(r"`(\w+)`", part))
+    return required, optional
+
+
+def test_consumes_and_produces_are_the_seed_catalogs():
+    """Every step keeps the seed table's contract: its required inputs required, its optional ones accepted, no
+    input required that the seed does not require, its product first and its optional products declared."""
+    rows = [line for line in SEED_CATALOG.read_text().splitlines() if line.startswith("| `")]
+    assert {row.split("`")[1] for row in rows} == SEED_STEPS
+    for row in rows:
+        step_id, _, consumes, produces = (cell.strip() for cell in row.strip("|").split("|")[:4])
+        step = CATALOG.step(step_id.strip("`"))
+        required, optional = seed_ports(consumes)
+        ours = {port.type: port.required for port in step.consumes}
+        loosened = {t for s, t in LOOSENED if s == step.id}
+        assert {t for t in required - loosened if not ours.get(t)} == set(), step.id
+        assert (optional | loosened) - set(ours) == set() and not any(ours[t] for t in loosened), step.id
+        assert {t for t, needed in ours.items() if needed} - required == set(), step.id
+        product, optional_products = seed_ports(produces)
+        assert product == {step.primary_output}, step.id
+        assert optional_products <= {port.type for port in step.produces}, step.id
