@@ -32,6 +32,7 @@ TASKS = ("sft", "peft", "pretrain", "cpt", "rl", "translate", "curate", "sdg", "
 TASKS += ("quantize", "prune", "distill", "convert")
 NOT_APPLICABLE = "intent_not_applicable"  # the named error of an intent no stage of the plan can honour
 INPUT_ROLES = ("base_model", "reward_model")
+Fired = Route | IntentRule | Parallelism  # a rule of rules.toml that shaped a plan (--explain)
 DECLARED = set(CATALOG.contract_errors) | {e.name for step in CATALOG.steps.values() for e in step.errors}
 
 
@@ -150,9 +151,7 @@ class Plan:
     stages: list[Stage]
     warnings: list[str]
     blocked: str | None = None
-    fired: list[Route | IntentRule | Parallelism] = field(
-        default_factory=list
-    )  # the selection rules that shaped the plan
+    fired: list[Fired] = field(default_factory=list)  # the selection rules that shaped the plan
     memory: MemoryEstimate | None = None
     evaluation: Evaluation | None = None
 
@@ -231,7 +230,7 @@ class Planner:
         self.roles: dict[str, str] = {}  # artifact -> the role it was first used for
         self.data: dict[str, str] = {}  # data role -> the artifact its data intents made
         self.warnings: list[str] = []
-        self.fired: list[Route | IntentRule | Parallelism] = []
+        self.fired: list[Fired] = []
         self.cpu = hardware.gpus == 0
         self.memory = MemoryEstimate(_parameters_b(self.model.name), hardware.gpus, memory_gib(hardware.gpu))
 
@@ -346,7 +345,7 @@ class Planner:
             "data_kind": self.intents.data_kind or "unset",
         }
 
-    def fire(self, rule: Route | IntentRule | Parallelism) -> None:
+    def fire(self, rule: Fired) -> None:
         if rule not in self.fired:
             self.fired.append(rule)
 
