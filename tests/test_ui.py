@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -57,7 +58,12 @@ def dagster_ui(fixtures_dir: Path, tmp_path: Path):
     command = [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml")]  # = make ui
     log = (tmp_path / "dagster_dev.log").open("w")
     server = subprocess.Popen(
-        [*command, "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        [*command, "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its webserver, daemon and code servers in one process group
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -72,7 +78,11 @@ def dagster_ui(fixtures_dir: Path, tmp_path: Path):
         yield url
     finally:
         server.terminate()
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a shell that started pytest in the background ignores SIGTERM for it
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=60)
 
 
 @pytest.fixture
