@@ -4,6 +4,7 @@ With UPDATE_SCREENSHOTS=1 the README's screenshots (docs/ui-*.png) are regenerat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,12 +78,12 @@ def dagster_ui(fixtures_dir: Path, tmp_path: Path):
                 time.sleep(1)
         yield url
     finally:
-        server.terminate()
+        server.send_signal(signal.SIGINT)  # Ctrl-C, as `make ui` is stopped: dagster dev may not stop on SIGTERM
         try:
             server.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # a shell that started pytest in the background ignores SIGTERM for it
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # and the code servers it leaves to their heartbeat
+                os.killpg(server.pid, signal.SIGKILL)
 
 
 @pytest.fixture
