@@ -8,10 +8,8 @@ job's environment, under the name the library reads, and is never written anywhe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -119,6 +117,8 @@ class TrackedRun:
             return
         from mlflow import MlflowClient
 
+        from nemotron_assets.steps.launch import scoped_environ  # the steps package imports this module
+
         with scoped_environ(self.env()):  # the client reads the token at each request, where MLflow's code does
             client = MlflowClient(t.tracking_uri)
             experiment = client.get_experiment_by_name(t.experiment)
@@ -161,21 +161,6 @@ class TrackedRun:
             return record | {"mode": "offline", "directory": str(self.directory / "wandb")}
         app = t.base_url.replace("://api.", "://", 1)  # https://api.wandb.ai -> https://wandb.ai
         return record | {"url": f"{app}/{t.entity}/{t.project}/runs/{self.version}"}
-
-
-@contextlib.contextmanager
-def scoped_environ(values: dict[str, str]) -> Iterator[None]:
-    """`values` in os.environ for the block only: the Dagster process's environment is left as it was."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _secret(name: str) -> str:

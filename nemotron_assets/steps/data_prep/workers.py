@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from nemotron_assets.steps import StepRun
 from nemotron_assets.steps.data_prep.tokenizer import Tokenizer, load_tokenizer
+from nemotron_assets.steps.launch import scoped_environ
 
 R = TypeVar("R")
 Work = Callable[..., R]
@@ -46,16 +47,8 @@ def encode_threads(threads: int | None) -> Iterator[None]:
         yield
         return
     limits = {"RAYON_NUM_THREADS": str(threads)} | ({"TOKENIZERS_PARALLELISM": "false"} if threads == 1 else {})
-    saved = {name: os.environ.get(name) for name in limits}
-    os.environ.update(limits)
-    try:
+    with scoped_environ(limits):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
 
 
 def uses_ray(run: StepRun) -> bool:
