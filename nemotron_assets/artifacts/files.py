@@ -51,6 +51,11 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
     return provenance
 
 
+def tokenizer_fingerprint(path: Path) -> str | None:
+    """The fingerprint of the tokenizer the artifact at `path` was made with, where its provenance records one."""
+    return ((read_provenance(path) or {}).get("tokenizer") or {}).get("fingerprint")
+
+
 def read_json(path: Path, error: str) -> Any:
     """A JSON file's document, or the named `error` when it is missing, unreadable, not UTF-8 or not JSON."""
     try:

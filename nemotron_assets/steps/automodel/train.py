@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_assets.artifacts.binidx import BLEND_FILE, read_blend
-from nemotron_assets.artifacts.files import TRAIN, data_files, link_or_copy, read_provenance
+from nemotron_assets.artifacts.files import TRAIN, data_files, link_or_copy, tokenizer_fingerprint
 from nemotron_assets.artifacts.jsonl import require_assistant_turns
 from nemotron_assets.digests import content_digest
 from nemotron_assets.steps import InputArtifact, StepResult, StepRun
@@ -139,7 +139,7 @@ def check_tokenizer(run: StepRun, tokenizer: Tokenizer) -> None:
     """Pretraining bins are only valid for the tokenizer that made them."""
     if "binidx" not in run.inputs:
         return
-    made_with = (read_provenance(run.input("binidx").path) or {}).get("tokenizer", {}).get("fingerprint")
+    made_with = tokenizer_fingerprint(run.input("binidx").path)
     if made_with and made_with != tokenizer.fingerprint:
         raise run.error(
             "tokenizer_or_sequence_mismatch",

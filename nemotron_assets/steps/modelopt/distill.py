@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nemotron_assets.artifacts.binidx import BLEND_FILE, read_blend, window_count
-from nemotron_assets.artifacts.files import read_provenance
+from nemotron_assets.artifacts.files import tokenizer_fingerprint
 from nemotron_assets.steps import StepResult, StepRun
 from nemotron_assets.steps.automodel.train import base_model_record
 from nemotron_assets.steps.data_prep.tokenizer import TokenizerUnavailable, load_tokenizer
@@ -83,7 +83,7 @@ def run(run: StepRun) -> StepResult:
 def token_windows(run: StepRun, student_fingerprint: str) -> dict[str, list[Path]]:
     """The job's data from binidx: the train split's shards, tokenized with the student's tokenizer."""
     bins = run.input("binidx").path
-    made_with = (read_provenance(bins) or {}).get("tokenizer", {}).get("fingerprint")
+    made_with = tokenizer_fingerprint(bins)
     if made_with and made_with != student_fingerprint:
         raise run.error(
             "teacher_student_or_tokenizer_mismatch",

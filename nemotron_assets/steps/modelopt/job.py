@@ -139,9 +139,9 @@ def distill(job: dict[str, Any]) -> dict[str, Any]:
 
     # ModelOpt looks the teacher's layers up by name: without the Float16Module a bf16 model is wrapped in
     teacher = unwrap_model(convert_job.megatron_models(teacher_bridge, parallel, cpu)[0]).eval()
-    samples = training_samples(job["data"], AutoTokenizer.from_pretrained(job["student"]), job["max_tokens"])
-    holdout = list(itertools.islice(samples, job["holdout"]))
-    train = list(itertools.islice(samples, job["batch_size"] * job["steps"]))  # cycled if fewer
+    tokenizer = AutoTokenizer.from_pretrained(job["student"])
+    holdout = list(itertools.islice(training_samples(job["data"], tokenizer, job["max_tokens"]), job["holdout"]))
+    train = training_stream(job["data"], tokenizer, job["max_tokens"], job["holdout"])
     before, teacher_nll = megatron_nll(student.eval(), holdout), megatron_nll(teacher, holdout)
     # imported once hf_bridge has imported Megatron-Bridge (with its stand-ins where Transformer Engine is absent)
     import modelopt.torch.distill.plugins.megatron as mtd_mcore
@@ -154,8 +154,8 @@ def distill(job: dict[str, Any]) -> dict[str, Any]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=job["lr"])
     size, losses = job["batch_size"], []
     model.train()
-    for step in range(job["steps"]):
-        tokens, labels, mask = padded([train[(step * size + i) % len(train)] for i in range(size)])
+    for _ in range(job["steps"]):
+        tokens, labels, mask = padded([next(train) for _ in range(size)])
         output = convert_job.megatron_forward(model, tokens, labels, grad=True)  # the teacher's forward inside
         loss = kd_loss(model, output, mask.to(output.device))
         loss.backward()
@@ -186,6 +186,13 @@ def training_samples(data: dict[str, Any], tokenizer, max_tokens: int):
     else:
         samples = token_ids(tokenizer, data["texts"], max_tokens)
     return (ids for ids in samples if ids.shape[1] > 1)
+
+
+def training_stream(data: dict[str, Any], tokenizer, max_tokens: int, holdout: int):
+    """The samples after the held-out ones, from the first again when they run out (the step checked there are
+    some), one at a time: a batch in memory, not the corpus."""
+    while True:
+        yield from itertools.islice(training_samples(data, tokenizer, max_tokens), holdout, None)
 
 
 def padded(samples):
