@@ -12,7 +12,8 @@
   --megatron-workers on the plain corpus and the same tokenizer (HuggingFaceTokenizer, --append-eod); tokens are
   read from its .idx, seconds are the whole command's wall time (its start-up included, as ours is not: ~1 s).
 
-Results merge into --out (bench/results/prep_scaling.json), so the parts can run in separate calls.
+Results merge into --out (bench/results/prep_scaling.json), written again after every run, so the parts can run in
+separate calls and a call stopped at its time limit keeps the runs it finished.
 """
 
 from __future__ import annotations
@@ -132,11 +133,15 @@ def main() -> None:
     args = parser.parse_args()
     args.tokenizer = str(Path(args.tokenizer).resolve())
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    result["machine"] = machine()
     result.setdefault("load_average_1_5_15", []).append({"start": os.getloadavg()})
     result |= {"date": datetime.now(UTC).isoformat(timespec="seconds"), "shards": SHARDS}
     result["corpora"] = corpora(args)  # cached in bench/.cache: free when already generated
     with tempfile.TemporaryDirectory() as tmp:
+        if "megatron" in args.only:
+            result["megatron"] = megatron(args, result["corpora"]["pretrain"]["path"], Path(tmp))
+            print("megatron", result["megatron"], flush=True)
+            save(result, args)
         for name in ("pretrain", "sft"):
             if name in args.only:
                 runs = result.setdefault(name, {}).setdefault("runs", {})
@@ -145,17 +150,33 @@ def main() -> None:
                         name, result["corpora"][name]["path"], args.tokenizer, workers, Path(tmp)
                     )
                     print(name, workers, runs[str(workers)], flush=True)
-                result[name] |= scaling(runs)
-        if "megatron" in args.only:
-            result["megatron"] = megatron(args, result["corpora"]["pretrain"]["path"], Path(tmp))
-            print("megatron", result["megatron"], flush=True)
+                    result[name] |= scaling(runs)
+                    save(result, args)
+    print(json.dumps(result, indent=1))
+
+
+def machine() -> dict:
+    """CPU count, and which logical CPUs share cpu0's core (taskset -c 0-(N-1) takes N logical CPUs)."""
+    siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list")
+    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+              if line.startswith("model name")]  # fmt: skip
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": models[0] if models else None,
+        "cpu0_thread_siblings": siblings.read_text().strip() if siblings.exists() else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def save(result: dict, args: argparse.Namespace) -> None:
+    """Write the results so far (with the comparison against preprocess_data.py once both sides ran)."""
     if "megatron" in result and str(args.megatron_workers) in result.get("pretrain", {}).get("runs", {}):
         ours = result["pretrain"]["runs"][str(args.megatron_workers)]["tokens_per_second"]
         result["pretrain_vs_megatron_same_workers"] = round(ours / result["megatron"]["tokens_per_second"], 3)
     result["load_average_1_5_15"][-1]["end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
