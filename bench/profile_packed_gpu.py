@@ -2,8 +2,9 @@
 build it (no_te.local_provider), forward + backward + AdamW on the same 8 x 2048 tokens, once packed (THD: one
 sequence of 16384 tokens cut into conversations by cu_seqlens, RoPE positions per conversation, the varlen kernel)
 and once unpacked ([8, 2048] with SDPA's causal kernel), each timed over steps after warm-up; then one profiled step
-of each: the CUDA time per kernel family and the host syncs (aten::item, cudaStreamSynchronize) per step. Prints
-one JSON document.
+of each: the CUDA time per kernel family and the host syncs (aten::item, cudaStreamSynchronize) per step; then the
+packed step again with Megatron-Core's own THD RoPE (a host sync in every attention layer) instead of
+no_te.thd_rope. Prints one JSON document.
 
     python3 bench/profile_packed_gpu.py [--steps 10] [--doc-tokens 300] [--out FILE]
 """
@@ -105,6 +106,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     no_te.import_bridge()
+    from megatron.core.models.common.embeddings import rope_utils
+
     no_te.init_distributed()
     net = model(LLAMA_1B["vocab_size"], LLAMA_1B)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=True)
@@ -114,6 +117,10 @@ def main() -> None:
         result[name] = {"tokens_per_s": round(timed(net, optimizer, batch, args.steps))}
         result[name] |= profiled(net, optimizer, batch) | {"documents": batch.get("documents", ROWS)}
     result["packed_vs_unpacked"] = round(result["packed"]["tokens_per_s"] / result["unpacked"]["tokens_per_s"], 3)
+    rope_utils._apply_rotary_pos_emb_thd = no_te.thd_rope.library  # Megatron-Core's own THD RoPE (host syncs)
+    library = {"tokens_per_s": round(timed(net, optimizer, data["packed"], args.steps))}
+    result["packed_library_rope"] = library | profiled(net, optimizer, data["packed"])
+    result["packed_vs_library_rope"] = round(result["packed"]["tokens_per_s"] / library["tokens_per_s"], 3)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

@@ -1,6 +1,7 @@
 """Megatron-Bridge on one GPU against a compiled transformers loop over the same tokens, in one call (issue 16).
 
-    python3 bench/run_megatron_gpu.py --out DIR [--steps 30] [--only NAME ...]   # writes DIR/megatron_gpu_throughput.json
+    python3 bench/run_megatron_gpu.py --out DIR [--steps 30] [--only NAME ...] [--profile START:END]
+    # writes DIR/megatron_gpu_throughput.json; --profile traces those steps of sft_wide_bins (bench/trace_summary.py)
 
 Model: TinyLlama-1.1B's architecture (run_automodel_gpu.LLAMA_1B) with the tiny tokenizer, random bf16 weights saved
 once. Data: a chat corpus (bench/corpus.py) packed at 2048 by data_prep/sft_packing, and the random-token bin/idx
@@ -33,7 +34,11 @@ import pyarrow.parquet as pq
 import torch
 from corpus import chat_corpus
 from run_automodel_gpu import BATCH, PEAK_FLOPS, SEQ, baseline, flops_per_token, platform_run, prepare, timed
+from trace_summary import summarize
 from verify_megatron_gpu import SFT, stage
+
+from nemotron_assets.steps.launch import scoped_environ
+from nemotron_assets.steps.megatron_bridge.config import PROFILE_STEPS
 
 BENCH = Path(__file__).resolve().parent
 MEGATRON = {
@@ -73,17 +78,21 @@ def bins_shard(packed: Path, out: Path) -> Path:
     return out / "bins"
 
 
-def megatron(step: str, params: dict, inputs: dict[str, Path], out: Path, name: str) -> dict:
+def megatron(step: str, params: dict, inputs: dict[str, Path], out: Path, name: str, profile: str = "") -> dict:
+    """One Megatron-Bridge step; with `profile` ("START:END") PyTorch's profiler traces those steps (the job's
+    NEMOTRON_PROFILE_STEPS), summarized by trace_summary."""
     started = time.perf_counter()
-    record = stage(step, "default", MEGATRON | params, inputs, out / name, 1)
+    with scoped_environ({PROFILE_STEPS: profile} if profile else {}):
+        record = stage(step, "default", MEGATRON | params, inputs, out / name, 1)
     stats = record["stats"]
+    traces = sorted((out / name).rglob("*.pt.trace.json*"))
     return {
         "wall_s": round(time.perf_counter() - started, 1),
         "tokens_per_second": stats["tokens_per_second"],
         "losses": stats.get("losses"),
         "stats": {k: v for k, v in stats.items() if k != "losses"},
         "contract": record["contract"],
-    }
+    } | ({"profile": summarize(traces[-1]) | {"steps": profile}} if traces else {})
 
 
 def main() -> None:
@@ -92,6 +101,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--chat-mb", type=float, default=6.0)
     parser.add_argument("--only", nargs="*")
+    parser.add_argument("--profile", default="", help="START:END: profile these steps of sft_wide_bins")
     args = parser.parse_args()
     out = args.out.resolve()
     for directory in (out, out / "wide"):
@@ -126,6 +136,7 @@ def main() -> None:
             {"packed_parquet": packed_bins(model, out / "wide", args.chat_mb, wide)},
             out,
             "wide",
+            args.profile,
         ),
         "pretrain": lambda: megatron("pretrain/megatron_bridge", pretrain, {"binidx": shard}, out, "pretrain"),
         "automodel": lambda: platform_run(model, shard, args.steps, True, out, "automodel"),

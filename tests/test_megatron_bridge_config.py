@@ -73,6 +73,20 @@ def test_sft_of_an_hf_llama_uses_the_common_recipe_with_its_autobridge_provider(
     assert config.train.global_batch_size == 16 and config.train.eval_iters == 0 and config.data_parallel_size == 8
 
 
+def test_profiled_steps_named_by_the_job_environment_reach_bridges_profiler(
+    bridge, fixtures_dir, tmp_path, monkeypatch
+):
+    from nemotron_assets.steps.megatron_bridge.config import PROFILE_STEPS, training_config
+
+    unprofiled = training_config(spec(tmp_path, "sft", str(fixtures_dir / "tiny-llama")))
+    assert not (unprofiled.profiling and unprofiled.profiling.use_pytorch_profiler)
+    monkeypatch.setenv(PROFILE_STEPS, "10:12")
+    config = training_config(spec(tmp_path, "sft", str(fixtures_dir / "tiny-llama")))
+    config.validate()
+    profiling = config.profiling
+    assert (profiling.use_pytorch_profiler, profiling.profile_step_start, profiling.profile_step_end) == (True, 10, 12)
+
+
 @pytest.mark.parametrize(
     "tracker",
     [
@@ -172,3 +186,24 @@ def test_unpacked_attention_through_sdpa_matches_megatron_cores_local_attention(
     expected = local(query, key, value, mask)  # (its own causal mask, built without a mask, is made on "cuda")
     assert expected.shape == (6, 2, 32)
     assert torch.allclose(fused(query, key, value, mask if masked else None), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("freq_rows", [16, 11], ids=["max_positions", "one_row_per_token"])
+def test_packed_rope_gathered_on_the_device_is_megatron_cores_own(bridge, freq_rows: int):
+    from megatron.core.models.common.embeddings import rope_utils
+
+    no_te.use_sync_free_thd_rope()
+    assert rope_utils._apply_rotary_pos_emb_thd is no_te.thd_rope
+    one_rank = SimpleNamespace(size=lambda: 1, rank=lambda: 0)
+    torch.manual_seed(0)
+    t = torch.randn(11, 4, 8, requires_grad=True)  # THD: sequences of 3, 6 and 2 tokens
+    cu = torch.tensor([0, 3, 9, 11], dtype=torch.int32)
+    freqs = torch.randn(freq_rows, 1, 1, 8)
+    ours = no_te.thd_rope(t, cu, freqs, cp_group=one_rank)
+    library = no_te.thd_rope.library(t, cu, freqs, cp_group=one_rank)
+    assert torch.allclose(ours, library)
+    (grad_ours,) = torch.autograd.grad(ours.square().sum(), t)
+    (grad_library,) = torch.autograd.grad(library.square().sum(), t)
+    assert torch.allclose(grad_ours, grad_library)
+    if freq_rows > 11:  # each sequence from position 0: the second starts as the first does
+        assert torch.allclose(ours[3], rope_utils._apply_rotary_pos_emb_bshd(t[3:4, None], freqs[:1])[0, 0])

@@ -9,6 +9,7 @@ Transformer Engine is absent the model is built from Megatron-Core's local layer
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ NANO3_RECIPES = {
 }
 NANO3_MODELS = ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "nvidia/NVIDIA-Nemotron-3.5-Lightning-30B-A3B-BF16")
 COMMON_RECIPES = {"sft": "_sft_common", "peft": "_peft_common", "pretrain": "_pretrain_common"}
+PROFILE_STEPS = "NEMOTRON_PROFILE_STEPS"  # "START:END": PyTorch's profiler over those global steps, on rank 0
 
 
 def recipe(spec: dict[str, Any]):
@@ -99,7 +101,18 @@ def training_config(spec: dict[str, Any]):
             dataloader_type="single",
         )
     cfg.peft = _adapter(spec["peft"])
+    if os.environ.get(PROFILE_STEPS):
+        cfg.profiling = _profiling(os.environ[PROFILE_STEPS])
     return cfg
+
+
+def _profiling(steps: str):
+    """Megatron-Bridge's own PyTorch-profiler settings for global steps START:END; the trace goes to the run's
+    tensorboard directory."""
+    from megatron.bridge.training.config import ProfilingConfig
+
+    start, end = (int(step) for step in steps.split(":"))
+    return ProfilingConfig(use_pytorch_profiler=True, profile_step_start=start, profile_step_end=end, profile_ranks=[0])
 
 
 def _packed_specs(data: dict[str, Any]):

@@ -6,8 +6,8 @@ imports the Megatron-Core and ModelOpt modules that probe for TE (so they record
 Megatron-Bridge behind a temporary stand-in finder for the absent packages, and removes the stand-ins again.
 `init_distributed()` joins torchrun's process group (or starts a one-process one); without CUDA it uses gloo and
 makes the few CUDA calls on the conversion path (RoPE device, RNG state, synchronize) CPU-safe. `local_provider()`
-selects Megatron-Core's local (non-TE) layers with Megatron-Core's own fusions, and an attention that takes packed
-sequences (PyTorch's varlen flash kernel on GPUs).
+selects Megatron-Core's local (non-TE) layers with Megatron-Core's own fusions, an attention that takes packed
+sequences (PyTorch's varlen flash kernel on GPUs), and RoPE over packed sequences without host syncs.
 Where TE exists, none of this is used. `modelopt_megatron_export()` gives ModelOpt's Megatron -> HF export on a
 Megatron-Core older than ModelOpt expects; `import_minitron()` gives ModelOpt's Minitron pruning mode without TE.
 """
@@ -231,15 +231,45 @@ LOCAL_SETTINGS = {
 
 def local_provider(provider):
     """A model provider set to build Megatron-Core's local (non-TE) layers, with packed-sequence attention
-    (PackedDotProductAttention) for GPT models."""
+    (PackedDotProductAttention) for GPT models, and RoPE over packed sequences without host syncs."""
     from megatron.bridge.models.gpt_provider import GPTModelProvider
 
+    use_sync_free_thd_rope()
     if isinstance(provider, GPTModelProvider):
         provider.transformer_layer_spec = local_packed_layer_spec
     for name, value in LOCAL_SETTINGS.items():
         if hasattr(provider, name):
             setattr(provider, name, value)
     return provider
+
+
+def use_sync_free_thd_rope() -> None:
+    """Route Megatron-Core's unfused RoPE over packed (THD) sequences through `thd_rope`. Its own version reads
+    cu_seqlens to the host (`.tolist()`) in every attention layer, twice: a device sync per call, which stalls the
+    GPU between layers; TE's fused kernel, the path that avoids it, is absent here."""
+    from megatron.core.models.common.embeddings import rope_utils
+
+    if rope_utils._apply_rotary_pos_emb_thd is not thd_rope:
+        thd_rope.library = rope_utils._apply_rotary_pos_emb_thd
+        rope_utils._apply_rotary_pos_emb_thd = thd_rope
+
+
+def thd_rope(t, cu_seqlens, freqs, *args, cp_group=None, **kwargs):
+    """RoPE on a THD tensor [t, h, d] whose sequences start at cu_seqlens, each from position 0, as Megatron-Core's
+    `_apply_rotary_pos_emb_thd` computes it, with the per-token frequencies gathered on the device (no host sync).
+    The library's batches end cu_seqlens at the token count, so freqs with one row per token are the positions
+    themselves (its "exact mapping" case). The other arguments (their names vary by release) go on to the
+    library's `_apply_rotary_pos_emb_bshd`, as its own version does; context parallelism keeps its own version."""
+    import torch
+    from megatron.core.models.common.embeddings import rope_utils
+
+    if cp_group is not None and cp_group.size() > 1:
+        return thd_rope.library(t, cu_seqlens, freqs, *args, cp_group=cp_group, **kwargs)
+    tokens = t.size(0)
+    if freqs.size(0) != tokens:
+        starts = torch.repeat_interleave(cu_seqlens[:-1].long(), cu_seqlens.diff().long(), output_size=tokens)
+        freqs = freqs[torch.arange(tokens, device=t.device) - starts]
+    return rope_utils._apply_rotary_pos_emb_bshd(t.unsqueeze(1), freqs, *args, **kwargs).squeeze(1)
 
 
 def local_packed_layer_spec(config):
