@@ -1,11 +1,12 @@
 """Megatron-Bridge on one GPU against a compiled transformers loop over the same tokens, in one call (issue 16).
 
     python3 bench/run_megatron_gpu.py --out DIR [--steps 30] [--only NAME ...] [--profile START:END]
-    # writes DIR/megatron_gpu_throughput.json; --profile traces those steps of sft_wide_bins (bench/trace_summary.py)
+    # writes DIR/megatron_gpu_throughput.json after every run, in --only's order; --profile traces those steps of
+    # sft_wide_bins (bench/trace_summary.py)
 
 Model: TinyLlama-1.1B's architecture (run_automodel_gpu.LLAMA_1B) with the tiny tokenizer, random bf16 weights saved
 once. Data: a chat corpus (bench/corpus.py) packed at 2048 by data_prep/sft_packing, and the random-token bin/idx
-shard of run_automodel_gpu. Each measurement runs in a fresh process, in this order:
+shard of run_automodel_gpu. Each measurement runs in a fresh process, in this order (or in --only's):
 
 - attention: bench/verify_packed_attention_gpu.py, the varlen kernel against the dense-mask path (same loss).
 - baseline_compiled: bench/gpu_baseline.py (bf16, SDPA, fused AdamW, torch.compile) over the SFT bins' tokens
@@ -142,9 +143,8 @@ def main() -> None:
         "automodel": lambda: platform_run(model, shard, args.steps, True, out, "automodel"),
     }
     results: dict[str, dict] = {}
-    for name, measure in runs.items():
-        if args.only and name not in args.only:
-            continue
+    for name in args.only or runs:  # --only's order: the runs a call must not lose go first
+        measure = runs[name]
         try:
             results[name] = measure()
         except BaseException as e:  # keep what the other runs measured
