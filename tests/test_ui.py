@@ -79,11 +79,11 @@ def dagster_ui(fixtures_dir: Path, tmp_path: Path):
         yield url
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C, as `make ui` is stopped: dagster dev may not stop on SIGTERM
-        try:
-            server.wait(timeout=60)
-        finally:
-            with contextlib.suppress(ProcessLookupError):  # and the code servers it leaves to their heartbeat
-                os.killpg(server.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a shell that started it in the background may
+            server.wait(timeout=60)  # have it ignore SIGINT: then it is killed below
+        with contextlib.suppress(ProcessLookupError):  # with the code servers it leaves to their heartbeat
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
 
 
 @pytest.fixture
