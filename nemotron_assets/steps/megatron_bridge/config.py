@@ -101,8 +101,8 @@ def training_config(spec: dict[str, Any]):
             dataloader_type="single",
         )
     cfg.peft = _adapter(spec["peft"])
-    if os.environ.get(PROFILE_STEPS):
-        cfg.profiling = _profiling(os.environ[PROFILE_STEPS])
+    if steps := os.environ.get(PROFILE_STEPS):
+        cfg.profiling = _profiling(steps)
     return cfg
 
 
